@@ -1,0 +1,83 @@
+"""Options shared by several commands, declared once."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+import click
+
+from l2i_tf import data
+
+
+def setup(verbose: bool) -> None:
+    """Quiet TensorFlow's C++ logs; the library logs through `logging`, the CLI prints."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+
+
+def data_options(func):
+    """--data, --layout, --on-error."""
+
+    @click.option(
+        "--data",
+        "data_path",
+        type=click.Path(exists=True),
+        default=None,
+        help="Data set root (or CSV manifest). Default: the bundled ESC-10.",
+    )
+    @click.option("--layout", type=click.Choice(data.LAYOUTS), default="esc10", show_default=True)
+    @click.option(
+        "--on-error",
+        type=click.Choice(["raise", "skip"]),
+        default="raise",
+        show_default=True,
+        help="Unreadable clips: stop with an error naming the file, or skip them and report the count.",
+    )
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+def load_table(data_path, layout):
+    """Read the data set, turning data errors into click errors that name the file or value."""
+    try:
+        if data_path is None:
+            return data.esc10_table()
+        return data.load_table(data_path, layout)
+    except data.AudioDataError as e:
+        raise click.BadParameter(str(e), param_hint="--data") from None
+
+
+def parse_folds(value: str, name: str) -> tuple[int, ...]:
+    try:
+        folds = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated fold numbers, got {value!r}", param_hint=name) from None
+    if not folds:
+        raise click.BadParameter("no folds given", param_hint=name)
+    return folds
+
+
+def split_options(func):
+    """--train-folds, --val-folds, --test-folds."""
+
+    @click.option("--train-folds", default="1,2,3", show_default=True)
+    @click.option("--val-folds", default="4", show_default=True, help="Model selection only ever looks at these.")
+    @click.option("--test-folds", default="5", show_default=True)
+    @functools.wraps(func)
+    def wrapper(*args, train_folds, val_folds, test_folds, **kwargs):
+        try:
+            splits = data.Splits(
+                parse_folds(train_folds, "--train-folds"),
+                parse_folds(val_folds, "--val-folds"),
+                parse_folds(test_folds, "--test-folds"),
+            )
+        except data.AudioDataError as e:
+            raise click.BadParameter(str(e)) from None
+        return func(*args, splits=splits, **kwargs)
+
+    return wrapper

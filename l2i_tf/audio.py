@@ -1,0 +1,255 @@
+"""STFT configuration, STFT/ISTFT, log1p magnitude and phase, and the log-mel front-end layer.
+
+This is the only module that calls ``tf.signal``. Every spectrogram in the package
+is made here, with one frozen :class:`STFTConfig` that travels (as JSON) with the
+dictionary, the interpreter and the export.
+
+Shapes: waveforms are ``[..., samples]``; spectrograms are ``[..., frames, bins]``
+with ``bins = fft_length // 2 + 1``. The STFT pads the front of the signal by
+``frame_length - frame_step`` samples so that every sample, edges included, is
+covered by the same number of frames; :func:`istft` crops that padding back off,
+so ``istft(stft(x), len(x)) == x`` to float32 precision.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+WINDOWS = {
+    "hann": tf.signal.hann_window,
+    "hamming": tf.signal.hamming_window,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class STFTConfig:
+    """One STFT configuration.
+
+    Attributes:
+        sample_rate: Hz.
+        frame_length: samples per frame.
+        frame_step: hop between frames, samples.
+        fft_length: FFT size, samples (>= frame_length).
+        window: one of ``WINDOWS``.
+    """
+
+    sample_rate: int = 16000
+    frame_length: int = 1024
+    frame_step: int = 256
+    fft_length: int = 1024
+    window: str = "hann"
+
+    def __post_init__(self):
+        for name in ("sample_rate", "frame_length", "frame_step", "fft_length"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"STFTConfig.{name} must be a positive integer, got {value!r}")
+        if self.frame_step > self.frame_length:
+            raise ValueError(
+                f"STFTConfig.frame_step ({self.frame_step}) must not exceed "
+                f"frame_length ({self.frame_length}): samples would be skipped"
+            )
+        if self.fft_length < self.frame_length:
+            raise ValueError(
+                f"STFTConfig.fft_length ({self.fft_length}) must be >= frame_length ({self.frame_length})"
+            )
+        if self.window not in WINDOWS:
+            raise ValueError(f"STFTConfig.window must be one of {sorted(WINDOWS)}, got {self.window!r}")
+
+    @property
+    def num_bins(self) -> int:
+        return self.fft_length // 2 + 1
+
+    @property
+    def front_pad(self) -> int:
+        return self.frame_length - self.frame_step
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frame count T of the STFT of a clip of ``num_samples`` samples."""
+        return -(-(num_samples + self.front_pad) // self.frame_step)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> STFTConfig:
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown STFTConfig fields {sorted(unknown)}")
+        return cls(**d)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> STFTConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def check_same(self, other: STFTConfig, what: str = "") -> None:
+        """Raise if ``other`` is a different configuration (naming each field that differs)."""
+        if self != other:
+            diff = {
+                f.name: (getattr(self, f.name), getattr(other, f.name))
+                for f in dataclasses.fields(self)
+                if getattr(self, f.name) != getattr(other, f.name)
+            }
+            where = f" for {what}" if what else ""
+            raise ValueError(f"STFT configuration mismatch{where} (in use vs given): {diff}")
+
+
+def _check_waveform(waveform: tf.Tensor) -> tf.Tensor:
+    waveform = tf.convert_to_tensor(waveform)
+    if not waveform.dtype.is_floating:
+        raise ValueError(f"waveform must be floating point, got dtype {waveform.dtype.name}")
+    if waveform.shape.rank == 0:
+        raise ValueError(f"waveform must be [..., samples], got a scalar of shape {waveform.shape}")
+    return tf.cast(waveform, tf.float32)
+
+
+def stft(waveform, config: STFTConfig) -> tf.Tensor:
+    """Complex STFT.
+
+    Args:
+        waveform: float ``[..., samples]``.
+        config: the STFT configuration.
+
+    Returns:
+        complex64 ``[..., frames, bins]`` with ``frames = config.num_frames(samples)``.
+    """
+    waveform = _check_waveform(waveform)
+    rank = waveform.shape.rank
+    paddings = [[0, 0]] * (rank - 1) + [[config.front_pad, 0]]
+    padded = tf.pad(waveform, paddings)
+    return tf.signal.stft(
+        padded,
+        frame_length=config.frame_length,
+        frame_step=config.frame_step,
+        fft_length=config.fft_length,
+        window_fn=WINDOWS[config.window],
+        pad_end=True,
+    )
+
+
+def istft(spectrum, num_samples, config: STFTConfig) -> tf.Tensor:
+    """Inverse of :func:`stft`.
+
+    Args:
+        spectrum: complex ``[..., frames, bins]``.
+        num_samples: length of the original waveform, samples (int or scalar tensor).
+        config: the STFT configuration used by :func:`stft`.
+
+    Returns:
+        float32 ``[..., num_samples]``.
+    """
+    spectrum = tf.convert_to_tensor(spectrum)
+    if not spectrum.dtype.is_complex:
+        raise ValueError(f"istft expects a complex spectrum, got dtype {spectrum.dtype.name}")
+    if spectrum.shape.rank is not None and spectrum.shape.rank < 2:
+        raise ValueError(f"istft expects [..., frames, bins], got shape {spectrum.shape}")
+    bins = spectrum.shape[-1]
+    if bins is not None and bins != config.num_bins:
+        raise ValueError(f"spectrum has {bins} bins but the STFT config gives {config.num_bins}")
+    window_fn = WINDOWS[config.window]
+    signal = tf.signal.inverse_stft(
+        spectrum,
+        frame_length=config.frame_length,
+        frame_step=config.frame_step,
+        fft_length=config.fft_length,
+        window_fn=tf.signal.inverse_stft_window_fn(config.frame_step, forward_window_fn=window_fn),
+    )
+    start = config.front_pad
+    return signal[..., start : start + num_samples]
+
+
+def magnitude_phase(spectrum) -> tuple[tf.Tensor, tf.Tensor]:
+    """Split a complex STFT into ``X = log1p(|S|)`` and unit-modulus phase ``S / |S|`` (1 where |S| = 0)."""
+    mag = tf.abs(spectrum)
+    safe = tf.where(mag > 0, mag, tf.ones_like(mag))
+    phase = tf.where(mag > 0, spectrum / tf.cast(safe, spectrum.dtype), tf.ones_like(spectrum))
+    return tf.math.log1p(mag), phase
+
+
+def analyze(waveform, config: STFTConfig) -> tuple[tf.Tensor, tf.Tensor]:
+    """Waveform ``[..., samples]`` -> ``(X, phase)``, both ``[..., frames, bins]``."""
+    return magnitude_phase(stft(waveform, config))
+
+
+def synthesize(log_magnitude, phase, num_samples, config: STFTConfig) -> tf.Tensor:
+    """``(X, phase)`` -> waveform: ``ISTFT(expm1(X) * phase)``, cropped to ``num_samples``."""
+    mag = tf.math.expm1(tf.nn.relu(log_magnitude))
+    return istft(tf.cast(mag, phase.dtype) * phase, num_samples, config)
+
+
+@keras.saving.register_keras_serializable(package="l2i_tf")
+class LogMelSpectrogram(keras.layers.Layer):
+    """Waveform ``[batch, samples]`` (or ``[batch, samples, 1]``) -> log-mel ``[batch, frames, mels]``.
+
+    The classifier front-end. Frames are centred like the STFT above (front pad
+    ``frame_length - frame_step``), so frame t of the log-mel spectrogram covers
+    the same samples for every clip length.
+
+    Args:
+        sample_rate: Hz.
+        frame_length: samples.
+        frame_step: samples.
+        fft_length: samples.
+        num_mel_bins: mel bands.
+        fmin, fmax: band edges, Hz (``fmax=None``: Nyquist).
+    """
+
+    def __init__(
+        self,
+        sample_rate=16000,
+        frame_length=400,
+        frame_step=160,
+        fft_length=512,
+        num_mel_bins=64,
+        fmin=50.0,
+        fmax=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.sample_rate = sample_rate
+        self.frame_length = frame_length
+        self.frame_step = frame_step
+        self.fft_length = fft_length
+        self.num_mel_bins = num_mel_bins
+        self.fmin = fmin
+        self.fmax = fmax
+        self._config = STFTConfig(sample_rate, frame_length, frame_step, fft_length, "hann")
+        self._mel = tf.signal.linear_to_mel_weight_matrix(
+            num_mel_bins,
+            self._config.num_bins,
+            sample_rate,
+            fmin,
+            fmax if fmax is not None else sample_rate / 2,
+        )
+
+    def call(self, waveform):
+        waveform = tf.convert_to_tensor(waveform)
+        if waveform.shape.rank == 3:
+            waveform = tf.squeeze(waveform, -1)
+        power = tf.square(tf.abs(stft(waveform, self._config)))
+        mel = tf.tensordot(power, self._mel, 1)
+        return tf.math.log(mel + 1e-6)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], None, self.num_mel_bins)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            sample_rate=self.sample_rate,
+            frame_length=self.frame_length,
+            frame_step=self.frame_step,
+            fft_length=self.fft_length,
+            num_mel_bins=self.num_mel_bins,
+            fmin=self.fmin,
+            fmax=self.fmax,
+        )
+        return config

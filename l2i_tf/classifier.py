@@ -1,0 +1,290 @@
+"""The classifier contract, its sidecar JSON, and the bundled VGG-style demo classifier with its training job.
+
+Contract: any Keras model whose input is a mono waveform ``[batch, samples]`` (or
+``[batch, samples, 1]``) at the configured sample rate and whose output is logits
+``[batch, C]`` (softmax semantics for multi-class, sigmoid for multi-label). A
+model that takes features is wrapped with :func:`wrap_feature_model`.
+Metadata (class names, sample rate, multi-label, default layers to tap) lives in
+a sidecar ``<model>.json`` next to the ``.keras`` file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from l2i_tf import data
+from l2i_tf.audio import LogMelSpectrogram
+
+log = logging.getLogger(__name__)
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+DEMO_MULTICLASS = PACKAGE_ROOT / "demo" / "esc10_classifier.keras"
+DEMO_MULTILABEL = PACKAGE_ROOT / "demo" / "esc10_multilabel_classifier.keras"
+DEMO_LAYERS = ("block2_pool", "block3_pool", "block4_relu")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierInfo:
+    """What travels with a classifier: its sidecar JSON."""
+
+    class_names: tuple[str, ...]
+    sample_rate: int = 16000
+    multilabel: bool = False
+    layers: tuple[str, ...] = ()
+    clip_samples: int | None = None
+    metrics: dict = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["class_names"], d["layers"] = list(self.class_names), list(self.layers)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ClassifierInfo:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k in fields}
+        d["class_names"] = tuple(d["class_names"])
+        d["layers"] = tuple(d.get("layers", ()))
+        return cls(**d)
+
+
+def sidecar_path(model_path: str | Path) -> Path:
+    return Path(model_path).with_suffix(".json")
+
+
+def save_classifier(model: keras.Model, info: ClassifierInfo, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    sidecar_path(path).write_text(json.dumps(info.to_dict(), indent=2))
+
+
+def load_info(model_path: str | Path) -> ClassifierInfo | None:
+    side = sidecar_path(model_path)
+    return ClassifierInfo.from_dict(json.loads(side.read_text())) if side.is_file() else None
+
+
+# ---------------------------------------------------------------- demo model
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+    """Demo classifier architecture and training settings."""
+
+    sample_rate: int = 16000
+    num_mel_bins: int = 64
+    channels: tuple[int, ...] = (32, 64, 128, 256)
+    dropout: float = 0.3
+    crop_seconds: float = 3.0
+    clip_seconds: float = 5.0
+    epochs: int = 40
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-3
+    mixup: float = 0.2
+    gain_db: float = 6.0
+    seed: int = 0
+    multilabel: bool = False
+    mixtures_per_epoch: int = 720
+
+
+def build_demo_classifier(num_classes: int, config: DemoConfig = DemoConfig()) -> keras.Model:
+    """Waveform ``[batch, samples]`` -> logits ``[batch, num_classes]``; any clip length.
+
+    Log-mel front-end, per-band BatchNorm, VGG blocks (conv-BN-ReLU x2, 2x2 average
+    pooling) whose layers are named ``block{i}_conv{j}``, ``block{i}_relu`` and
+    ``block{i}_pool`` ([batch, time, freq, channels]), then mean over frequency,
+    max + mean over time, dropout and a Dense layer named ``logits``.
+    """
+    waveform = keras.Input(shape=(None,), name="waveform")
+    x = LogMelSpectrogram(config.sample_rate, num_mel_bins=config.num_mel_bins, name="logmel")(waveform)
+    x = keras.layers.Reshape((-1, config.num_mel_bins, 1), name="logmel_4d")(x)
+    x = keras.layers.BatchNormalization(axis=2, name="band_norm")(x)
+    for i, ch in enumerate(config.channels, start=1):
+        for j in (1, 2):
+            x = keras.layers.Conv2D(ch, 3, padding="same", use_bias=False, name=f"block{i}_conv{j}")(x)
+            x = keras.layers.BatchNormalization(name=f"block{i}_bn{j}")(x)
+            x = keras.layers.ReLU(name=f"block{i}_relu" if j == 2 else f"block{i}_relu{j}")(x)
+        if i < len(config.channels):
+            x = keras.layers.AveragePooling2D(2, name=f"block{i}_pool")(x)
+    x = FreqMean(name="freq_mean")(x)
+    pooled = keras.layers.Concatenate(name="time_pool")(
+        [keras.layers.GlobalMaxPooling1D(name="time_max")(x), keras.layers.GlobalAveragePooling1D(name="time_mean")(x)]
+    )
+    pooled = keras.layers.Dropout(config.dropout, name="dropout")(pooled)
+    logits = keras.layers.Dense(num_classes, name="logits")(pooled)
+    return keras.Model(waveform, logits, name="esc10_vgg")
+
+
+@keras.saving.register_keras_serializable(package="l2i_tf")
+class FreqMean(keras.layers.Layer):
+    """``[batch, time, freq, channels]`` -> ``[batch, time, channels]`` (mean over frequency)."""
+
+    def call(self, x):
+        return tf.reduce_mean(x, axis=2)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[1], input_shape[3])
+
+
+def wrap_feature_model(feature_model: keras.Model, front_end: keras.layers.Layer, name="wrapped") -> keras.Model:
+    """Make a waveform -> logits classifier from a model that takes features (e.g. log-mel)."""
+    waveform = keras.Input(shape=(None,), name="waveform")
+    return keras.Model(waveform, feature_model(front_end(waveform)), name=name)
+
+
+# ---------------------------------------------------------------- training
+
+
+class TimeCosineSchedule(keras.callbacks.Callback):
+    """Cosine learning-rate decay over a fixed number of epochs, updated every batch."""
+
+    def __init__(self, base_lr: float, total_steps: int):
+        super().__init__()
+        self.base_lr = base_lr
+        self.total_steps = total_steps
+        self.step = 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        frac = min(self.step / max(self.total_steps, 1), 1.0)
+        self.model.optimizer.learning_rate.assign(self.base_lr * 0.5 * (1 + math.cos(math.pi * frac)))
+        self.step += 1
+
+
+def _augment(config: DemoConfig, crop: int):
+    def fn(wave, label):
+        wave = data.fix_length(wave, crop, random_crop=True)
+        shift = tf.random.uniform([], 0, crop, dtype=tf.int32)
+        wave = tf.roll(wave, shift, axis=0)
+        gain = tf.random.uniform([], -config.gain_db, config.gain_db)
+        return wave * tf.pow(10.0, gain / 20.0), label
+
+    return fn
+
+
+def _mixup(alpha: float):
+    def fn(waves, labels):
+        n = tf.shape(waves)[0]
+        g1 = tf.random.gamma([n], alpha)
+        g2 = tf.random.gamma([n], alpha)
+        lam = g1 / (g1 + g2)
+        lam = tf.maximum(lam, 1 - lam)
+        perm = tf.random.shuffle(tf.range(n))
+        waves = lam[:, None] * waves + (1 - lam[:, None]) * tf.gather(waves, perm)
+        labels = lam[:, None] * labels + (1 - lam[:, None]) * tf.gather(labels, perm)
+        return waves, labels
+
+    return fn
+
+
+def macro_auprc(labels: np.ndarray, scores: np.ndarray) -> float:
+    from sklearn.metrics import average_precision_score
+
+    present = labels.sum(axis=0) > 0
+    return float(average_precision_score(labels[:, present], scores[:, present], average="macro"))
+
+
+def train_demo_classifier(
+    out: str | Path,
+    config: DemoConfig = DemoConfig(),
+    table: data.ClipTable | None = None,
+    splits: data.Splits = data.Splits(),
+    cache_dir=None,
+) -> dict:
+    """Train the demo classifier on ``table`` (default: bundled ESC-10) and save it with its sidecar.
+
+    Returns the metrics: validation and test accuracy (multi-class) or macro-AUPRC on
+    mixtures (multi-label), wall time.
+    """
+    keras.utils.set_random_seed(config.seed)
+    table = table or data.esc10_table()
+    clip = int(config.clip_seconds * config.sample_rate)
+    crop = int(config.crop_seconds * config.sample_rate)
+    num_classes = len(table.class_names)
+    parts = data.split(table, splits)
+    (xtr, ytr), (xva, yva), (xte, yte) = (
+        data.load_waveforms(p, config.sample_rate, clip, cache_dir=cache_dir) for p in parts
+    )
+    start = time.perf_counter()
+    if config.multilabel:
+        val = data.make_mixtures(xva, yva, num_classes, 200, seed=config.seed + 1, keep_sources=False)
+        test = data.make_mixtures(xte, yte, num_classes, 200, seed=config.seed + 2, keep_sources=False)
+        xva, yva, xte, yte = val["mixture"], val["labels"], test["mixture"], test["labels"]
+
+    model = build_demo_classifier(num_classes, config)
+    steps_per_epoch = (config.mixtures_per_epoch if config.multilabel else len(xtr)) // config.batch_size
+    model.compile(
+        optimizer=keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay),
+        loss=keras.losses.BinaryCrossentropy(from_logits=True)
+        if config.multilabel
+        else keras.losses.CategoricalCrossentropy(from_logits=True),
+        metrics=[] if config.multilabel else ["accuracy"],
+    )
+    history_val = []
+    for epoch in range(config.epochs):
+        if config.multilabel:
+            mix = data.make_mixtures(
+                xtr, ytr, num_classes, config.mixtures_per_epoch, seed=config.seed * 1000 + epoch, keep_sources=False
+            )
+            ds = tf.data.Dataset.from_tensor_slices((mix["mixture"], mix["labels"]))
+        else:
+            ds = tf.data.Dataset.from_tensor_slices((xtr, np.eye(num_classes, dtype="float32")[ytr]))
+        ds = ds.shuffle(len(ds), seed=config.seed + epoch).map(_augment(config, crop), num_parallel_calls=2)
+        ds = ds.batch(config.batch_size, drop_remainder=True)
+        if config.mixup > 0 and not config.multilabel:
+            ds = ds.map(_mixup(config.mixup))
+        ds = ds.prefetch(2)
+        if epoch == 0:
+            schedule = TimeCosineSchedule(config.learning_rate, steps_per_epoch * config.epochs)
+        hist = model.fit(ds, epochs=1, verbose=0, callbacks=[schedule])
+        val_score = _score(model, xva, yva, config.multilabel)
+        history_val.append(val_score)
+        log.info(
+            "epoch %d/%d loss %.3f val %s %.3f (%.0f s)",
+            epoch + 1,
+            config.epochs,
+            hist.history["loss"][-1],
+            "macro-AUPRC" if config.multilabel else "accuracy",
+            val_score,
+            time.perf_counter() - start,
+        )
+    seconds = time.perf_counter() - start
+    metric = "macro_auprc" if config.multilabel else "accuracy"
+    metrics = {
+        f"validation_{metric}": history_val[-1],
+        f"test_{metric}": _score(model, xte, yte, config.multilabel),
+        "train_seconds": seconds,
+        "epochs": config.epochs,
+        "seed": config.seed,
+        "splits": dataclasses.asdict(splits),
+    }
+    info = ClassifierInfo(
+        class_names=table.class_names,
+        sample_rate=config.sample_rate,
+        multilabel=config.multilabel,
+        layers=DEMO_LAYERS,
+        clip_samples=None,
+        metrics=metrics,
+    )
+    save_classifier(model, info, out)
+    return metrics
+
+
+def predict_logits(model: keras.Model, waves: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    return np.concatenate([model(waves[i : i + batch_size], training=False).numpy() for i in range(0, len(waves), batch_size)])
+
+
+def _score(model, waves, labels, multilabel: bool) -> float:
+    logits = predict_logits(model, waves)
+    if multilabel:
+        return macro_auprc(labels, logits)
+    return float(np.mean(logits.argmax(axis=1) == labels))
