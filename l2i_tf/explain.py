@@ -1,0 +1,461 @@
+"""Relevance -> selection -> soft NMF masks -> ISTFT: the batched, in-graph explanation math (DESIGN steps 6-8)."""
+
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+
+from l2i_tf.audio import STFTConfig, analyze, istft, synthesize
+
+DOMAINS = ("log1p", "linear")
+"""Where a mask is applied: ``"log1p"`` masks ``X = log1p|S|`` (the paper's ``expm1(M ⊙ X)``, which squashes
+magnitudes for fractional masks); ``"linear"`` masks ``|S| = expm1(X)`` (``M ⊙ |S|``, a ratio mask)."""
+
+# Shape glossary: B batch, K components, C classes, T frames, F frequency bins, N chosen components / samples.
+
+
+def _float(value, name: str, rank: int) -> tf.Tensor:
+    value = tf.convert_to_tensor(value)
+    if value.dtype.is_complex or value.dtype == tf.string:
+        raise ValueError(f"{name} must be real, got dtype {value.dtype.name}")
+    if value.shape.rank is not None and value.shape.rank != rank:
+        raise ValueError(f"{name} must have rank {rank}, got shape {value.shape}")
+    return tf.cast(value, tf.float32)
+
+
+def _same(a: int | None, b: int | None) -> bool:
+    return a is None or b is None or a == b
+
+
+def _check_dictionary(W, H) -> tuple[tf.Tensor, tf.Tensor]:
+    W = _float(W, "W [F, K]", 2)
+    H = _float(H, "H [B, T, K]", 3)
+    if not _same(W.shape[1], H.shape[2]):
+        raise ValueError(
+            f"W [F, K] has K={W.shape[1]} components but H [B, T, K] has K={H.shape[2]} (shapes {W.shape}, {H.shape})"
+        )
+    return W, H
+
+
+def _check_spectrogram(X, W, H) -> tf.Tensor:
+    X = _float(X, "X [B, T, F]", 3)
+    if not _same(X.shape[2], W.shape[0]):
+        raise ValueError(
+            f"X [B, T, F] has F={X.shape[2]} bins but W [F, K] has F={W.shape[0]} (shapes {X.shape}, {W.shape})"
+        )
+    if not (_same(X.shape[0], H.shape[0]) and _same(X.shape[1], H.shape[1])):
+        raise ValueError(f"X [B, T, F] and H [B, T, K] disagree on B or T: shapes {X.shape} and {H.shape}")
+    return X
+
+
+def _check_domain(domain: str) -> None:
+    if domain not in DOMAINS:
+        raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
+
+
+def _check_selected(selected, H) -> tf.Tensor:
+    selected = tf.convert_to_tensor(selected)
+    if selected.shape.rank is not None and selected.shape.rank != 2:
+        raise ValueError(f"selected must be [B, K], got shape {selected.shape}")
+    if not (_same(selected.shape[0], H.shape[0]) and _same(selected.shape[1], H.shape[2])):
+        raise ValueError(f"selected [B, K] has shape {selected.shape} but H [B, T, K] has shape {H.shape}")
+    return tf.cast(selected, tf.float32)
+
+
+def _check_indices(indices, H) -> tf.Tensor:
+    indices = tf.convert_to_tensor(indices)
+    if not indices.dtype.is_integer:
+        raise ValueError(f"indices must be integers, got dtype {indices.dtype.name}")
+    if indices.shape.rank is not None and indices.shape.rank != 2:
+        raise ValueError(f"indices must be [B, N], got shape {indices.shape}")
+    if not _same(indices.shape[0], H.shape[0]):
+        raise ValueError(f"indices [B, N] has shape {indices.shape} but H [B, T, K] has shape {H.shape}")
+    return tf.cast(indices, tf.int32)
+
+
+def _check_length(T: int | None, num_samples, config: STFTConfig) -> None:
+    if isinstance(num_samples, int) and T is not None and config.num_frames(num_samples) != T:
+        raise ValueError(
+            f"num_samples={num_samples} gives {config.num_frames(num_samples)} frames with {config}, "
+            f"but the spectrogram has T={T}"
+        )
+
+
+def _reconstruction(W: tf.Tensor, H: tf.Tensor) -> tf.Tensor:
+    """``H·Wᵀ``: [B, T, K] x [F, K] -> [B, T, F]."""
+    return tf.einsum("btk,fk->btf", H, W)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Step 6: relevance and selection
+
+
+def relevance(z, theta, target_class) -> tf.Tensor:
+    """Normalised contribution of each component to one class's logit.
+
+    ``r_k = z_k·θ_{k,c} / max_l |z_l·θ_{l,c}|``, in [-1, 1]; a row whose contributions are all 0 gives zeros.
+
+    Args:
+        z: [B, K] pooled activations (Θ's pooling output).
+        theta: [K, C] Θ's Dense kernel (Keras layout; Θ has no bias, so the logit is exactly ``Σ_k z_k θ_{k,c}``).
+        target_class: int [B] (or a scalar, used for every clip), the class ``c`` to explain.
+
+    Returns:
+        float32 [B, K].
+    """
+    z = _float(z, "z [B, K]", 2)
+    theta = _float(theta, "theta [K, C]", 2)
+    if not _same(z.shape[1], theta.shape[0]):
+        raise ValueError(
+            f"z [B, K] has K={z.shape[1]} but theta has shape {theta.shape}; theta must be the Keras Dense "
+            "kernel [K, C] (transpose a [C, K] matrix)"
+        )
+    target_class = tf.convert_to_tensor(target_class)
+    if not target_class.dtype.is_integer:
+        raise ValueError(f"target_class must be integers, got dtype {target_class.dtype.name}")
+    if target_class.shape.rank is not None and target_class.shape.rank > 1:
+        raise ValueError(f"target_class must be [B] or a scalar, got shape {target_class.shape}")
+    target_class = tf.broadcast_to(tf.cast(target_class, tf.int32), tf.shape(z)[:1])
+    theta_c = tf.transpose(tf.gather(theta, target_class, axis=1))  # [B, K]
+    contribution = z * theta_c
+    scale = tf.reduce_max(tf.abs(contribution), axis=1, keepdims=True)
+    return tf.math.divide_no_nan(contribution, scale)
+
+
+def _check_threshold(threshold) -> tf.Tensor:
+    if isinstance(threshold, int | float) and math.isnan(threshold):
+        raise ValueError(f"threshold must be a number, got {threshold!r}")
+    threshold = tf.convert_to_tensor(threshold)
+    if threshold.shape.rank is not None and threshold.shape.rank > 1:
+        raise ValueError(f"threshold must be a scalar or [B], got shape {threshold.shape}")
+    threshold = tf.cast(threshold, tf.float32)
+    return threshold[:, None] if threshold.shape.rank == 1 else threshold
+
+
+def select(relevance, threshold, top_n=None) -> tf.Tensor:
+    """Selected components ``{k : r_k > τ}``, optionally only the top-N by relevance.
+
+    Relevance lies in [-1, 1]. Thresholds outside it are allowed: ``τ >= 1`` selects nothing and ``τ < -1``
+    selects every component (those with zero or negative relevance too). Ties in the top-N are broken by the
+    lower component index.
+
+    Args:
+        relevance: [B, K], from :func:`relevance`.
+        threshold: τ, a scalar or [B] (one per clip).
+        top_n: ``None`` or 0 for no limit, else at most ``top_n`` components per clip (Python int or scalar
+            int tensor; a tensor <= 0 also means no limit).
+
+    Returns:
+        bool [B, K].
+    """
+    r = _float(relevance, "relevance [B, K]", 2)
+    chosen = r > _check_threshold(threshold)
+    if top_n is None:
+        return chosen
+    if isinstance(top_n, bool | float) or (isinstance(top_n, int) and top_n < 0):
+        raise ValueError(f"top_n must be None or a non-negative integer, got {top_n!r}")
+    if isinstance(top_n, int) and top_n == 0:
+        return chosen
+    top_n = tf.convert_to_tensor(top_n)
+    if not top_n.dtype.is_integer or (top_n.shape.rank is not None and top_n.shape.rank != 0):
+        raise ValueError(f"top_n must be a scalar integer, got dtype {top_n.dtype.name} shape {top_n.shape}")
+    num_components = tf.shape(r)[1]
+    top_n = tf.cast(top_n, tf.int32)
+    top_n = tf.where(top_n > 0, tf.minimum(top_n, num_components), num_components)
+    order = tf.math.top_k(r, k=num_components, sorted=True).indices  # ties: lower index first
+    rank = tf.argsort(order, axis=1, stable=True)  # inverse permutation: rank of each component
+    return tf.logical_and(chosen, rank < top_n)
+
+
+def top_components(relevance, n) -> tuple[tf.Tensor, tf.Tensor]:
+    """The ``n`` most relevant components of each clip, by decreasing relevance (ties: lower index first).
+
+    Args:
+        relevance: [B, K].
+        n: how many (Python int or scalar int tensor), ``1 <= n <= K``.
+
+    Returns:
+        ``(indices, values)``: int32 [B, n] and float32 [B, n].
+    """
+    r = _float(relevance, "relevance [B, K]", 2)
+    if isinstance(n, int) and (isinstance(n, bool) or n < 1 or (r.shape[1] is not None and n > r.shape[1])):
+        raise ValueError(f"n must be an integer in [1, K={r.shape[1]}], got {n!r}")
+    values, indices = tf.math.top_k(r, k=n, sorted=True)
+    return tf.cast(indices, tf.int32), values
+
+
+def random_selection(selected, seed_or_generator) -> tf.Tensor:
+    """The random baseline: as many components per clip as ``selected``, drawn uniformly among the others.
+
+    If a clip has fewer unselected components than selected ones, all its unselected components are returned.
+    The result never overlaps ``selected``. With a seed it is deterministic, but the draw for a clip depends on
+    the batch shape [B, K]: vary the seed from batch to batch (e.g. ``[seed, batch_index]``).
+
+    Args:
+        selected: bool [B, K].
+        seed_or_generator: a stateless seed (int, or int tensor [2]) or a ``tf.random.Generator``.
+
+    Returns:
+        bool [B, K].
+    """
+    selected = tf.convert_to_tensor(selected)
+    if selected.shape.rank is not None and selected.shape.rank != 2:
+        raise ValueError(f"selected must be [B, K], got shape {selected.shape}")
+    selected = tf.cast(selected, tf.bool)
+    shape = tf.shape(selected)
+    if isinstance(seed_or_generator, tf.random.Generator):
+        scores = seed_or_generator.uniform(shape)
+    else:
+        seed = tf.convert_to_tensor(seed_or_generator)
+        if not seed.dtype.is_integer:
+            raise ValueError(f"seed must be an int or an int tensor [2], got dtype {seed.dtype.name}")
+        if seed.shape.rank == 0:
+            seed = tf.stack([tf.cast(seed, tf.int64), tf.constant(0, tf.int64)])
+        if seed.shape.rank is not None and seed.shape.as_list() != [2]:
+            raise ValueError(f"seed must be an int or an int tensor [2], got shape {seed.shape}")
+        scores = tf.random.stateless_uniform(shape, seed=tf.cast(seed, tf.int64))
+    # Unselected components score in [0, 1), selected ones -1: the first `count` by decreasing score are a uniform
+    # draw among the unselected (or all of them, if fewer than `count`).
+    scores = tf.where(selected, -tf.ones_like(scores), scores)
+    order = tf.argsort(scores, axis=1, direction="DESCENDING", stable=True)
+    rank = tf.argsort(order, axis=1, stable=True)
+    count = tf.reduce_sum(tf.cast(selected, tf.int32), axis=1, keepdims=True)
+    return tf.logical_and(rank < count, tf.logical_not(selected))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Step 7: soft masks
+
+
+def soft_masks(W, H, eps: float = 1e-8) -> tf.Tensor:
+    """Every component's soft mask ``M_k = w_k h_kᵀ / (Σ_j w_j h_jᵀ + ε)``.
+
+    This materialises [B, K, T, F] (K times a spectrogram): meant for tests and small K. The interpretation
+    needs only the sum over selected components, :func:`selected_mask`; single components, :func:`component_masks`.
+
+    Args:
+        W: [F, K] dictionary (>= 0).
+        H: [B, T, K] activations (>= 0).
+        eps: ε, keeps silent bins (``H·Wᵀ = 0``) at mask 0.
+
+    Returns:
+        float32 [B, K, T, F], each in [0, 1) and summing over K to ``H·Wᵀ / (H·Wᵀ + ε)``.
+    """
+    W, H = _check_dictionary(W, H)
+    denominator = _reconstruction(W, H) + eps
+    return tf.einsum("btk,fk->bktf", H, W) / denominator[:, None]
+
+
+def component_masks(W, H, indices, eps: float = 1e-8) -> tf.Tensor:
+    """Soft masks of a few chosen components per clip (gathers columns of W and H).
+
+    Args:
+        W: [F, K] dictionary.
+        H: [B, T, K] activations.
+        indices: int [B, N] component indices per clip (e.g. from :func:`top_components`).
+        eps: ε of :func:`soft_masks`.
+
+    Returns:
+        float32 [B, N, T, F]: ``masks[b, n] = M_{indices[b, n]}`` of clip b.
+    """
+    W, H = _check_dictionary(W, H)
+    indices = _check_indices(indices, H)
+    denominator = _reconstruction(W, H) + eps  # [B, T, F]
+    h = tf.gather(H, indices, axis=2, batch_dims=1)  # [B, T, N]
+    w = tf.gather(tf.transpose(W), indices)  # [B, N, F]
+    return tf.einsum("btn,bnf->bntf", h, w) / denominator[:, None]
+
+
+def selected_mask(W, H, selected, eps: float = 1e-8) -> tf.Tensor:
+    """Sum of the soft masks of the selected components, without forming them one by one.
+
+    ``Σ_{k∈L} M_k = (H·diag(sel))·Wᵀ / (H·Wᵀ + ε)``: two [B, T, K] x [K, F] products.
+
+    Args:
+        W: [F, K] dictionary.
+        H: [B, T, K] activations.
+        selected: bool (or 0/1 float) [B, K].
+        eps: ε of :func:`soft_masks`.
+
+    Returns:
+        float32 [B, T, F] in [0, 1).
+    """
+    W, H = _check_dictionary(W, H)
+    selected = _check_selected(selected, H)
+    numerator = _reconstruction(W, H * selected[:, None, :])
+    return numerator / (_reconstruction(W, H) + eps)
+
+
+def component_spectrograms(W, H, X, indices, eps: float = 1e-8) -> tf.Tensor:
+    """Masked log1p spectrograms ``X_k = M_k ⊙ X`` of a few chosen components per clip.
+
+    Args:
+        W: [F, K] dictionary.
+        H: [B, T, K] activations.
+        X: [B, T, F] ``log1p|S|``.
+        indices: int [B, N].
+        eps: ε of :func:`soft_masks`.
+
+    Returns:
+        float32 [B, N, T, F].
+    """
+    W, H = _check_dictionary(W, H)
+    X = _check_spectrogram(X, W, H)
+    return component_masks(W, H, indices, eps) * X[:, None]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Listenable output (step 7) and removal (step 8)
+
+
+def masked_audio(X, phase, mask, num_samples, stft_config: STFTConfig, domain: str = "log1p") -> tf.Tensor:
+    """Waveform of a masked spectrogram.
+
+    ``"log1p"``: ``ISTFT(expm1(M ⊙ X)·P)``; ``"linear"``: ``ISTFT(M ⊙ expm1(X)·P)``.
+
+    Args:
+        X: [..., T, F] ``log1p|S|``.
+        phase: complex64 [..., T, F].
+        mask: [..., T, F] (broadcastable to X).
+        num_samples: clip length, samples (int or scalar tensor).
+        stft_config: the configuration that made X.
+        domain: one of :data:`DOMAINS`.
+
+    Returns:
+        float32 [..., num_samples].
+    """
+    _check_domain(domain)
+    X = tf.cast(X, tf.float32)
+    phase = tf.convert_to_tensor(phase)
+    if not phase.dtype.is_complex:
+        raise ValueError(f"phase must be complex, got dtype {phase.dtype.name}")
+    if domain == "log1p":
+        return synthesize(mask * X, phase, num_samples, stft_config)
+    magnitude = mask * tf.math.expm1(tf.nn.relu(X))
+    return istft(tf.cast(magnitude, phase.dtype) * phase, num_samples, stft_config)
+
+
+def interpret(
+    X, phase, W, H, selected, num_samples, stft_config: STFTConfig, domain: str = "log1p", eps: float = 1e-8
+) -> tf.Tensor:
+    """The interpretation: audio of the selected components, ``M_sel ⊙ X`` (or ``⊙ |S|``) with the input's phase.
+
+    Args:
+        X: [B, T, F] ``log1p|S|``.
+        phase: complex64 [B, T, F].
+        W: [F, K] dictionary.
+        H: [B, T, K] activations.
+        selected: bool [B, K].
+        num_samples: clip length N, samples (int or scalar tensor).
+        stft_config: the configuration that made X.
+        domain: ``"log1p"`` (the paper) or ``"linear"``, see :data:`DOMAINS`.
+        eps: ε of :func:`soft_masks`.
+
+    Returns:
+        float32 [B, num_samples].
+    """
+    _check_domain(domain)
+    W, H = _check_dictionary(W, H)
+    X = _check_spectrogram(X, W, H)
+    _check_length(X.shape[1], num_samples, stft_config)
+    mask = selected_mask(W, H, selected, eps)
+    return masked_audio(X, phase, mask, num_samples, stft_config, domain)
+
+
+def remove(
+    X, phase, W, H, selected, num_samples, stft_config: STFTConfig, domain: str = "log1p", eps: float = 1e-8
+) -> tf.Tensor:
+    """The input with the selected components removed (for faithfulness): complement mask ``1 − M_sel``.
+
+    In the log1p domain this is ``ISTFT(expm1(X − Σ_{k∈L} X_k)·P)`` (DESIGN step 8). Arguments and shapes as in
+    :func:`interpret`; returns float32 [B, num_samples].
+    """
+    _check_domain(domain)
+    W, H = _check_dictionary(W, H)
+    X = _check_spectrogram(X, W, H)
+    _check_length(X.shape[1], num_samples, stft_config)
+    mask = 1.0 - selected_mask(W, H, selected, eps)
+    return masked_audio(X, phase, mask, num_samples, stft_config, domain)
+
+
+def component_audio(
+    X, phase, W, H, indices, num_samples, stft_config: STFTConfig, domain: str = "log1p", eps: float = 1e-8
+) -> tf.Tensor:
+    """Audio of each of a few chosen components per clip: one ISTFT per component, batched as [B·N, ...].
+
+    Args:
+        X: [B, T, F] ``log1p|S|``.
+        phase: complex64 [B, T, F].
+        W: [F, K] dictionary.
+        H: [B, T, K] activations.
+        indices: int [B, N] component indices (e.g. from :func:`top_components`).
+        num_samples: clip length, samples.
+        stft_config: the configuration that made X.
+        domain: see :data:`DOMAINS`.
+        eps: ε of :func:`soft_masks`.
+
+    Returns:
+        float32 [B, N, num_samples].
+    """
+    _check_domain(domain)
+    W, H = _check_dictionary(W, H)
+    X = _check_spectrogram(X, W, H)
+    _check_length(X.shape[1], num_samples, stft_config)
+    masks = component_masks(W, H, indices, eps)  # [B, N, T, F]
+    shape = tf.shape(masks)
+    batch, chosen = shape[0], shape[1]
+    frames, bins = shape[2], X.shape[2] if X.shape[2] is not None else shape[3]
+    flat = tf.reshape(masks, tf.stack([batch * chosen, frames, bins]))
+    X_rep = tf.repeat(X, chosen, axis=0)  # row b·N + n is clip b
+    phase_rep = tf.repeat(tf.convert_to_tensor(phase), chosen, axis=0)
+    audio = masked_audio(X_rep, phase_rep, flat, num_samples, stft_config, domain)
+    return tf.reshape(audio, tf.stack([batch, chosen, tf.shape(audio)[1]]))
+
+
+def explain_batch(
+    waveform,
+    H,
+    z,
+    W,
+    theta,
+    stft_config: STFTConfig,
+    target_class,
+    threshold,
+    top_n=None,
+    domain: str = "log1p",
+    eps: float = 1e-8,
+) -> dict[str, tf.Tensor]:
+    """Explain a batch of clips: one STFT, one fused mask, one ISTFT.
+
+    Args:
+        waveform: float [B, N] clips, N samples each (any N; T = ``stft_config.num_frames(N)``).
+        H: [B, T, K] Ψ's activations for these clips.
+        z: [B, K] Θ's pooled activations.
+        W: [F, K] dictionary.
+        theta: [K, C] Θ's Dense kernel.
+        stft_config: the dictionary's STFT configuration.
+        target_class: int [B] (or scalar) class to explain, e.g. the classifier's prediction.
+        threshold: τ of :func:`select`.
+        top_n: optional limit of :func:`select`.
+        domain: mask domain, see :data:`DOMAINS`.
+        eps: ε of :func:`soft_masks`.
+
+    Returns:
+        ``{"interpretation": float32 [B, N], "relevance": float32 [B, K], "selected": bool [B, K]}``.
+    """
+    _check_domain(domain)
+    waveform = _float(waveform, "waveform [B, N]", 2)
+    W, H = _check_dictionary(W, H)
+    X, phase = analyze(waveform, stft_config)
+    X = _check_spectrogram(X, W, H)
+    checks = [
+        tf.debugging.assert_equal(
+            tf.shape(H)[1], tf.shape(X)[1], message="H [B, T, K] must have the STFT's frame count T"
+        )
+    ]
+    with tf.control_dependencies(checks):
+        r = relevance(z, theta, target_class)
+    selected = select(r, threshold, top_n)
+    audio = interpret(X, phase, W, H, selected, tf.shape(waveform)[1], stft_config, domain, eps)
+    return {"interpretation": audio, "relevance": r, "selected": selected}
