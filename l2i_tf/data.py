@@ -243,6 +243,8 @@ def manifest_table(path: str | Path, root: str | Path | None = None, class_names
         raise AudioDataError(f"manifest {str(path)!r} does not exist")
     root = Path(root) if root is not None else path.parent
     rows = _read_csv(path, required=("filename",))
+    if not rows:
+        raise AudioDataError(f"no audio clips found in manifest {str(path)!r}: it has no rows")
     with open(path, newline="") as f:
         columns = next(csv.reader(f), [])
     label_columns = [c for c in columns if c not in ("filename", "fold", "labels")]
@@ -364,8 +366,17 @@ def decode_audio(contents, decoder, file_rate, sample_rate: int) -> tf.Tensor:
     """Encoded file bytes -> mono float32 ``[samples]`` at ``sample_rate`` (in the graph, tensorflow-io)."""
     import tensorflow_io as tfio  # native ops; imported lazily so SavedModels never depend on it
 
+    def riff_one_byte_short():
+        # tfio's WAV reader walks the chunks up to the RIFF size without skipping the pad byte after an odd-sized
+        # data chunk (8- or 24-bit mono, odd frame count) and fails with "EOF reached". A RIFF size one byte short
+        # stops the walk before that pad byte; nothing else reads the size.
+        length = tf.strings.length(contents)
+        size = tf.cast(tf.bitcast(length - 9, tf.uint8), tf.int32)  # little-endian, as RIFF
+        size = tf.strings.reduce_join(tf.gather(tf.constant([bytes([i]) for i in range(256)]), size))
+        return tf.strings.substr(contents, 0, 4) + size + tf.strings.substr(contents, 8, length - 8)
+
     def wav(dtype, scale, offset=0.0):
-        return lambda: (tf.cast(tfio.audio.decode_wav(contents, dtype=dtype), tf.float32) - offset) / scale
+        return lambda: (tf.cast(tfio.audio.decode_wav(riff_one_byte_short(), dtype=dtype), tf.float32) - offset) / scale
 
     branches = {
         _VORBIS: lambda: tfio.audio.decode_vorbis(contents),
@@ -373,23 +384,28 @@ def decode_audio(contents, decoder, file_rate, sample_rate: int) -> tf.Tensor:
         _FLAC32: lambda: tf.cast(tfio.audio.decode_flac(contents, dtype=tf.int32), tf.float32) / 2147483648.0,
         _WAV16: wav(tf.int16, 32768.0),
         _WAV32: wav(tf.int32, 2147483648.0),
-        _WAVF: lambda: tfio.audio.decode_wav(contents, dtype=tf.float32),
+        _WAVF: lambda: tfio.audio.decode_wav(riff_one_byte_short(), dtype=tf.float32),
         _WAVU8: wav(tf.uint8, 128.0, 128.0),
         _MP3: lambda: tfio.audio.decode_mp3(contents),
     }
     audio = tf.switch_case(tf.cast(decoder, tf.int32), [branches[i] for i in range(len(branches))])
     mono = tf.reduce_mean(audio, axis=1, keepdims=True)
     file_rate = tf.cast(file_rate, tf.int64)
+    rate = tf.constant(sample_rate, tf.int64)
     expected = (tf.cast(tf.shape(mono)[0], tf.int64) * sample_rate + file_rate // 2) // file_rate
-    resampled = tf.cond(
-        tf.equal(file_rate, sample_rate),
-        lambda: mono,
-        lambda: tfio.audio.resample(mono, file_rate, tf.constant(sample_rate, tf.int64)),
-    )
-    # tfio's resampler delays its output by 32 samples at the lower of the two rates: undo it.
-    delay = (32 * sample_rate + tf.minimum(file_rate, sample_rate) // 2) // tf.minimum(file_rate, sample_rate)
-    delay = tf.where(tf.equal(file_rate, sample_rate), tf.constant(0, tf.int64), delay)
-    resampled = resampled[delay : delay + expected, 0]
+    # tfio's resampler delays its output by round(32 * file_rate / lower rate) *input* samples, a fraction of an
+    # output sample unless the rates divide evenly (44.1 -> 16 kHz: 88 in = 31.93 out). Zero-pad the front so the
+    # delay is a whole number of output samples, and the back so the tail is flushed out; then crop.
+    lower = tf.minimum(file_rate, rate)
+    delay_in = (32 * file_rate + lower // 2) // lower
+    period = file_rate // tf.while_loop(lambda a, b: b > 0, lambda a, b: (b, a % b), (file_rate, rate))[0]
+    front = (period - delay_in % period) % period
+
+    def resample():
+        padded = tf.pad(mono, [[front, 2 * delay_in], [0, 0]])
+        return tfio.audio.resample(padded, file_rate, rate)[(delay_in + front) * rate // file_rate :]
+
+    resampled = tf.cond(tf.equal(file_rate, rate), lambda: mono, resample)[:expected, 0]
     return tf.pad(resampled, [[0, expected - tf.cast(tf.shape(resampled)[0], tf.int64)]])
 
 
@@ -397,8 +413,12 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("L2I_TF_CACHE", Path.home() / ".cache" / "l2i_tf"))
 
 
+# Bump when decode_audio's output changes, so stale caches are not read back.
+_DECODER_VERSION = 2
+
+
 def _cache_key(infos: list[ClipInfo], sample_rate: int) -> str:
-    h = hashlib.sha256(str(sample_rate).encode())
+    h = hashlib.sha256(f"v{_DECODER_VERSION}|{sample_rate}".encode())
     for info in infos:
         stat = os.stat(info.path)
         h.update(f"{info.path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())

@@ -1,0 +1,108 @@
+"""The demo classifier: architecture contract, .keras round trip, sidecar, and a tiny smoke training."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from l2i_tf import classifier, data
+from l2i_tf.classifier import ClassifierInfo, DemoConfig
+
+TINY = DemoConfig(num_mel_bins=32, channels=(4, 8, 8, 8))
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    keras.utils.set_random_seed(0)
+    return classifier.build_demo_classifier(3, TINY)
+
+
+def waves(batch: int, samples: int, seed: int = 0) -> np.ndarray:
+    return (0.3 * np.random.default_rng(seed).standard_normal((batch, samples))).astype("float32")
+
+
+@pytest.mark.parametrize("samples", [8000, 12345])
+def test_demo_classifier_takes_any_clip_length_and_returns_logits(tiny_model, samples):
+    assert tiny_model(waves(2, samples), training=False).shape == (2, 3)
+
+
+def test_demo_classifier_has_the_named_layers_to_tap(tiny_model):
+    names = {layer.name for layer in tiny_model.layers}
+    for i in range(1, 5):
+        assert {f"block{i}_conv1", f"block{i}_conv2", f"block{i}_relu"} <= names
+    assert {"block1_pool", "block2_pool", "block3_pool", "logits"} <= names
+    assert "block4_pool" not in names
+    for name in classifier.DEMO_LAYERS:
+        assert len(tiny_model.get_layer(name).output.shape) == 4  # [batch, time, freq, channels]
+    assert tiny_model.get_layer("block4_relu").output.shape[-1] == TINY.channels[-1]
+
+
+def test_demo_classifier_survives_keras_save_and_load(tiny_model, tmp_path):
+    x = waves(2, 9000, seed=1)
+    expected = tiny_model(x, training=False).numpy()
+    tiny_model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")  # no custom_objects: the layers are registered
+    np.testing.assert_array_equal(loaded(x, training=False).numpy(), expected)
+
+
+def test_classifier_info_sidecar_round_trips(tiny_model, tmp_path):
+    info = ClassifierInfo(
+        class_names=("dog", "rain", "siren"),
+        sample_rate=16000,
+        multilabel=True,
+        layers=classifier.DEMO_LAYERS,
+        clip_samples=80000,
+        metrics={"test_accuracy": 0.5},
+    )
+    assert ClassifierInfo.from_dict(json.loads(json.dumps(info.to_dict()))) == info
+    path = tmp_path / "runs" / "clf.keras"
+    classifier.save_classifier(tiny_model, info, path)
+    assert classifier.sidecar_path(path) == tmp_path / "runs" / "clf.json"
+    assert classifier.load_info(path) == info
+    assert classifier.load_info(tmp_path / "missing.keras") is None
+
+
+def test_classifier_info_ignores_unknown_sidecar_fields():
+    info = ClassifierInfo.from_dict({"class_names": ["a", "b"], "written_by": "a newer version"})
+    assert info == ClassifierInfo(class_names=("a", "b"))
+
+
+def test_wrap_feature_model_makes_a_waveform_classifier():
+    features = keras.Input(shape=(None, 16))
+    feature_model = keras.Model(features, keras.layers.Dense(4)(keras.layers.GlobalAveragePooling1D()(features)))
+    from l2i_tf.audio import LogMelSpectrogram
+
+    wrapped = classifier.wrap_feature_model(feature_model, LogMelSpectrogram(num_mel_bins=16))
+    assert wrapped(waves(2, 3000)).shape == (2, 4)
+
+
+@pytest.mark.parametrize("multilabel", [False, True], ids=["multiclass", "multilabel"])
+def test_tiny_demo_training_writes_model_sidecar_and_metrics(tmp_path, make_folders_dataset, multilabel):
+    classes = ("low", "mid", "high") if multilabel else ("low", "high")
+    root = make_folders_dataset(tmp_path / "set", classes=classes, clips_per_class=10, seconds=1.0)
+    table = data.folders_table(root)
+    config = DemoConfig(
+        num_mel_bins=32,
+        channels=(4, 8, 8, 8),
+        clip_seconds=1.0,
+        crop_seconds=0.5,
+        epochs=2,
+        batch_size=4,
+        multilabel=multilabel,
+        mixtures_per_epoch=16,
+    )
+    out = tmp_path / "runs" / "tiny.keras"
+    metrics = classifier.train_demo_classifier(out, config, table=table, cache_dir=tmp_path / "cache")
+
+    metric = "macro_auprc" if multilabel else "accuracy"
+    assert {f"validation_{metric}", f"test_{metric}", "train_seconds", "epochs", "seed", "splits"} <= set(metrics)
+    assert 0.0 <= metrics[f"test_{metric}"] <= 1.0
+    assert metrics["epochs"] == 2
+    info = classifier.load_info(out)
+    assert info.class_names == tuple(sorted(classes)) and info.multilabel == multilabel
+    assert info.layers == classifier.DEMO_LAYERS and info.metrics[f"test_{metric}"] == metrics[f"test_{metric}"]
+    model = keras.saving.load_model(out)
+    assert model(waves(2, 16000), training=False).shape == (2, len(classes))

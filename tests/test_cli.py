@@ -1,0 +1,96 @@
+"""The `l2i-tf` command line: help ends with examples, and train-classifier refuses bad input before any work."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from cli.main import main
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def examples_at_the_end(help_text: str) -> list[str]:
+    """The lines after the last "Examples:" heading, which must close the help."""
+    lines = [line for line in help_text.splitlines() if line.strip()]
+    assert "Examples:" in [line.strip() for line in lines], help_text
+    last = max(i for i, line in enumerate(lines) if line.strip() == "Examples:")
+    examples = lines[last + 1 :]
+    assert examples, help_text
+    for line in examples:
+        assert line.strip().startswith("l2i-tf "), f"not an example command: {line!r}"
+    return examples
+
+
+def test_main_help_ends_with_examples():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    assert "train-classifier" in result.output
+    examples_at_the_end(result.output)
+
+
+@pytest.mark.parametrize("name", sorted(main.commands))
+def test_every_command_help_ends_with_examples(name):
+    result = invoke(name, "--help")
+    assert result.exit_code == 0, result.output
+    assert any(f"l2i-tf {name}" in line for line in examples_at_the_end(result.output))
+
+
+def test_train_classifier_help_documents_its_options():
+    output = invoke("train-classifier", "--help").output
+    for option in ("--data", "--layout", "--on-error", "--train-folds", "--out", "--overwrite", "--multilabel"):
+        assert option in output
+
+
+def test_train_classifier_refuses_an_existing_out_without_overwrite(tmp_path):
+    out = tmp_path / "model.keras"
+    out.write_bytes(b"precious")
+    result = invoke("train-classifier", "--out", str(out))
+    assert result.exit_code == 2
+    assert str(out) in result.output and "--overwrite" in result.output
+    assert out.read_bytes() == b"precious"
+
+
+def test_train_classifier_refuses_an_out_that_is_not_keras(tmp_path):
+    result = invoke("train-classifier", "--out", str(tmp_path / "model.h5"))
+    assert result.exit_code == 2
+    assert "model.h5" in result.output and ".keras" in result.output
+    assert not (tmp_path / "model.h5").exists()
+
+
+def test_train_classifier_refuses_a_missing_data_path(tmp_path):
+    missing = tmp_path / "no_such_folder"
+    result = invoke("train-classifier", "--data", str(missing), "--out", str(tmp_path / "m.keras"))
+    assert result.exit_code == 2
+    assert "no_such_folder" in result.output and "does not exist" in result.output
+
+
+@pytest.mark.parametrize(("option", "value"), [("--train-folds", "x"), ("--val-folds", "4,a"), ("--test-folds", ",")])
+def test_train_classifier_bad_folds_are_a_usage_error(tmp_path, option, value):
+    result = invoke("train-classifier", option, value, "--out", str(tmp_path / "m.keras"))
+    assert result.exit_code == 2
+    assert option in result.output
+    assert not (tmp_path / "m.keras").exists()
+
+
+def test_train_classifier_overlapping_folds_are_a_usage_error(tmp_path):
+    result = invoke("train-classifier", "--train-folds", "1,2,4", "--out", str(tmp_path / "m.keras"))
+    assert result.exit_code == 2
+    assert "overlap" in result.output
+
+
+def test_train_classifier_unknown_layout_is_a_usage_error(tmp_path):
+    result = invoke("train-classifier", "--layout", "tfrecord", "--out", str(tmp_path / "m.keras"))
+    assert result.exit_code == 2
+    assert "tfrecord" in result.output
+
+
+def test_train_classifier_data_without_audio_names_the_folder(tmp_path):
+    (tmp_path / "empty" / "dog").mkdir(parents=True)
+    result = invoke(
+        "train-classifier", "--data", str(tmp_path / "empty"), "--layout", "folders", "--out", str(tmp_path / "m.keras")
+    )
+    assert result.exit_code == 2
+    assert "no audio clips found" in result.output and "empty" in result.output
