@@ -1,0 +1,340 @@
+"""Ψ, Θ, the Interpreter model and the `l2i-tf train` job on tiny data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import soundfile as sf
+import tensorflow as tf
+from click.testing import CliRunner
+
+from cli.main import main
+from l2i_tf import audio, classifier, losses, training
+from l2i_tf.interpreter import ClassifierContractError, Interpreter, check_classifier, tap_orders
+from l2i_tf.layers import Psi, Theta
+
+SR = 16000
+K = 8
+TINY = classifier.DemoConfig(channels=(4, 8, 8, 8))
+
+
+def _tiny_interpreter(num_classes=3, multilabel=False, **kwargs):
+    model = classifier.build_demo_classifier(num_classes, TINY)
+    names, orders = tap_orders(model, classifier.DEMO_LAYERS)
+    w = np.random.default_rng(0).random((513, K)).astype("float32")
+    w /= np.linalg.norm(w, axis=0)
+    return Interpreter(
+        model, names, orders, K, 513, audio.STFTConfig().to_dict(), multilabel=multilabel, dictionary=w, **kwargs
+    )
+
+
+def _clips(n=4, seconds=0.5, seed=0):
+    return (np.random.default_rng(seed).standard_normal((n, int(SR * seconds))) * 0.1).astype("float32")
+
+
+# ---------------------------------------------------------------- layers
+
+
+def test_psi_outputs_nonnegative_activations_with_the_frame_count_of_x():
+    psi = Psi(K, ("btfc", "bftc", "btc"), hidden=8)
+    feats = [tf.random.normal([2, 25, 16, 4]), tf.random.normal([2, 8, 12, 4]), tf.random.normal([2, 7, 5])]
+    for frames in (66, 13):
+        h = psi(feats, num_frames=frames)
+        assert h.shape == (2, frames, K)
+        assert float(tf.reduce_min(h)) >= 0.0
+
+
+def test_psi_rejects_a_feature_map_that_does_not_fit_its_order():
+    with pytest.raises(ValueError, match="does not fit order"):
+        Psi(K, ("btc",)).build([(None, 10, 4, 3)])
+    with pytest.raises(ValueError, match="feature order"):
+        Psi(K, ("tbfc",))
+
+
+def test_theta_max_pooling_and_linear_logits_without_bias():
+    theta = Theta(3, pooling="max")
+    h = tf.constant(np.random.default_rng(1).random((2, 5, K)), tf.float32)
+    logits, z = theta(h)
+    np.testing.assert_allclose(z, tf.reduce_max(h, axis=1), rtol=1e-6)
+    np.testing.assert_allclose(logits, z.numpy() @ theta.kernel.numpy(), rtol=1e-5)
+    assert len(theta.weights) == 1  # the kernel only: no bias
+
+
+def test_theta_attention_pooling_is_a_convex_combination_and_ignores_masked_frames():
+    theta = Theta(3, pooling="attention")
+    h = np.random.default_rng(2).random((1, 6, K)).astype("float32")
+    _, z = theta(h)
+    assert np.all(z.numpy() <= h.max(axis=1) + 1e-6) and np.all(z.numpy() >= h.min(axis=1) - 1e-6)
+    # Padding a clip with extra frames and masking them gives the same z as the clip alone.
+    padded = np.concatenate([h, 100 * np.ones((1, 4, K), "float32")], axis=1)
+    mask = np.array([[True] * 6 + [False] * 4])
+    np.testing.assert_allclose(theta.pool(padded, mask), z, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        Psi(K, ("btfc", "btc"), hidden=8, freq_reduce="mean", name="psi"),
+        Theta(4, pooling="attention", attention_units=16, name="theta"),
+    ],
+)
+def test_head_layers_round_trip_their_config(layer):
+    restored = type(layer).from_config(layer.get_config())
+    assert restored.get_config() == layer.get_config()
+
+
+def test_fidelity_loss_is_minimal_when_interpreter_matches_classifier():
+    f = tf.constant([[2.0, 0.0, -1.0]])
+    same = losses.fidelity_loss(f, f)
+    other = losses.fidelity_loss(f, tf.constant([[0.0, 2.0, -1.0]]))
+    entropy = -np.sum(tf.nn.softmax(f).numpy() * np.log(tf.nn.softmax(f).numpy()))
+    np.testing.assert_allclose(same, entropy, rtol=1e-5)  # CE(p, p) = H(p)
+    assert float(other) > float(same)
+
+
+# ---------------------------------------------------------------- model
+
+
+def test_interpreter_handles_any_clip_length():
+    model = _tiny_interpreter()
+    for n in (8000, 12345, 513):
+        out = model(_clips(2, n / SR))
+        assert out["activations"].shape == (2, audio.STFTConfig().num_frames(n), K)
+        assert out["logits"].shape == (2, 3)
+
+
+def test_interpreter_keras_round_trip_gives_identical_outputs(tmp_path):
+    model = _tiny_interpreter()
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    x = _clips()
+    model.fit(tf.data.Dataset.from_tensor_slices(x).batch(2), epochs=1, verbose=0)
+    before = model(x)
+    model.save(tmp_path / "i.keras")
+    loaded = keras.saving.load_model(tmp_path / "i.keras")
+    after = loaded(x)
+    for key in before:
+        np.testing.assert_allclose(after[key], before[key], atol=1e-6, err_msg=key)
+    np.testing.assert_array_equal(loaded.decoder.weights[0].numpy(), model.decoder.weights[0].numpy())
+
+
+def test_training_updates_only_psi_and_theta():
+    model = _tiny_interpreter()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    frozen = [w.numpy().copy() for w in model.classifier.weights] + [model.decoder.weights[0].numpy().copy()]
+    heads = [w.numpy().copy() for w in model.head_variables]
+    logs = model.fit(tf.data.Dataset.from_tensor_slices(_clips()).batch(2), epochs=1, verbose=0).history
+    after = [w.numpy() for w in model.classifier.weights] + [model.decoder.weights[0].numpy()]
+    for a, b in zip(frozen, after):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, w.numpy()) for a, w in zip(heads, model.head_variables))
+    assert {"loss", "fidelity_loss", "reconstruction", "sparsity", "fidelity_top1"} <= set(logs)
+
+
+def test_precomputed_batches_give_the_same_loss_as_waveforms():
+    model = _tiny_interpreter()
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    x = _clips()
+    pre = model.precompute(x)
+    from_waves = model.evaluate(tf.data.Dataset.from_tensor_slices(x).batch(4), verbose=0, return_dict=True)
+    from_pre = model.evaluate(tf.data.Dataset.from_tensor_slices(pre).batch(4), verbose=0, return_dict=True)
+    for key in ("loss", "reconstruction", "fidelity_loss"):
+        np.testing.assert_allclose(from_pre[key], from_waves[key], rtol=1e-4, err_msg=key)
+
+
+def test_multilabel_interpreter_tracks_micro_auprc():
+    model = _tiny_interpreter(multilabel=True)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    logs = model.fit(tf.data.Dataset.from_tensor_slices(_clips()).batch(2), epochs=1, verbose=0).history
+    assert "fidelity_micro_auprc" in logs
+
+
+# ---------------------------------------------------------------- bad classifiers and layers
+
+
+def test_a_classifier_that_takes_features_is_refused_with_a_hint():
+    feats = keras.Input((None, 64))
+    model = keras.Model(feats, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling1D()(feats)))
+    with pytest.raises(ClassifierContractError, match="wrap_feature_model"):
+        check_classifier(model)
+
+
+def test_a_classifier_that_outputs_probabilities_is_refused():
+    wave = keras.Input((None,))
+    x = keras.layers.Reshape((-1, 1))(wave)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    model = keras.Model(wave, keras.layers.Dense(3, activation="softmax")(x))
+    with pytest.raises(ClassifierContractError, match="logits"):
+        check_classifier(model)
+
+
+def test_a_missing_layer_is_named_with_the_available_ones():
+    model = classifier.build_demo_classifier(3, TINY)
+    with pytest.raises(ClassifierContractError, match="no layer 'block9'.*block1_conv1"):
+        tap_orders(model, ("block9",))
+
+
+def test_a_feature_model_wrapped_with_the_front_end_is_accepted():
+    feats = keras.Input((None, 64))
+    x = keras.layers.Conv1D(4, 3, padding="same", name="conv")(feats)
+    body = keras.Model(feats, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling1D()(x)))
+    wrapped = classifier.wrap_feature_model(body, audio.LogMelSpectrogram(SR))
+    check_classifier(wrapped)
+    assert wrapped(_clips(1)).shape == (1, 3)
+
+
+# ---------------------------------------------------------------- the train job on tiny data
+
+
+@pytest.fixture(scope="module")
+def tiny_job(tmp_path_factory):
+    """A 3-class data set of tones in the `folders` layout (5 clips a class) and a tiny classifier."""
+    root = tmp_path_factory.mktemp("tones")
+    rng = np.random.default_rng(0)
+    t = np.arange(int(0.5 * SR)) / SR
+    for c, freq in enumerate((440, 1200, 3000)):
+        (root / f"tone{c}").mkdir()
+        for i in range(5):
+            x = 0.3 * np.sin(2 * np.pi * freq * (1 + 0.02 * i) * t) + 0.01 * rng.standard_normal(len(t))
+            sf.write(root / f"tone{c}" / f"{i}.wav", x.astype("float32"), SR)
+    model = classifier.build_demo_classifier(3, TINY)
+    path = root.parent / "tiny_classifier.keras"
+    info = classifier.ClassifierInfo(("a", "b", "c"), SR, False, classifier.DEMO_LAYERS)
+    classifier.save_classifier(model, info, path)
+    config = training.TrainConfig(
+        classifier=str(path),
+        data=str(root),
+        layout="folders",
+        clip_seconds=0.5,
+        k=K,
+        nmf_iterations=10,
+        hidden=8,
+        epochs=2,
+        batch_size=4,
+    )
+    return config
+
+
+def test_train_writes_a_complete_run_folder(tiny_job, tmp_path):
+    results = training.train(tmp_path / "run", tiny_job)
+    for name in ("config.json", "stft.json", "interpreter.keras", "metrics.json", "dictionary", "logs", "checkpoints"):
+        assert (tmp_path / "run" / name).exists(), name
+    assert set(results["test"]) == {"top1", "top3"}
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["train"]["class_names"] == ["a", "b", "c"]
+    assert saved["environment"]["versions"]["tensorflow"].startswith("2.17")
+    run = training.load_run(tmp_path / "run")
+    assert run.interpreter.k == K
+
+
+def test_train_refuses_a_folder_that_holds_a_run(tiny_job, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    with pytest.raises(training.RunFolderError, match="already holds a run"):
+        training.train(out, tiny_job)
+    assert (out / "config.json").read_text() == "{}"  # untouched
+
+
+def test_resume_continues_from_the_last_checkpoint(tiny_job, tmp_path):
+    import dataclasses
+
+    out = tmp_path / "run"
+    training.train(out, tiny_job)
+    state = json.loads((out / "checkpoints" / "state.json").read_text())
+    assert state["epochs_done"] == 2
+    results = training.train(out, dataclasses.replace(tiny_job, epochs=3), resume=True)
+    assert json.loads((out / "checkpoints" / "state.json").read_text())["epochs_done"] == 3
+    assert results["epochs_run"] == 1
+
+
+def test_resume_without_a_checkpoint_is_refused(tiny_job, tmp_path):
+    with pytest.raises(training.RunFolderError, match="no checkpoint"):
+        training.train(tmp_path / "empty", tiny_job, resume=True)
+
+
+def test_class_names_whose_count_differs_are_refused(tiny_job, tmp_path):
+    import dataclasses
+
+    with pytest.raises(ValueError, match="2 class names from --class-names but the classifier outputs 3"):
+        training.train(tmp_path / "run", dataclasses.replace(tiny_job, class_names=("x", "y")))
+
+
+def test_a_dictionary_with_another_k_is_refused(tiny_job, tmp_path):
+    import dataclasses
+
+    training.train(tmp_path / "first", tiny_job)
+    with pytest.raises(ValueError, match="K|k"):
+        training.train(
+            tmp_path / "second", dataclasses.replace(tiny_job, dictionary=str(tmp_path / "first" / "dictionary"), k=5)
+        )
+
+
+def test_cli_train_reports_fidelity_and_refuses_an_existing_run(tiny_job, tmp_path):
+    args = [
+        "train",
+        "--classifier",
+        tiny_job.classifier,
+        "--data",
+        tiny_job.data,
+        "--layout",
+        "folders",
+        "--k",
+        str(K),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--clip-seconds",
+        "0.5",
+        "--nmf-iterations",
+        "5",
+        "--hidden",
+        "8",
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    runner = CliRunner()
+    env = {}
+    result = runner.invoke(main, args, env=env)
+    assert result.exit_code == 0, result.output
+    assert "test fidelity: top-1" in result.output
+    again = runner.invoke(main, args, env=env)
+    assert again.exit_code != 0 and "already holds a run" in again.output
+    bad = runner.invoke(main, [*args[:-2], "--out", str(tmp_path / "x"), "--layers", "nope"], env=env)
+    assert bad.exit_code != 0 and "no layer 'nope'" in bad.output
+
+
+def test_mirrored_strategy_on_two_cpus_matches_one_device():
+    """One optimizer step under MirroredStrategy (2 logical CPUs) equals the same step on one device."""
+    script = textwrap.dedent(
+        """
+        import numpy as np, tensorflow as tf, keras
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        import sys; sys.path.insert(0, "tests")
+        from test_interpreter import _tiny_interpreter, _clips
+        x = _clips(4)
+        def step(strategy):
+            keras.utils.set_random_seed(0)
+            with strategy.scope():
+                m = _tiny_interpreter(psi={"dropout": 0.0})
+                m.compile(optimizer=keras.optimizers.SGD(0.1))
+            m.fit(tf.data.Dataset.from_tensor_slices(x).batch(4), epochs=1, verbose=0, shuffle=False)
+            return [w.numpy() for w in m.head_variables]
+        mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        assert mirrored.num_replicas_in_sync == 2
+        a = step(mirrored)
+        b = step(tf.distribute.OneDeviceStrategy("/cpu:0"))
+        print("maxdiff", max(float(np.abs(u - v).max()) for u, v in zip(a, b)))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    diff = float(proc.stdout.split("maxdiff")[1])
+    assert diff < 1e-4
