@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli import train_classifier
+from cli import learn_dictionary, train_classifier
 
 
 @click.group(
@@ -12,6 +12,7 @@ from cli import train_classifier
 Examples:
   l2i-tf train-classifier --out runs/classifier.keras
   l2i-tf train-classifier --help
+  l2i-tf learn-dictionary --out runs/esc10_dictionary
 """
 )
 @click.version_option(package_name="l2i_tf")
@@ -20,6 +21,7 @@ def main():
 
 
 main.add_command(train_classifier.command)
+main.add_command(learn_dictionary.command)
 
 if __name__ == "__main__":
     main()
