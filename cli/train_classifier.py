@@ -19,7 +19,8 @@ from l2i_tf import classifier, data
     epilog="""\b
 Examples:
   l2i-tf train-classifier --out runs/esc10_classifier.keras
-  l2i-tf train-classifier --multilabel --out runs/esc10_multilabel.keras
+  l2i-tf train-classifier --multilabel --init-from runs/esc10_classifier.keras --epochs 12 \\
+      --out runs/esc10_multilabel.keras
   l2i-tf train-classifier --data ESC-50-master --layout esc50 --epochs 60 --out runs/esc50.keras
 """,
 )
@@ -30,9 +31,30 @@ Examples:
 @click.option("--epochs", type=click.IntRange(min=1), default=classifier.DemoConfig.epochs, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=2), default=classifier.DemoConfig.batch_size, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--init-from",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Start from this demo classifier's weights (e.g. the multi-class one, for --multilabel).",
+)
+@click.option("--mixtures-per-epoch", type=click.IntRange(min=16), default=720, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
 @click.option("-v", "--verbose", is_flag=True, help="Log each epoch.")
-def command(data_path, layout, on_error, splits, out, multilabel, epochs, batch_size, seed, overwrite, verbose):
+def command(
+    data_path,
+    layout,
+    on_error,
+    splits,
+    out,
+    multilabel,
+    epochs,
+    batch_size,
+    seed,
+    init_from,
+    mixtures_per_epoch,
+    overwrite,
+    verbose,
+):
     """Train the demo classifier (waveform -> log-mel -> VGG blocks -> logits).
 
     Trains on the training folds, reports the validation folds each epoch and the
@@ -51,11 +73,16 @@ def command(data_path, layout, on_error, splits, out, multilabel, epochs, batch_
         if errors:
             click.echo(f"skipped {len(errors)} unreadable clip(s): first: {errors[0]}", err=True)
     config = dataclasses.replace(
-        classifier.DemoConfig(), epochs=epochs, batch_size=batch_size, seed=seed, multilabel=multilabel
+        classifier.DemoConfig(),
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        multilabel=multilabel,
+        mixtures_per_epoch=mixtures_per_epoch,
     )
     start = time.perf_counter()
     try:
-        metrics = classifier.train_demo_classifier(out_path, config, table=table, splits=splits)
+        metrics = classifier.train_demo_classifier(out_path, config, table=table, splits=splits, init_from=init_from)
     except data.AudioDataError as e:
         raise click.ClickException(str(e)) from None
     metrics["command_seconds"] = time.perf_counter() - start

@@ -225,8 +225,12 @@ def train_demo_classifier(
     table: data.ClipTable | None = None,
     splits: data.Splits = data.Splits(),
     cache_dir=None,
+    init_from: str | Path | None = None,
 ) -> dict:
     """Train the demo classifier on ``table`` (default: bundled ESC-10) and save it with its sidecar.
+
+    ``init_from``: a ``.keras`` demo classifier of the same architecture to start from
+    (e.g. the multi-class model, fine-tuned on mixtures for the multi-label one).
 
     Returns the metrics: validation and test accuracy (multi-class) or macro-AUPRC on
     mixtures (multi-label), wall time.
@@ -247,6 +251,12 @@ def train_demo_classifier(
         xva, yva, xte, yte = val["mixture"], val["labels"], test["mixture"], test["labels"]
 
     model = build_demo_classifier(num_classes, config)
+    if init_from is not None:
+        source = keras.saving.load_model(init_from, compile=False)
+        try:
+            model.set_weights(source.get_weights())
+        except ValueError as e:
+            raise ValueError(f"cannot start from {str(init_from)!r}: its architecture differs ({e})") from None
     steps_per_epoch = (config.mixtures_per_epoch if config.multilabel else len(xtr)) // config.batch_size
     model.compile(
         optimizer=keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay),
@@ -306,7 +316,9 @@ def train_demo_classifier(
 
 
 def predict_logits(model: keras.Model, waves: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    return np.concatenate([model(waves[i : i + batch_size], training=False).numpy() for i in range(0, len(waves), batch_size)])
+    return np.concatenate(
+        [model(waves[i : i + batch_size], training=False).numpy() for i in range(0, len(waves), batch_size)]
+    )
 
 
 def _score(model, waves, labels, multilabel: bool) -> float:
