@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import click
 
+from cli import explain as explain_cmd
+from cli import export as export_cmd
 from cli import learn_dictionary, train_classifier
+from cli import request as request_cmd
 
 
 @click.group(
@@ -13,6 +16,7 @@ Examples:
   l2i-tf train-classifier --out runs/classifier.keras
   l2i-tf train-classifier --help
   l2i-tf learn-dictionary --out runs/esc10_dictionary
+  l2i-tf export runs/esc10 && l2i-tf explain savedmodels/l2i clip.wav --out out
 """
 )
 @click.version_option(package_name="l2i_tf")
@@ -22,6 +26,9 @@ def main():
 
 main.add_command(train_classifier.command)
 main.add_command(learn_dictionary.command)
+main.add_command(explain_cmd.command)
+main.add_command(export_cmd.command)
+main.add_command(request_cmd.command)
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,81 @@
+"""Explanation throughput: the exported SavedModel's serving_default vs the classifier alone (its classify signature).
+
+Batch of 32 five-second clips, same process, the two calls alternating, median of several runs; prints both times,
+their ratio (target <= 1.25) and the real-time factor (seconds of compute per second of audio).
+
+    python benchmarks/explain_throughput.py                  # runs/esc10 if it exists, else an untrained demo-size run
+    python benchmarks/explain_throughput.py savedmodels/l2i  # an existing export
+    python benchmarks/explain_throughput.py runs/esc10 --runs 9
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+
+def demo_run(folder: Path, k: int = 100) -> Path:
+    """An untrained run of demo size (VGG 32-256 channels, Ψ 128 wide, K=100): the compute of a trained one."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from run_fixture import make_run
+
+    names = tuple(f"class_{i}" for i in range(10))
+    return make_run(folder, k=k, class_names=names, channels=(32, 64, 128, 256), hidden=128)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("source", nargs="?", default="runs/esc10", help="run folder or SavedModel")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--runs", type=int, default=7)
+    args = parser.parse_args()
+
+    from l2i_tf import export
+
+    tmp = tempfile.TemporaryDirectory()
+    source = Path(args.source)
+    if not source.exists():
+        print(f"{source} does not exist: benchmarking an untrained run of demo size")
+        source = demo_run(Path(tmp.name) / "run")
+    if (source / "interpreter.keras").is_file():
+        t0 = time.perf_counter()
+        source = export.export(source, Path(tmp.name) / "savedmodels", "l2i", export.ExportConfig(max_seconds=0))
+        print(f"exported in {time.perf_counter() - t0:.1f} s")
+    path = export.resolve_saved_model(source)
+    meta = export.load_metadata(path)
+    model = tf.saved_model.load(str(path))
+    serve, classify = model.signatures["serving_default"], model.signatures["classify"]
+    rate = meta["sample_rate"]
+    rng = np.random.default_rng(0)
+    x = tf.constant(0.1 * rng.standard_normal((args.batch, int(args.seconds * rate))).astype("float32"))
+    for fn in (serve, classify):  # warm up
+        fn(waveform=x)
+    times = {"classifier": [], "explanation": []}
+    for _ in range(args.runs):
+        for name, fn in (("classifier", classify), ("explanation", serve)):
+            t0 = time.perf_counter()
+            out = fn(waveform=x)
+            _ = [v.numpy() for v in out.values()]
+            times[name].append(time.perf_counter() - t0)
+    classifier_s = statistics.median(times["classifier"])
+    explain_s = statistics.median(times["explanation"])
+    audio_s = args.batch * args.seconds
+    print(f"SavedModel {path} (K={meta['k']}, N={meta['top_n']}, domain {meta['domain']})")
+    print(f"batch {args.batch} x {args.seconds:g} s, median of {args.runs} alternating runs")
+    print(f"classifier alone (classify):         {classifier_s:.3f} s")
+    print(f"whole explanation (serving_default): {explain_s:.3f} s")
+    print(f"ratio: {explain_s / classifier_s:.2f} (target <= 1.25)")
+    print(f"real-time factor: {explain_s / audio_s:.4f} (explanation), {classifier_s / audio_s:.4f} (classifier)")
+    tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

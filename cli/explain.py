@@ -1,0 +1,81 @@
+"""`l2i-tf explain`: listenable interpretations of audio files, from a run folder or an exported SavedModel."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import tensorflow as tf
+
+from cli import options
+from l2i_tf import data, training
+from l2i_tf import explain as explain_lib
+from l2i_tf import export as export_lib
+
+
+def _folders(inputs, out: Path) -> list[Path]:
+    """One input: OUT itself; several: OUT/<file stem> (numbered if stems repeat)."""
+    if len(inputs) == 1:
+        return [out]
+    seen, folders = {}, []
+    for path in inputs:
+        stem = Path(path).stem
+        seen[stem] = seen.get(stem, 0) + 1
+        folders.append(out / (stem if seen[stem] == 1 else f"{stem}_{seen[stem]}"))
+    return folders
+
+
+@click.command(
+    "explain",
+    epilog="""\b
+Examples:
+  l2i-tf explain runs/esc10 dog.wav --out out/dog
+  l2i-tf explain savedmodels/l2i clip1.ogg clip2.flac --class Rain --threshold 0.3 --out out
+  l2i-tf explain runs/esc10 stereo_44k.wav --top 10 --domain linear --out out/linear
+""",
+)
+@click.argument("source", type=click.Path(exists=True, file_okay=False))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--class", "class_name", default=None, help="Class to explain (default: the classifier's prediction).")
+@click.option("--threshold", type=float, default=None, help="τ: select components with relevance > τ [0.5/export's].")
+@click.option("--top", type=click.IntRange(min=0), default=None, help="At most N components (run folder) [5/export's].")
+@click.option("--domain", type=click.Choice(explain_lib.DOMAINS), default=None, help="Mask domain [log1p/export's].")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
+@click.option("-v", "--verbose", is_flag=True)
+def command(source, inputs, class_name, threshold, top, domain, out, verbose):
+    """Explain the classifier's decision on each INPUT with audio you can listen to.
+
+    SOURCE is a run folder (l2i-tf train) or an exported SavedModel (a version folder, or the model folder:
+    newest version). INPUT files may have any length, sample rate (resampled) and channel count (downmixed).
+    Writes interpretation.wav, component_<k>.wav per selected component and explanation.json (both classifiers'
+    probabilities, relevances, selected components) into OUT, or OUT/<stem>/ when there are several inputs.
+    """
+    options.setup(verbose)
+    if threshold is not None and threshold != threshold:
+        raise click.BadParameter(f"{threshold!r} is not a number", param_hint="--threshold")
+    try:
+        src = export_lib.ExplainSource(source, threshold=threshold, top_n=top, domain=domain)
+    except (training.RunFolderError, FileNotFoundError) as e:
+        raise click.BadParameter(str(e), param_hint="SOURCE") from None
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--top/--domain") from None
+    try:
+        src.class_index(class_name)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--class") from None
+    for path, folder in zip(inputs, _folders(inputs, Path(out)), strict=True):
+        try:
+            report = export_lib.explain_file(src, path, folder, class_name)
+        except data.AudioDataError as e:
+            raise click.BadParameter(str(e), param_hint="INPUT") from None
+        except tf.errors.InvalidArgumentError as e:
+            raise click.ClickException(f"{path}: {export_lib.graph_error_message(e)}") from None
+        chosen = ", ".join(f"{s['component']} ({s['relevance']:.2f})" for s in report["selected"]) or "none"
+        click.echo(
+            f"{path}: classifier says {report['classifier']['predicted']}, interpreter says "
+            f"{report['interpreter']['predicted']}; explaining {report['target_class']}: "
+            f"components {chosen} -> {folder}"
+        )
+        if verbose:
+            click.echo(json.dumps(report["classifier"], indent=2))

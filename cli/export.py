@@ -1,0 +1,61 @@
+"""`l2i-tf export`: a trained run folder -> a versioned SavedModel for TF Serving."""
+
+from __future__ import annotations
+
+import click
+
+from cli import options
+from l2i_tf import explain as explain_lib
+from l2i_tf import export as export_lib
+from l2i_tf import training
+
+DEFAULTS = export_lib.ExportConfig()
+
+
+@click.command(
+    "export",
+    epilog="""\b
+Examples:
+  l2i-tf export runs/esc10                        # -> savedmodels/l2i/1 (then 2, 3, ...)
+  l2i-tf export runs/esc10 --name esc10 --top 10 --max-seconds 30
+  l2i-tf export runs/esc10 --version 7 --domain linear
+""",
+)
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--name", default="l2i", show_default=True, help="Model name: the folder under --out.")
+@click.option("--out", default="savedmodels", show_default=True, type=click.Path(), help="Base folder of models.")
+@click.option("--version", type=click.IntRange(min=1), default=None, help="Version folder (default: next free).")
+@click.option("--threshold", type=float, default=DEFAULTS.threshold, show_default=True, help="Default τ.")
+@click.option(
+    "--top", type=click.IntRange(min=0), default=DEFAULTS.top_n, show_default=True, help="N: most components selected."
+)
+@click.option("--domain", type=click.Choice(explain_lib.DOMAINS), default=DEFAULTS.domain, show_default=True)
+@click.option(
+    "--max-seconds",
+    type=click.FloatRange(min=0),
+    default=DEFAULTS.max_seconds,
+    show_default=True,
+    help="Longer clips are rejected with an error (0: no limit).",
+)
+@click.option("-v", "--verbose", is_flag=True)
+def command(run_dir, name, out, version, threshold, top, domain, max_seconds, verbose):
+    """Export RUN_DIR as one SavedModel under OUT/NAME/VERSION/ (never overwriting; atomic).
+
+    Signatures: serving_default (waveform -> interpretation, predictions, relevance, selected), explain (+
+    target_class, threshold -> top-N component audio), classify (classifier only), explain_wav (WAV files in
+    and out). Only core TensorFlow ops, so TF Serving loads it.
+    """
+    options.setup(verbose)
+    try:
+        config = export_lib.ExportConfig(threshold=threshold, top_n=top, domain=domain, max_seconds=max_seconds)
+        path = export_lib.export(run_dir, out, name, config, version)
+    except export_lib.ExportError as e:
+        hint = "--version" if "already exists" in str(e) else "--name" if "model name" in str(e) else "--out"
+        raise click.BadParameter(str(e), param_hint=hint) from None
+    except training.RunFolderError as e:
+        raise click.BadParameter(str(e), param_hint="RUN_DIR") from None
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"exported {path}")
+    click.echo(f"signatures: {', '.join(export_lib.SIGNATURES)}")
+    click.echo(f"check it:   saved_model_cli show --all --dir {path}")

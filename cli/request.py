@@ -1,0 +1,49 @@
+"""`l2i-tf request`: send WAV files to a TF Serving model over REST and write the interpretations it returns."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from l2i_tf import export as export_lib
+
+
+@click.command(
+    "request",
+    epilog="""\b
+Examples:
+  l2i-tf request --url http://localhost:8501/v1/models/l2i dog.wav --out out/served
+  l2i-tf request --url http://server:8501/v1/models/l2i/versions/2 a.wav b.wav --out out
+""",
+)
+@click.option("--url", required=True, help="TF Serving model URL: http://HOST:8501/v1/models/NAME[/versions/N].")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=120.0, show_default=True, help="Seconds.")
+def command(url, inputs, out, timeout):
+    """Ask a TF Serving model (the explain_wav signature) to explain INPUT files; write what it returns.
+
+    INPUTs must be 16-bit PCM WAV files at the model's sample rate (the server says so otherwise); they are sent
+    as-is in one request, so this client needs no audio code. Writes OUT/interpretation.wav and
+    OUT/response.json (OUT/<stem>/ per input when there are several).
+    """
+    try:
+        export_lib.predict_url(url)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--url") from None
+    files = [Path(p).read_bytes() for p in inputs]
+    try:
+        predictions = export_lib.rest_explain_wav(url, files, timeout)
+    except ConnectionError as e:
+        raise click.ClickException(str(e)) from None
+    out = Path(out)
+    for path, prediction in zip(inputs, predictions, strict=True):
+        folder = out if len(inputs) == 1 else out / Path(path).stem
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "interpretation.wav").write_bytes(prediction.pop("interpretation_wav_bytes"))
+        prediction["input"] = str(path)
+        (folder / "response.json").write_text(json.dumps(prediction, indent=2))
+        chosen = [k for k, s in enumerate(prediction["selected"]) if s]
+        click.echo(f"{path}: {prediction['predicted_class_name']}, components {chosen} -> {folder}/interpretation.wav")

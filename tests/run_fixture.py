@@ -1,0 +1,74 @@
+"""Test helpers: a tiny, untrained run folder (demo classifier + random dictionary) as `l2i-tf train` writes it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+CLASS_NAMES = ("dog", "rain", "siren")
+K = 8
+SAMPLE_RATE = 16000
+
+
+def make_run(
+    folder: str | Path, k: int = K, class_names=CLASS_NAMES, seed: int = 0, channels=(4, 8, 8, 8), hidden: int = 8
+) -> Path:
+    """Write ``interpreter.keras``, ``config.json``, ``stft.json`` and ``metrics.json`` into ``folder``.
+
+    The classifier is the demo VGG with ``channels`` (tiny by default), untrained; Ψ has ``hidden`` channels;
+    W [513, k] is random, non-negative, with unit-norm columns. Good for contract tests, not for listening.
+    """
+    import keras
+
+    from l2i_tf import training
+    from l2i_tf.audio import STFTConfig
+    from l2i_tf.classifier import DemoConfig, build_demo_classifier
+    from l2i_tf.interpreter import Interpreter, tap_orders
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(seed)
+    stft = STFTConfig()
+    model = build_demo_classifier(len(class_names), DemoConfig(channels=tuple(channels)))
+    names, orders = tap_orders(model, ("block2_pool", "block3_pool", "block4_relu"))
+    rng = np.random.default_rng(seed)
+    W = rng.random((stft.num_bins, k)).astype("float32")
+    W /= np.linalg.norm(W, axis=0, keepdims=True)
+    interpreter = Interpreter(
+        model,
+        names,
+        orders,
+        k,
+        stft.num_bins,
+        stft.to_dict(),
+        psi={"hidden": hidden},
+        theta={"pooling": "attention"},
+        dictionary=W,
+    )
+    interpreter(np.zeros((1, stft.sample_rate // 4), "float32"))  # build, as training does
+    interpreter.save(folder / "interpreter.keras")
+    config = training.TrainConfig(class_names=tuple(class_names), k=k, layers=names)
+    (folder / "config.json").write_text(json.dumps({"train": config.to_dict(), "environment": {}}, indent=2))
+    stft.save(folder / "stft.json")
+    (folder / "metrics.json").write_text(json.dumps({"class_names": list(class_names), "k": k}))
+    return folder
+
+
+def write_wav(path: str | Path, samples: np.ndarray, rate: int = SAMPLE_RATE, subtype: str = "PCM_16") -> Path:
+    """Write ``samples`` ([n] or [n, channels]) with soundfile; returns the path."""
+    import soundfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(path, samples, rate, subtype=subtype)
+    return path
+
+
+def chirp(seconds: float = 0.5, rate: int = SAMPLE_RATE, seed: int = 0) -> np.ndarray:
+    """A float32 test clip: a rising tone plus a little seeded noise, amplitude <= ~0.6."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(round(seconds * rate))) / rate
+    x = 0.4 * np.sin(2 * np.pi * (300 + 1500 * t) * t) + 0.1 * rng.standard_normal(len(t))
+    return x.astype("float32")

@@ -1,0 +1,128 @@
+"""`l2i-tf export` and `l2i-tf explain` end to end on a tiny run: files written, sources agree, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile
+from click.testing import CliRunner
+from run_fixture import CLASS_NAMES, SAMPLE_RATE, K, chirp, make_run, write_wav
+
+from cli.main import main
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A run, its export through the CLI (top 3, at most 1 s) and a few input files."""
+    root = tmp_path_factory.mktemp("cli")
+    run = make_run(root / "run")
+    result = invoke("export", run, "--out", root / "savedmodels", "--top", 3, "--max-seconds", 1, "--threshold", 0)
+    assert result.exit_code == 0, result.output
+    inputs = root / "inputs"
+    files = {
+        "mono": write_wav(inputs / "mono.wav", chirp(0.6)),
+        # 22.05 kHz stereo float: resampled to 16 kHz and downmixed.
+        "stereo": write_wav(
+            inputs / "stereo.wav", np.stack([chirp(0.5, 22050), chirp(0.5, 22050, seed=1)], 1), 22050, "FLOAT"
+        ),
+        "silence": write_wav(inputs / "silence.wav", np.zeros(8000, "float32")),
+        "nan": write_wav(inputs / "nan.wav", np.array([0.1, np.nan] * 4000, "float32"), subtype="FLOAT"),
+        "long": write_wav(inputs / "long.wav", chirp(1.5)),
+        "empty": write_wav(inputs / "empty.wav", np.zeros(0, "float32")),
+    }
+    return {
+        "root": root,
+        "run": run,
+        "export": root / "savedmodels" / "l2i" / "1",
+        "files": files,
+        "out": result.output,
+    }
+
+
+def test_export_command_writes_version_1_and_refuses_to_overwrite_it(setup):
+    assert f"exported {setup['export']}" in setup["out"]
+    assert (setup["export"] / "saved_model.pb").is_file()
+    again = invoke("export", setup["run"], "--out", setup["root"] / "savedmodels", "--version", 1)
+    assert again.exit_code == 2 and "version 1 of model 'l2i' already exists" in again.output
+
+
+def test_export_command_names_an_unwritable_folder(setup, tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a folder")
+    result = invoke("export", setup["run"], "--out", blocker / "models")
+    assert result.exit_code == 2 and "cannot create the export folder" in result.output and "file.txt" in result.output
+
+
+def test_explain_from_a_run_folder_writes_interpretation_components_and_json(setup, tmp_path):
+    files = setup["files"]
+    result = invoke(
+        "explain", setup["run"], files["mono"], files["stereo"], "--threshold", 0, "--top", 3, "--out", tmp_path
+    )
+    assert result.exit_code == 0, result.output
+    for stem, seconds in (("mono", 0.6), ("stereo", 0.5)):
+        folder = tmp_path / stem
+        report = json.loads((folder / "explanation.json").read_text())
+        audio, rate = soundfile.read(folder / "interpretation.wav")
+        assert rate == SAMPLE_RATE and len(audio) == round(seconds * SAMPLE_RATE) == report["samples"]
+        assert set(report["classifier"]["probabilities"]) == set(CLASS_NAMES)
+        assert set(report["interpreter"]["probabilities"]) == set(CLASS_NAMES)
+        assert len(report["relevance"]) == K and 1 <= len(report["selected"]) <= 3
+        for chosen in report["selected"]:
+            assert chosen["relevance"] > 0 and (folder / chosen["file"]).is_file()
+        assert sorted(p.name for p in folder.glob("component_*.wav")) == sorted(s["file"] for s in report["selected"])
+
+
+def test_explain_from_the_savedmodel_matches_the_run_folder(setup, tmp_path):
+    stereo = setup["files"]["stereo"]
+    a = invoke(
+        "explain", setup["run"], stereo, "--class", "rain", "--threshold", 0, "--top", 3, "--out", tmp_path / "a"
+    )
+    b = invoke("explain", setup["export"].parent, stereo, "--class", "rain", "--out", tmp_path / "b")
+    assert a.exit_code == 0 and b.exit_code == 0, a.output + b.output
+    ra = json.loads((tmp_path / "a" / "explanation.json").read_text())
+    rb = json.loads((tmp_path / "b" / "explanation.json").read_text())
+    assert rb["source_kind"] == "savedmodel" and ra["target_class"] == rb["target_class"] == "rain"
+    np.testing.assert_allclose(ra["relevance"], rb["relevance"], atol=1e-4)
+    assert [s["component"] for s in ra["selected"]] == [s["component"] for s in rb["selected"]]
+    wa, _ = soundfile.read(tmp_path / "a" / "interpretation.wav")
+    wb, _ = soundfile.read(tmp_path / "b" / "interpretation.wav")
+    np.testing.assert_allclose(wa, wb, atol=1e-4)
+
+
+def test_explain_silence_gives_zero_relevance_and_silent_audio(setup, tmp_path):
+    result = invoke("explain", setup["run"], setup["files"]["silence"], "--threshold", -0.5, "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "explanation.json").read_text())
+    assert report["relevance"] == [0.0] * K and report["selected"] == []
+    assert np.all(soundfile.read(tmp_path / "interpretation.wav")[0] == 0)
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (("--class", "cat"), 2, "unknown class 'cat'; the classes are: dog, rain, siren"),
+        (("--top", 7), 2, "--top 7 differs from this SavedModel's 3"),
+    ],
+)
+def test_explain_rejects_bad_options_naming_the_value(setup, tmp_path, args, code, message):
+    result = invoke("explain", setup["export"], setup["files"]["mono"], *args, "--out", tmp_path)
+    assert result.exit_code == code and message in result.output, result.output
+
+
+@pytest.mark.parametrize(
+    "name, code, message",
+    [
+        ("empty", 2, "holds no audio samples"),
+        ("nan", 1, "waveform holds NaN or Inf samples"),
+        ("long", 1, "24000 samples, more than the maximum of this export, 16000 samples"),
+    ],
+)
+def test_explain_rejects_bad_audio_with_a_clear_error(setup, tmp_path, name, code, message):
+    result = invoke("explain", setup["export"], setup["files"][name], "--out", tmp_path)
+    assert result.exit_code == code and message in result.output, result.output
