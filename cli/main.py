@@ -6,13 +6,14 @@ import click
 
 from cli import explain as explain_cmd
 from cli import export as export_cmd
-from cli import learn_dictionary, train_classifier
+from cli import learn_dictionary, train, train_classifier
 from cli import request as request_cmd
 
 
 @click.group(
     epilog="""\b
 Examples:
+  l2i-tf train                       # interpret the demo classifier on ESC-10
   l2i-tf train-classifier --out runs/classifier.keras
   l2i-tf train-classifier --help
   l2i-tf learn-dictionary --out runs/esc10_dictionary
@@ -24,6 +25,7 @@ def main():
     """Listen to Interpret: listenable interpretations of audio classifiers."""
 
 
+main.add_command(train.command)
 main.add_command(train_classifier.command)
 main.add_command(learn_dictionary.command)
 main.add_command(explain_cmd.command)
