@@ -64,7 +64,10 @@ def sidecar_path(model_path: str | Path) -> Path:
 def save_classifier(model: keras.Model, info: ClassifierInfo, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    model.save(path)
+    # An inference copy: Keras 3 saves a compiled model's optimizer state too (2x the weights).
+    clean = keras.models.clone_model(model)
+    clean.set_weights(model.get_weights())
+    clean.save(path)
     sidecar_path(path).write_text(json.dumps(info.to_dict(), indent=2))
 
 
