@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from cli import evaluate as evaluate_cmd
 from cli import explain as explain_cmd
 from cli import export as export_cmd
 from cli import learn_dictionary, train, train_classifier
@@ -31,6 +32,7 @@ main.add_command(learn_dictionary.command)
 main.add_command(explain_cmd.command)
 main.add_command(export_cmd.command)
 main.add_command(request_cmd.command)
+main.add_command(evaluate_cmd.command)
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,139 @@
+"""The evaluate job: faithfulness known answers, random baseline, SLIME, mixtures, fold configs, report and CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from click.testing import CliRunner
+from run_fixture import make_run, write_wav
+
+from cli.main import main
+from l2i_tf import audio, classifier, evaluate, explain, slime, training
+
+SR = 16000
+STFT = audio.STFTConfig()
+
+
+@pytest.fixture(scope="module")
+def tiny_eval_run(tmp_path_factory):
+    """A tiny untrained run folder pointed at a 3-class folders data set of 0.5 s tones (6 clips a class)."""
+    root = tmp_path_factory.mktemp("evaluate")
+    rng = np.random.default_rng(0)
+    t = np.arange(SR // 2) / SR
+    for c, name in enumerate(("dog", "rain", "siren")):
+        for k in range(10):
+            clip = 0.4 * np.sin(2 * np.pi * 300 * (c + 1) * t) + 0.05 * rng.standard_normal(len(t))
+            write_wav(root / "data" / name / f"{name}_{k}.wav", clip.astype("float32"))
+    run = make_run(root / "run")
+    config = json.loads((run / "config.json").read_text())
+    config["train"].update(data=str(root / "data"), layout="folders", clip_seconds=0.5)
+    (run / "config.json").write_text(json.dumps(config))
+    return run
+
+
+def _tiny_classifier():
+    model = classifier.build_demo_classifier(3, classifier.DemoConfig(channels=(4, 8, 8, 8)))
+    return lambda w: np.asarray(model(tf.convert_to_tensor(w), training=False))
+
+
+def test_removing_every_component_drops_the_logit_to_that_of_silence():
+    classify = _tiny_classifier()
+    x = np.random.default_rng(0).standard_normal((2, SR // 4)).astype("float32") * 0.3
+    X, phase = audio.analyze(x, STFT)
+    K = 4
+    W = np.random.default_rng(1).random((STFT.num_bins, K)).astype("float32") + 0.1
+    H = np.ones((2, X.shape[1], K), "float32")  # every bin explained, so removing all leaves silence
+    z = np.ones((2, K), "float32")
+    theta = np.random.default_rng(2).standard_normal((K, 3)).astype("float32")
+    logits = classify(x)
+    c = logits.argmax(axis=1)
+    r = explain.relevance(z, theta, c)
+    res = evaluate.removal_drops(classify, X, phase, W, H, r, logits, c, (-2.0,), x.shape[1], STFT, "log1p", (0, 0))
+    silence = classify(np.zeros_like(x))
+    np.testing.assert_allclose(res[-2.0]["l2i"]["logit"], logits[[0, 1], c] - silence[[0, 1], c], atol=1e-4)
+    np.testing.assert_array_equal(res[-2.0]["l2i"]["selected"], [K, K])
+    np.testing.assert_array_equal(res[-2.0]["random"]["selected"], [0, 0])  # nothing left to draw from
+
+
+def test_random_baseline_never_picks_selected_components_and_matches_the_count():
+    r = tf.random.stateless_uniform([16, 50], seed=[3, 4], minval=-1, maxval=1)
+    for seed in range(20):
+        for tau in (0.9, 0.5, 0.0, -0.5):
+            chosen = explain.select(r, tau)
+            rand = explain.random_selection(chosen, tf.constant([seed, 7], tf.int64))
+            assert not np.any(np.logical_and(chosen, rand))
+            n_chosen = np.sum(chosen, axis=1)
+            expected = np.minimum(n_chosen, 50 - n_chosen)
+            np.testing.assert_array_equal(np.sum(rand, axis=1), expected)
+
+
+def test_fold_config_holds_out_one_fold_and_learns_its_own_dictionary():
+    base = training.TrainConfig(dictionary="some/dictionary", epochs=40)
+    cfg = evaluate.fold_config(base, 2)
+    assert (cfg.test_folds, cfg.val_folds, cfg.train_folds) == ((2,), (3,), (1, 4, 5))
+    assert cfg.dictionary is None and cfg.epochs == 40
+    assert evaluate.fold_config(base, 5, quick=True).epochs == 2
+
+
+def test_slime_segments_tile_the_spectrogram_and_bands_are_mel_spaced():
+    segs = slime.segments(100, STFT.num_bins, slime.SlimeConfig(time_segments=5, freq_bands=6), SR)
+    assert segs.shape == (30, 100, STFT.num_bins)
+    np.testing.assert_array_equal(segs.sum(axis=0), 1.0)
+    edges = slime.band_edges(STFT.num_bins, 6, SR)
+    assert edges[0] == 0 and edges[-1] == STFT.num_bins and np.all(np.diff(edges) > 0)
+    assert np.diff(edges)[0] < np.diff(edges)[-1]  # mel: narrow low bands
+
+
+def test_slime_finds_the_segment_a_planted_classifier_listens_to():
+    x = (np.random.default_rng(0).standard_normal(SR // 2) * 0.3).astype("float32")
+    half = len(x) // 2
+
+    def classify(w):  # class 0's logit: energy of the second half of the clip
+        w = np.asarray(w)
+        e = 50 * np.mean(np.square(w[:, half:]), axis=1)
+        return np.stack([e, np.zeros_like(e)], axis=1)
+
+    config = slime.SlimeConfig(time_segments=2, freq_bands=1, num_samples=40)
+    res = slime.explain(classify, x, 0, STFT, config)
+    assert res["relevance"].argmax() == 1 and res["relevance"][1] == pytest.approx(1.0)
+    kept = slime.interpretation(res, 0.5, len(x), STFT)
+    assert np.abs(kept[: half - 1024]).max() < 1e-3 < np.abs(kept[half + 1024 :]).max()
+
+
+def test_evaluate_writes_every_table_and_figure(tiny_eval_run, tmp_path):
+    config = evaluate.EvalConfig.quick_config(baselines=("slime",))
+    report = evaluate.evaluate(tiny_eval_run, config, tmp_path / "out")
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert saved["config"]["baselines"] == ["slime"] and saved["train_config"]["k"] == 8
+    assert set(report["fidelity"]) == {"top1", "top3"}
+    assert set(report["faithfulness"]) == {"0.9", "0.7", "0.5", "0.3"}
+    assert set(report["faithfulness"]["0.3"]) == {"l2i", "random"}
+    mixtures = report["mixtures"]
+    assert mixtures["mixtures"] == 8 and 0 <= mixtures["counted"] <= 8
+    if mixtures["counted"]:
+        rows = {(r["method"], r["domain"], r["threshold"]): r for r in mixtures["rows"]}
+        assert rows[("mixture", "-", None)]["si_sdri_db"]["median"] == 0.0
+        assert rows[("oracle ratio mask", "linear", None)]["si_sdri_db"]["median"] > 5.0
+        assert ("L2I", "linear", 0.3) in rows and ("random", "log1p", 0.0) in rows
+    assert report["slime"]["clips"] == 2 and report["wall_time"]["slime_seconds_per_clip"] > 0
+    text = (tmp_path / "out" / "report.md").read_text()
+    for heading in ("## Fidelity", "## Faithfulness", "## Mixtures", "## Wall time", "SLIME"):
+        assert heading in text
+
+
+def test_cli_evaluate_quick_prints_the_tables_and_rejects_a_bad_run(tiny_eval_run, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(
+        main, ["evaluate", str(tiny_eval_run), "--quick", "--mixtures", "0", "--out", str(tmp_path / "cli")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "## Faithfulness" in result.output and "## Mixtures" not in result.output
+    assert (tmp_path / "cli" / "report.md").is_file()
+    bad = runner.invoke(main, ["evaluate", str(tmp_path), "--quick"])
+    assert bad.exit_code != 0 and "not a finished run" in bad.output
+    bad = runner.invoke(main, ["evaluate", str(tiny_eval_run), "--thresholds", "a,b"])
+    assert bad.exit_code != 0 and "comma-separated numbers" in bad.output
+    assert "Examples:" in runner.invoke(main, ["evaluate", "--help"]).output
