@@ -8,6 +8,7 @@ from cli import evaluate as evaluate_cmd
 from cli import explain as explain_cmd
 from cli import export as export_cmd
 from cli import learn_dictionary, train, train_classifier
+from cli import report as report_cmd
 from cli import request as request_cmd
 
 
@@ -19,6 +20,7 @@ Examples:
   l2i-tf train-classifier --help
   l2i-tf learn-dictionary --out runs/esc10_dictionary
   l2i-tf export runs/esc10 && l2i-tf explain savedmodels/l2i clip.wav --out out
+  l2i-tf report runs/esc10 --examples 3 --out reports/esc10   # an offline HTML page
 """
 )
 @click.version_option(package_name="l2i_tf")
@@ -32,6 +34,7 @@ main.add_command(learn_dictionary.command)
 main.add_command(explain_cmd.command)
 main.add_command(export_cmd.command)
 main.add_command(request_cmd.command)
+main.add_command(report_cmd.command)
 main.add_command(evaluate_cmd.command)
 
 if __name__ == "__main__":

@@ -508,6 +508,7 @@ class ExplainSource:
             )
             explainer = Explainer(run.interpreter, run.class_names, config)
             self.kind = "run"
+            self.explainer = explainer  # the interpreter behind it (l2i-tf report reads H from it)
             self.metadata = explainer.metadata()
             self._explain = explainer.functions()["explain"]
         else:
@@ -520,6 +521,7 @@ class ExplainSource:
                         f"re-export with {option} {value} or explain from the run folder"
                     )
             self.kind = "savedmodel"
+            self.explainer = None
             self.path = saved
             self._explain = tf.saved_model.load(str(saved)).signatures["explain"]
         self.threshold = self.metadata["threshold"] if threshold is None else float(threshold)

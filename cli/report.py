@@ -1,0 +1,80 @@
+"""`l2i-tf report`: a static, offline HTML page of explanations, from a run folder or an exported SavedModel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cli import options
+from l2i_tf import data, training
+from l2i_tf import explain as explain_lib
+from l2i_tf import report as report_lib
+
+
+@click.command(
+    "report",
+    epilog="""\b
+Examples:
+  l2i-tf report runs/esc10 --examples 3 --out reports/esc10
+  l2i-tf report runs/esc10 dog.wav rain.ogg --out reports/mine --threshold 0.3
+  l2i-tf report savedmodels/l2i clip.flac --examples 2 --out reports/export --overwrite
+""",
+)
+@click.argument("source", type=click.Path(exists=True, file_okay=False))
+@click.argument("inputs", nargs=-1, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", type=click.Path(), required=True, help="Report folder (index.html, audio/, img/).")
+@click.option(
+    "--examples", type=click.IntRange(min=0), default=0, show_default=True, help="Also explain N bundled test clips."
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing report folder (once the new one is complete).")
+@click.option("--class", "class_name", default=None, help="Class to explain (default: the classifier's prediction).")
+@click.option("--threshold", type=float, default=None, help="τ: select components with relevance > τ [0.5/export's].")
+@click.option("--top", type=click.IntRange(min=0), default=None, help="At most N components (run folder) [5/export's].")
+@click.option("--domain", type=click.Choice(explain_lib.DOMAINS), default=None, help="Mask domain [log1p/export's].")
+@click.option("-v", "--verbose", is_flag=True)
+def command(source, inputs, out, examples, overwrite, class_name, threshold, top, domain, verbose):
+    """Write a static HTML page explaining each INPUT (and --examples N bundled test clips) to OUT/index.html.
+
+    SOURCE is a run folder (l2i-tf train) or an exported SavedModel. For each input the page has players for
+    the input, the interpretation and each selected component; spectrograms of input and interpretation on one
+    colour scale; the activations H (run folder, or the run an export came from); relevances with the threshold;
+    both classifiers' top predictions. The header shows the model, dictionary and STFT settings and the tables of
+    l2i-tf evaluate when the run has them. The page works offline: audio and images sit next to it. Inputs that
+    cannot be explained are listed with their error.
+    """
+    options.setup(verbose)
+    if threshold is not None and threshold != threshold:
+        raise click.BadParameter(f"{threshold!r} is not a number", param_hint="--threshold")
+    if not inputs and not examples:
+        raise click.UsageError("nothing to explain: give INPUT files or --examples N")
+    try:
+        page = report_lib.build_report(
+            source,
+            inputs,
+            out,
+            examples,
+            overwrite,
+            threshold=threshold,
+            top_n=top,
+            domain=domain,
+            class_name=class_name,
+        )
+    except report_lib.ReportError as e:
+        raise click.BadParameter(str(e), param_hint="--out") from None
+    except (training.RunFolderError, FileNotFoundError) as e:
+        raise click.BadParameter(str(e), param_hint="SOURCE") from None
+    except data.AudioDataError as e:
+        raise click.BadParameter(str(e), param_hint="--examples") from None
+    except ValueError as e:
+        hint = "--class" if "unknown class" in str(e) else "--top/--domain"
+        raise click.BadParameter(str(e), param_hint=hint) from None
+    for entry in page["inputs"]:
+        if "error" in entry:
+            click.echo(f"{entry['input']}: not explained: {entry['error']}")
+        else:
+            click.echo(
+                f"{entry['input']}: classifier says {entry['classifier'][0][0]}, interpreter says "
+                f"{entry['interpreter'][0][0]}; {len(entry['selected'])} component(s) selected"
+            )
+    click.echo(f"wrote {Path(out) / 'index.html'}")
