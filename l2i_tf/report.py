@@ -150,7 +150,8 @@ def _drop_none(d: dict) -> dict:
 
 
 def find_evaluation(run_folder: Path) -> list[dict]:
-    """``l2i-tf evaluate``'s output under a run folder: Markdown files (``*.md``) and ``evaluation*.json``.
+    """``l2i-tf evaluate``'s output under a run folder: Markdown files (``*.md``), ``evaluation/*.json`` and
+    ``evaluation*.json``.
 
     Returns ``[{"file": relative path, "markdown": text}]`` or ``{"file", "json": content}``; a JSON file with a
     Markdown file of the same stem is left out (the Markdown holds its tables).
@@ -161,7 +162,7 @@ def find_evaluation(run_folder: Path) -> list[dict]:
             continue
         found.append({"file": str(path.relative_to(run_folder)), "markdown": path.read_text(errors="replace")})
         stems.add((path.parent, path.stem))
-    for path in sorted(run_folder.rglob("evaluation*.json")):
+    for path in sorted({*run_folder.rglob("evaluation*.json"), *run_folder.glob("evaluation/*.json")}):
         if (path.parent, path.stem) in stems:
             continue
         content = _read_json(path)
@@ -488,6 +489,9 @@ th, td { text-align: left; padding: .2rem .5rem; border-bottom: 1px solid var(--
          overflow-wrap: anywhere; }
 th { font-weight: 600; }
 table.kv th { white-space: nowrap; width: 1%; padding-right: 1rem; }
+table.md { width: auto; min-width: 50%; }
+table.md td.num { text-align: left; }
+table.md th, table.md td { padding-right: 1.25rem; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .predictions { display: grid; grid-template-columns: 1fr 1fr; gap: 1.5rem; }
 td.meter { width: 35%; }
@@ -532,15 +536,15 @@ def markdown_to_html(text: str) -> str:
             rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in table]
             rows = [r for r in rows if not all(re.fullmatch(r":?-{2,}:?", c) for c in r if c)]
             head, *body = rows
-            html_rows = "".join("<tr>" + "".join(f"<td{_num(c)}>{_e(c)}</td>" for c in r) + "</tr>" for r in body)
+            html_rows = "".join("<tr>" + "".join(f"<td{_num(c)}>{_inline(c)}</td>" for c in r) + "</tr>" for r in body)
             parts.append(
-                "<table><thead><tr>"
-                + "".join(f"<th scope='col'>{_e(c)}</th>" for c in head)
+                "<table class='md'><thead><tr>"
+                + "".join(f"<th scope='col'>{_inline(c)}</th>" for c in head)
                 + f"</tr></thead><tbody>{html_rows}</tbody></table>"
             )
             table.clear()
         if paragraph:
-            parts.append(f"<p>{_e(' '.join(paragraph))}</p>")
+            parts.append(f"<p>{_inline(' '.join(paragraph))}</p>")
             paragraph.clear()
 
     for line in text.splitlines():
@@ -555,7 +559,7 @@ def markdown_to_html(text: str) -> str:
         heading = re.match(r"^(#{1,6})\s+(.*)$", stripped)
         if heading:
             flush()
-            parts.append(f"<h3>{_e(heading.group(2))}</h3>")
+            parts.append(f"<h3>{_inline(heading.group(2))}</h3>")
         elif stripped:
             paragraph.append(stripped)
         else:
@@ -564,8 +568,15 @@ def markdown_to_html(text: str) -> str:
     return "\n".join(parts)
 
 
+def _inline(text: str) -> str:
+    """Escaped text with Markdown's `code` and **bold**."""
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", _e(text))
+    return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+
+
 def _num(cell: str) -> str:
-    return " class='num'" if re.fullmatch(r"[-+]?[\d.]+(e[-+]?\d+)?\s*%?", cell) else ""
+    number = r"[-+−]?[\d.]+(e[-+]?\d+)?\s*%?"
+    return " class='num'" if re.fullmatch(rf"{number}(\s*±\s*{number})?", cell) else ""
 
 
 def _flatten(obj, prefix="") -> dict:

@@ -25,12 +25,12 @@ from run_fixture import chirp, make_run, write_wav
 from cli.main import main
 from l2i_tf import report
 
-EVALUATION_MD = """# Evaluation of run
+EVALUATION_MD = """# L2I evaluation of `runs/tiny`
 
 | metric | value |
 |---|---:|
 | fidelity top-1 | 0.900 |
-| faithfulness τ=0.5 | 1.03 |
+| faithfulness τ=0.5 | 1.03 ± 0.10 |
 """
 
 
@@ -44,7 +44,7 @@ def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     run = make_run(root / "run")
     (run / "evaluation").mkdir()
-    (run / "evaluation" / "evaluation.md").write_text(EVALUATION_MD)
+    (run / "evaluation" / "report.md").write_text(EVALUATION_MD)  # as l2i-tf evaluate writes it
     inputs = root / "inputs"
     mono = write_wav(inputs / "tone.wav", chirp(0.6))
     stereo = write_wav(inputs / "stereo 22k.wav", np.stack([chirp(0.5, 22050), chirp(0.5, 22050, 1)], 1), 22050)
@@ -131,8 +131,9 @@ def test_header_shows_configuration_and_the_evaluation_tables(built):
     text = (built["out"] / "index.html").read_text(encoding="utf-8")
     for expected in ("run folder", "block2_pool", "frame length (samples)", "1024", "K (components)", "dog, rain"):
         assert expected in text
-    assert "<th scope='col'>metric</th>" in text and "<td class='num'>0.900</td>" in text
-    assert "evaluation/evaluation.md" in text
+    assert "<table class='md'><thead><tr><th scope='col'>metric</th>" in text and "<td class='num'>0.900</td>" in text
+    assert "<td class='num'>1.03 ± 0.10</td>" in text and "<h3>L2I evaluation of <code>runs/tiny</code></h3>" in text
+    assert "evaluation/report.md" in text
 
 
 def test_undecodable_input_is_listed_with_its_error_and_the_rest_still_builds(built):
@@ -182,10 +183,10 @@ def test_savedmodel_report_says_h_is_not_available_when_its_run_is_gone(built, t
 
 
 def test_markdown_tables_are_rendered_escaped():
-    html = report.markdown_to_html("## Fidelity\n\n| pooling | top-1 |\n|:--|--:|\n| <max> | 73.3 % |\n\nmedian drop")
+    html = report.markdown_to_html("## Fidelity\n\n| pooling | top-1 |\n|:--|--:|\n| <max> | 73.3 % |\n\nmedian `drop`")
     assert html.startswith("<h3>Fidelity</h3>")
     assert "<th scope='col'>pooling</th><th scope='col'>top-1</th>" in html
-    assert "<td>&lt;max&gt;</td><td class='num'>73.3 %</td>" in html and "<p>median drop</p>" in html
+    assert "<td>&lt;max&gt;</td><td class='num'>73.3 %</td>" in html and "<p>median <code>drop</code></p>" in html
 
 
 # -------------------------------------------------------------------- the page in a real browser
