@@ -19,8 +19,7 @@ from l2i_tf import classifier, data
     epilog="""\b
 Examples:
   l2i-tf train-classifier --out runs/esc10_classifier.keras
-  l2i-tf train-classifier --multilabel --init-from runs/esc10_classifier.keras --epochs 12 \\
-      --out runs/esc10_multilabel.keras
+  l2i-tf train-classifier --multilabel --init-from l2i_tf/demo/esc10_classifier.keras --out runs/ml.keras
   l2i-tf train-classifier --data ESC-50-master --layout esc50 --epochs 60 --out runs/esc50.keras
 """,
 )
