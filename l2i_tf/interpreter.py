@@ -177,9 +177,9 @@ class Interpreter(keras.Model):
     def num_frames(self, waveform):
         return frames_for(tf.shape(waveform)[1], self.stft_config)
 
-    def heads(self, features, num_frames, training=False):
-        """Tapped features -> (H, Θ logits, z)."""
-        h = self.psi(features, num_frames=num_frames, training=training)
+    def heads(self, features, num_frames, training=False, reduced=False):
+        """Tapped features (or, with ``reduced``, Ψ's cached sequences) -> (H, Θ logits, z)."""
+        h = self.psi(features, num_frames=num_frames, training=training, reduced=reduced)
         logits, z = self.theta(h)
         return h, logits, z
 
@@ -192,34 +192,41 @@ class Interpreter(keras.Model):
     # ------------------------------------------------------------ training
 
     def precompute(self, waveforms: np.ndarray, batch_size: int = 32) -> dict:
-        """Run the frozen parts once: ``{"features": [...], "classifier_logits", "spectrogram"}`` as numpy."""
-        feats, logits, spec = None, [], []
-        fn = tf.function(lambda w: (self.features(self.prepare(w)), audio.analyze(self.prepare(w), self.stft_config)[0]))
-        for i in range(0, len(waveforms), batch_size):
-            (f, lg), x = fn(tf.constant(waveforms[i : i + batch_size]))
-            feats = [[] for _ in f] if feats is None else feats
-            for store, value in zip(feats, f):
-                store.append(value.numpy())
-            logits.append(lg.numpy())
-            spec.append(x.numpy())
+        """Run the frozen classifier once per clip.
+
+        Returns numpy ``{"sequences": (...), "classifier_logits", "waveform"}``: Ψ's
+        parameter-free first step (see :meth:`~l2i_tf.layers.Psi.sequences`) rather than the
+        raw maps, and the prepared waveform rather than X (the STFT is cheap; X is 2x the
+        waveform's size). ``fit`` accepts batches of these.
+        """
+
+        @tf.function(reduce_retracing=True)
+        def run(w):
+            w = self.prepare(w)
+            feats, logits = self.features(w)
+            return self.psi.sequences(feats), logits, w
+
+        parts = [run(tf.constant(waveforms[i : i + batch_size])) for i in range(0, len(waveforms), batch_size)]
         return {
-            "features": tuple(np.concatenate(v) for v in feats),
-            "classifier_logits": np.concatenate(logits),
-            "spectrogram": np.concatenate(spec),
+            "sequences": tuple(np.concatenate([p[0][j].numpy() for p in parts]) for j in range(len(self.layer_names))),
+            "classifier_logits": np.concatenate([p[1].numpy() for p in parts]),
+            "waveform": np.concatenate([p[2].numpy() for p in parts]),
         }
 
     def _targets(self, data):
-        if isinstance(data, dict) and "features" in data:
-            return list(data["features"]), data["classifier_logits"], data["spectrogram"]
+        """A batch -> (Ψ inputs, reduced?, classifier logits, X)."""
+        if isinstance(data, dict) and "sequences" in data:
+            x, _ = audio.analyze(data["waveform"], self.stft_config)
+            return list(data["sequences"]), True, data["classifier_logits"], x
         if isinstance(data, (tuple, list)):
             data = data[0]
         waveform = self.prepare(data)
         feats, classifier_logits = self.features(waveform)
         x, _ = audio.analyze(waveform, self.stft_config)
-        return feats, classifier_logits, x
+        return feats, False, classifier_logits, x
 
-    def _terms(self, feats, classifier_logits, x, training):
-        h, logits, _ = self.heads(feats, tf.shape(x)[1], training=training)
+    def _terms(self, feats, reduced, classifier_logits, x, training):
+        h, logits, _ = self.heads(feats, tf.shape(x)[1], training=training, reduced=reduced)
         terms = losses.l2i_loss(
             classifier_logits, logits, x, self.decoder(h), h, self.alpha, self.beta, self.multilabel
         )
@@ -245,9 +252,9 @@ class Interpreter(keras.Model):
         return self.psi.trainable_variables + self.theta.trainable_variables
 
     def train_step(self, data):
-        feats, classifier_logits, x = self._targets(data)
+        feats, reduced, classifier_logits, x = self._targets(data)
         with tf.GradientTape() as tape:
-            terms, logits = self._terms(feats, classifier_logits, x, training=True)
+            terms, logits = self._terms(feats, reduced, classifier_logits, x, training=True)
             # Gradients are summed over replicas under tf.distribute: scale as Keras' own losses do.
             loss = terms["loss"] / tf.distribute.get_strategy().num_replicas_in_sync
         variables = self.head_variables
@@ -256,8 +263,8 @@ class Interpreter(keras.Model):
         return self._update_metrics(terms, classifier_logits, logits)
 
     def test_step(self, data):
-        feats, classifier_logits, x = self._targets(data)
-        terms, logits = self._terms(feats, classifier_logits, x, training=False)
+        feats, reduced, classifier_logits, x = self._targets(data)
+        terms, logits = self._terms(feats, reduced, classifier_logits, x, training=False)
         return self._update_metrics(terms, classifier_logits, logits)
 
     # ------------------------------------------------------------ serialisation

@@ -85,10 +85,19 @@ class Psi(keras.layers.Layer):
         self.merge.build((None, None, self.hidden * len(self.orders)))
         self.to_k.build((None, None, self.hidden))
 
-    def call(self, features, num_frames, training=None):
+    def sequences(self, features):
+        """The parameter-free first step: each tapped map -> ``[batch, t_i, width_i]``.
+
+        With ``freq_reduce="mean"`` these are much smaller than the maps, so training can
+        cache them once (``call(..., reduced=True)`` then starts from them).
+        """
+        return [self._sequence(tf.convert_to_tensor(x), order) for x, order in zip(features, self.orders)]
+
+    def call(self, features, num_frames, training=None, reduced=False):
         outs = []
-        for x, order, branch in zip(features, self.orders, self.branches):
-            seq = branch(self._sequence(tf.convert_to_tensor(x), order))
+        seqs = list(features) if reduced else self.sequences(features)
+        for x, branch in zip(seqs, self.branches):
+            seq = branch(x)
             seq = tf.image.resize(seq[:, :, None, :], tf.stack([num_frames, 1]), method="bilinear")[:, :, 0, :]
             outs.append(seq)
         x = self.merge(tf.concat(outs, axis=-1) if len(outs) > 1 else outs[0])

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from l2i_tf import audio, classifier as classifier_lib, data, metrics, nmf
-from l2i_tf.interpreter import Interpreter, tap_orders
+from l2i_tf.interpreter import Interpreter, frames_for, tap_orders
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,9 @@ class TrainConfig:
     pooling: str = "attention"
     hidden: int = 128
     dropout: float = 0.1
-    freq_reduce: str = "flatten"
+    freq_reduce: str = "mean"
+    augment_copies: int = 2
+    mix_inputs: int = 480
     epochs: int = 40
     batch_size: int = 16
     learning_rate: float = 1e-3
@@ -169,6 +171,27 @@ def _datasets(config: TrainConfig, sample_rate: int, num_classes: int):
     return table, arrays
 
 
+def _extra_inputs(waves: np.ndarray, config: TrainConfig) -> np.ndarray:
+    """More inputs for the interpreter from the training clips alone (it learns f's outputs, not labels).
+
+    ``augment_copies`` copies of every clip, circularly shifted by a random offset with a
+    random gain within ±6 dB, and ``mix_inputs`` mixtures of two random training clips
+    (the first at weight 0.5–1). Seeded by ``config.seed``.
+    """
+    rng = np.random.default_rng(config.seed + 7919)
+    n, length = waves.shape
+    out = []
+    for _ in range(config.augment_copies):
+        shifts = rng.integers(0, length, n)
+        gains = 10 ** (rng.uniform(-6, 6, n) / 20)
+        out.append(np.stack([np.roll(w, s) * g for w, s, g in zip(waves, shifts, gains)]).astype("float32"))
+    if config.mix_inputs:
+        i, j = rng.integers(0, n, config.mix_inputs), rng.integers(0, n, config.mix_inputs)
+        lam = rng.uniform(0.5, 1.0, (config.mix_inputs, 1)).astype("float32")
+        out.append(lam * waves[i] + (1 - lam) * waves[j])
+    return np.concatenate(out) if out else waves[:0]
+
+
 def _dataset(pre: dict, batch_size: int, shuffle_seed: int | None):
     ds = tf.data.Dataset.from_tensor_slices(pre)
     if shuffle_seed is not None:
@@ -260,7 +283,8 @@ def train(out: str | Path, config: TrainConfig = TrainConfig(), resume=False, ov
             interpreter.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
 
     t0 = time.perf_counter()
-    pre = [interpreter.precompute(xy[0]) for xy in (train_xy, val_xy, test_xy)]
+    train_inputs = np.concatenate([train_xy[0], _extra_inputs(train_xy[0], config)])
+    pre = [interpreter.precompute(x) for x in (train_inputs, val_xy[0], test_xy[0])]
     timings["features_seconds"] = time.perf_counter() - t0
 
     monitor = "val_fidelity_micro_auprc" if multilabel else "val_fidelity_top1"
@@ -301,12 +325,12 @@ def train(out: str | Path, config: TrainConfig = TrainConfig(), resume=False, ov
 
 
 def _interpreter_logits(interpreter: Interpreter, pre: dict, batch_size: int = 64) -> np.ndarray:
+    """Θ's logits for precomputed batches (see :meth:`Interpreter.precompute`)."""
     out = []
-    n = len(pre["classifier_logits"])
-    for i in range(0, n, batch_size):
-        feats = [f[i : i + batch_size] for f in pre["features"]]
-        frames = pre["spectrogram"].shape[1]
-        _, logits, _ = interpreter.heads(feats, frames, training=False)
+    frames = int(frames_for(pre["waveform"].shape[1], interpreter.stft_config))
+    for i in range(0, len(pre["classifier_logits"]), batch_size):
+        seqs = [f[i : i + batch_size] for f in pre["sequences"]]
+        _, logits, _ = interpreter.heads(seqs, frames, training=False, reduced=True)
         out.append(np.asarray(logits))
     return np.concatenate(out)
 
