@@ -85,6 +85,7 @@ class Interpreter(keras.Model):
         stft: the STFT configuration as a dict (see :class:`~l2i_tf.audio.STFTConfig`).
         multilabel: sigmoid (True) or softmax (False) semantics of the logits.
         alpha, beta: weights of reconstruction and sparsity in the loss.
+        temperature: distillation temperature of the fidelity term.
         psi, theta: keyword arguments of Ψ and Θ.
         clip_samples: fixed input length of the classifier (clips are padded/cropped), or None.
         dictionary: optional W ``[F, K]`` to initialise the decoder with.
@@ -105,6 +106,7 @@ class Interpreter(keras.Model):
         theta=None,
         clip_samples=None,
         dictionary=None,
+        temperature=1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -122,6 +124,7 @@ class Interpreter(keras.Model):
         self.multilabel = bool(multilabel)
         self.alpha = float(alpha)
         self.beta = float(beta)
+        self.temperature = float(temperature)
         self.psi_kwargs = dict(psi or {})
         self.theta_kwargs = dict(theta or {})
         self.clip_samples = clip_samples
@@ -228,7 +231,15 @@ class Interpreter(keras.Model):
     def _terms(self, feats, reduced, classifier_logits, x, training):
         h, logits, _ = self.heads(feats, tf.shape(x)[1], training=training, reduced=reduced)
         terms = losses.l2i_loss(
-            classifier_logits, logits, x, self.decoder(h), h, self.alpha, self.beta, self.multilabel
+            classifier_logits,
+            logits,
+            x,
+            self.decoder(h),
+            h,
+            self.alpha,
+            self.beta,
+            self.multilabel,
+            temperature=self.temperature,
         )
         return terms, logits
 
@@ -281,6 +292,7 @@ class Interpreter(keras.Model):
             multilabel=self.multilabel,
             alpha=self.alpha,
             beta=self.beta,
+            temperature=self.temperature,
             psi=self.psi_kwargs,
             theta=self.theta_kwargs,
             clip_samples=self.clip_samples,

@@ -48,6 +48,7 @@ class TrainConfig:
     dictionary: str | None = None
     alpha: float = 10.0
     beta: float = 0.8
+    temperature: float = 1.0
     pooling: str = "attention"
     hidden: int = 128
     dropout: float = 0.1
@@ -276,6 +277,7 @@ def train(out: str | Path, config: TrainConfig = TrainConfig(), resume=False, ov
                 multilabel=multilabel,
                 alpha=config.alpha,
                 beta=config.beta,
+                temperature=config.temperature,
                 psi={"hidden": config.hidden, "dropout": config.dropout, "freq_reduce": config.freq_reduce},
                 theta={"pooling": config.pooling},
                 dictionary=dictionary.W,
