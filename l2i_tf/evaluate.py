@@ -386,11 +386,13 @@ def mixture_separation(model: _Model, mix: dict, config: EvalConfig) -> dict:
                 chosen = explain.select(r, tau)
                 rand = explain.random_selection(chosen, tf.constant([config.seed, b * 131 + i], tf.int64))
                 choices += [("L2I", tau, chosen), ("random", tau, rand)]
+            # Soft selection from the interpreter: every component weighted by its positive relevance.
+            choices.append(("L2I relevance-weighted", 0.0, tf.nn.relu(r)))
             choices.append(("oracle components", None, oracle_sel))
             for method, tau, sel in choices:
                 mask = explain.selected_mask(model.W, H, sel)
                 est = np.asarray(explain.masked_audio(X, phase, mask, N, model.stft, domain))
-                count = np.asarray(tf.reduce_sum(tf.cast(sel, tf.int32), axis=1))
+                count = np.asarray(tf.reduce_sum(tf.cast(tf.cast(sel, tf.float32) > 0, tf.int32), axis=1))
                 share = metrics.target_energy_share(_gain(mask, X_np, domain), P_t, P_d)
                 pooled.add(method, domain, tau, metrics.si_sdr(est, ref) - base, share, count)
         irm = np.abs(S_t) / np.maximum(np.abs(S_t) + np.abs(S_d), 1e-12)
