@@ -42,8 +42,9 @@ Examples:
 @click.option("--top", type=click.IntRange(min=0), default=None, help="At most N components (run folder) [5/export's].")
 @click.option("--domain", type=click.Choice(explain_lib.DOMAINS), default=None, help="Mask domain [log1p/export's].")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
+@options.unsafe_load_option
 @click.option("-v", "--verbose", is_flag=True)
-def command(source, inputs, class_name, threshold, top, domain, out, verbose):
+def command(source, inputs, class_name, threshold, top, domain, out, unsafe_load, verbose):
     """Explain the classifier's decision on each INPUT with audio you can listen to.
 
     SOURCE is a run folder (l2i-tf train) or an exported SavedModel (a version folder, or the model folder:
@@ -55,8 +56,8 @@ def command(source, inputs, class_name, threshold, top, domain, out, verbose):
     if threshold is not None and threshold != threshold:
         raise click.BadParameter(f"{threshold!r} is not a number", param_hint="--threshold")
     try:
-        src = export_lib.ExplainSource(source, threshold=threshold, top_n=top, domain=domain)
-    except (training.RunFolderError, FileNotFoundError) as e:
+        src = export_lib.ExplainSource(source, threshold=threshold, top_n=top, domain=domain, safe_mode=not unsafe_load)
+    except (training.RunFolderError, training.UnsafeModelError, FileNotFoundError) as e:
         raise click.BadParameter(str(e), param_hint="SOURCE") from None
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--top/--domain") from None

@@ -37,8 +37,9 @@ Examples:
     show_default=True,
     help="Longer clips are rejected with an error (0: no limit).",
 )
+@options.unsafe_load_option
 @click.option("-v", "--verbose", is_flag=True)
-def command(run_dir, name, out, version, threshold, top, domain, max_seconds, verbose):
+def command(run_dir, name, out, version, threshold, top, domain, max_seconds, unsafe_load, verbose):
     """Export RUN_DIR as one SavedModel under OUT/NAME/VERSION/ (never overwriting; atomic).
 
     Signatures: serving_default (waveform -> interpretation, predictions, relevance, selected), explain (+
@@ -48,7 +49,9 @@ def command(run_dir, name, out, version, threshold, top, domain, max_seconds, ve
     options.setup(verbose)
     try:
         config = export_lib.ExportConfig(threshold=threshold, top_n=top, domain=domain, max_seconds=max_seconds)
-        path = export_lib.export(run_dir, out, name, config, version)
+        path = export_lib.export(run_dir, out, name, config, version, safe_mode=not unsafe_load)
+    except training.UnsafeModelError as e:
+        raise click.BadParameter(str(e), param_hint="RUN_DIR") from None
     except export_lib.ExportError as e:
         hint = "--version" if "already exists" in str(e) else "--name" if "model name" in str(e) else "--out"
         raise click.BadParameter(str(e), param_hint=hint) from None

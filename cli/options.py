@@ -42,6 +42,15 @@ def data_options(func):
     return wrapper
 
 
+def unsafe_load_option(func):
+    """--unsafe-load: load .keras files with Keras' safe mode off (they may run stored Python code)."""
+    return click.option(
+        "--unsafe-load",
+        is_flag=True,
+        help="Load .keras files that hold Python code (Lambda layers); only for files you trust. Default: safe mode.",
+    )(func)
+
+
 def load_table(data_path, layout):
     """Read the data set, turning data errors into click errors that name the file or value."""
     try:

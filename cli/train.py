@@ -10,7 +10,9 @@ import time
 import click
 
 from cli import options
-from l2i_tf import classifier as classifier_lib, data, layers as layers_lib, training
+from l2i_tf import classifier as classifier_lib
+from l2i_tf import data, training
+from l2i_tf import layers as layers_lib
 from l2i_tf.interpreter import ClassifierContractError
 
 DEFAULTS = training.TrainConfig()
@@ -35,7 +37,7 @@ Examples:
     help="A .keras classifier: waveform [batch, samples] -> logits. Default: the bundled demo.",
 )
 @click.option("--custom-objects", default=None, help="Python module to import first (registers your custom layers).")
-@click.option("--layers", default=None, help="Comma-separated layer names to tap (name or name:bftc). Default: sidecar.")
+@click.option("--layers", default=None, help="Comma-separated layers to tap (name or name:bftc). Default: sidecar.")
 @click.option("--class-names", default=None, help="Comma-separated class names (default: the classifier's sidecar).")
 @click.option("--multilabel", is_flag=True, help="Sigmoid classifier; default data: mixtures of ESC-10 clips.")
 @options.data_options
@@ -59,6 +61,7 @@ Examples:
 @click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace the run in --out.")
+@options.unsafe_load_option
 @click.option("-v", "--verbose", is_flag=True)
 def command(
     out,
@@ -84,6 +87,7 @@ def command(
     seed,
     resume,
     overwrite,
+    unsafe_load,
     verbose,
 ):
     """Train an L2I interpreter for a classifier and print its test-fold fidelity.
@@ -123,10 +127,13 @@ def command(
         epochs=epochs,
         batch_size=batch_size,
         seed=seed,
+        on_error=on_error,
     )
     start = time.perf_counter()
     try:
-        results = training.train(out, config, resume=resume, overwrite=overwrite)
+        results = training.train(out, config, resume=resume, overwrite=overwrite, safe_mode=not unsafe_load)
+    except training.UnsafeModelError as e:
+        raise click.BadParameter(str(e), param_hint="--classifier") from None
     except training.RunFolderError as e:
         raise click.BadParameter(str(e), param_hint="--out") from None
     except ClassifierContractError as e:
@@ -142,4 +149,8 @@ def command(
     else:
         figures = "  ".join(f"top-{key[3:]} {value:.1%}" for key, value in test.items())
     click.echo(f"test fidelity: {figures}")
+    if results["skipped_clips"]["count"]:
+        skipped = results["skipped_clips"]
+        first = skipped["errors"][0]
+        click.echo(f"skipped {skipped['count']} unreadable clip(s), listed in metrics.json; first: {first}")
     click.echo(f"time: {seconds:.0f} s  peak memory: {peak:.2f} GB  run folder: {out}")

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -67,8 +68,15 @@ def save_classifier(model: keras.Model, info: ClassifierInfo, path: str | Path) 
     # An inference copy: Keras 3 saves a compiled model's optimizer state too (2x the weights).
     clean = keras.models.clone_model(model)
     clean.set_weights(model.get_weights())
-    clean.save(path)
-    sidecar_path(path).write_text(json.dumps(info.to_dict(), indent=2))
+    # Temporary files + renames: a crash never leaves half a model (the sidecar goes last; a model without its
+    # sidecar still loads, with default settings).
+    tmp = path.with_name(f".{path.name}.tmp.keras")
+    clean.save(tmp)
+    os.replace(tmp, path)
+    side = sidecar_path(path)
+    tmp_side = side.with_name(f".{side.name}.tmp")
+    tmp_side.write_text(json.dumps(info.to_dict(), indent=2))
+    os.replace(tmp_side, side)
 
 
 def load_info(model_path: str | Path) -> ClassifierInfo | None:

@@ -372,6 +372,7 @@ def export(
     name: str = "l2i",
     config: ExportConfig = ExportConfig(),
     version: int | None = None,
+    safe_mode: bool = True,
 ) -> Path:
     """Export a run as ``<out>/<name>/<version>/`` (a SavedModel) and return that folder.
 
@@ -385,6 +386,7 @@ def export(
         name: model name.
         config: τ, N, domain, maximum length.
         version: explicit version (must not exist).
+        safe_mode: load the run's ``.keras`` file with Keras' safe mode (refuses ``Lambda`` layers' code).
 
     Raises:
         ExportError: the folder cannot be written, the version exists, or the name is not a plain folder name.
@@ -413,7 +415,7 @@ def export(
         )
 
     if not isinstance(run, training.Run):
-        run = training.load_run(run)
+        run = training.load_run(run, safe_mode=safe_mode)
     explainer = Explainer(run.interpreter, run.class_names, config)
     start = time.perf_counter()
     try:
@@ -490,15 +492,23 @@ class ExplainSource:
             integer versions (the newest is used).
         threshold, top_n, domain: run folder: override the :class:`ExportConfig` defaults; SavedModel: ``top_n``
             and ``domain`` are fixed by the export and must match if given, ``threshold`` overrides its default.
+        safe_mode: load a run folder's ``.keras`` file with Keras' safe mode (refuses ``Lambda`` layers' code).
     """
 
-    def __init__(self, path: str | Path, threshold: float | None = None, top_n: int | None = None, domain=None):
+    def __init__(
+        self,
+        path: str | Path,
+        threshold: float | None = None,
+        top_n: int | None = None,
+        domain=None,
+        safe_mode: bool = True,
+    ):
         path = Path(path)
         self.path = path
         if (path / "interpreter.keras").is_file() and (path / "config.json").is_file():
             from l2i_tf import training
 
-            run = training.load_run(path)
+            run = training.load_run(path, safe_mode=safe_mode)
             defaults = ExportConfig()
             config = ExportConfig(
                 threshold=defaults.threshold if threshold is None else threshold,
@@ -551,7 +561,12 @@ def load_audio(path: str | Path, sample_rate: int):
     from l2i_tf import data
 
     info = data.probe(str(path))
-    return data.decode_audio(tf.io.read_file(str(path)), info.decoder, info.sample_rate, sample_rate).numpy()
+    try:
+        return data.decode_audio(tf.io.read_file(str(path)), info.decoder, info.sample_rate, sample_rate).numpy()
+    except tf.errors.OpError as e:  # e.g. a truncated file whose header promises more samples than it holds
+        raise data.AudioDataError(
+            f"{path}: cannot decode audio ({graph_error_message(e)}); the file is truncated or corrupt"
+        ) from None
 
 
 def explain_file(source: ExplainSource, path: str | Path, out: str | Path, class_name: str | None = None) -> dict:
