@@ -48,6 +48,7 @@ Examples:
 @click.option("--slime-samples", type=click.IntRange(min=2), default=None, help="Random masks per clip [300].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quick", is_flag=True, help="Small run: few mixtures, tiny SLIME, 2-epoch folds with --cv.")
+@options.unsafe_load_option
 @click.option("-v", "--verbose", is_flag=True)
 def command(
     run_dir,
@@ -63,6 +64,7 @@ def command(
     slime_samples,
     seed,
     quick,
+    unsafe_load,
     verbose,
 ):
     """Evaluate the interpreter in RUN_DIR on its test split and write report.md and report.json.
@@ -93,7 +95,7 @@ def command(
         slime = dataclasses.replace(slime_lib.SlimeConfig(**config.slime), num_samples=slime_samples, seed=seed)
         config = dataclasses.replace(config, slime=slime.to_dict())
     try:
-        report = evaluate_lib.evaluate(run_dir, config, out)
+        report = evaluate_lib.evaluate(run_dir, config, out, safe_mode=not unsafe_load)
     except training.RunFolderError as e:
         raise click.BadParameter(str(e), param_hint="RUN_DIR") from None
     except (data.AudioDataError, ValueError, FileNotFoundError) as e:

@@ -32,8 +32,9 @@ Examples:
 @click.option("--threshold", type=float, default=None, help="τ: select components with relevance > τ [0.5/export's].")
 @click.option("--top", type=click.IntRange(min=0), default=None, help="At most N components (run folder) [5/export's].")
 @click.option("--domain", type=click.Choice(explain_lib.DOMAINS), default=None, help="Mask domain [log1p/export's].")
+@options.unsafe_load_option
 @click.option("-v", "--verbose", is_flag=True)
-def command(source, inputs, out, examples, overwrite, class_name, threshold, top, domain, verbose):
+def command(source, inputs, out, examples, overwrite, class_name, threshold, top, domain, unsafe_load, verbose):
     """Write a static HTML page explaining each INPUT (and --examples N bundled test clips) to OUT/index.html.
 
     SOURCE is a run folder (l2i-tf train) or an exported SavedModel. For each input the page has players for
@@ -58,6 +59,7 @@ def command(source, inputs, out, examples, overwrite, class_name, threshold, top
             threshold=threshold,
             top_n=top,
             domain=domain,
+            safe_mode=not unsafe_load,
             class_name=class_name,
         )
     except report_lib.ReportError as e:

@@ -55,9 +55,7 @@ class STFTConfig:
                 f"frame_length ({self.frame_length}): samples would be skipped"
             )
         if self.fft_length < self.frame_length:
-            raise ValueError(
-                f"STFTConfig.fft_length ({self.fft_length}) must be >= frame_length ({self.frame_length})"
-            )
+            raise ValueError(f"STFTConfig.fft_length ({self.fft_length}) must be >= frame_length ({self.frame_length})")
         if self.window not in WINDOWS:
             raise ValueError(f"STFTConfig.window must be one of {sorted(WINDOWS)}, got {self.window!r}")
 

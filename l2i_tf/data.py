@@ -187,7 +187,9 @@ def esc50_table(root: str | Path) -> ClipTable:
         try:
             target, fold = int(row["target"]), int(row["fold"])
         except ValueError:
-            raise AudioDataError(f"{where}: target and fold must be integers, got {row['target']!r}, {row['fold']!r}")
+            raise AudioDataError(
+                f"{where}: target and fold must be integers, got {row['target']!r}, {row['fold']!r}"
+            ) from None
         if names.setdefault(target, row["category"]) != row["category"]:
             raise AudioDataError(f"{where}: target {target} is {names[target]!r} elsewhere, {row['category']!r} here")
         paths.append(str(_inside(root / "audio", row["filename"], where)))
@@ -202,7 +204,10 @@ def esc50_table(root: str | Path) -> ClipTable:
 
 
 def folders_table(root: str | Path, num_folds: int = 5, seed: int = 0) -> ClipTable:
-    """One folder per class (folder name = class name). Folds are assigned per class, round-robin after a seeded shuffle."""
+    """One folder per class (folder name = class name).
+
+    Folds are assigned per class, round-robin after a seeded shuffle.
+    """
     root = Path(root)
     if not root.is_dir():
         raise AudioDataError(f"data root {str(root)!r} is not a folder")
@@ -251,7 +256,7 @@ def manifest_table(path: str | Path, root: str | Path | None = None, class_names
     if "labels" in columns:
         names = list(class_names) if class_names is not None else None
         found: list[list[str]] = []
-        for line, row in rows:
+        for _, row in rows:
             found.append([s.strip() for s in (row["labels"] or "").split(";") if s.strip()])
         if names is None:
             names = sorted({n for labels in found for n in labels})
@@ -294,9 +299,7 @@ def manifest_table(path: str | Path, root: str | Path | None = None, class_names
                 raise AudioDataError(f"{where}: fold must be an integer, got {row['fold']!r}") from None
     multilabel = bool((multi_hot.sum(axis=1) != 1).any())
     labels = multi_hot if multilabel else multi_hot.argmax(axis=1).astype("int64")
-    table = ClipTable(
-        tuple(paths), labels, tuple(names), tuple(folds) if folds else None, multilabel, str(root)
-    )
+    table = ClipTable(tuple(paths), labels, tuple(names), tuple(folds) if folds else None, multilabel, str(root))
     return _non_empty(table)
 
 

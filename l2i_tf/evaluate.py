@@ -25,14 +25,16 @@ def fold_config(config: training.TrainConfig, fold: int, num_folds: int = 5, qui
     return dataclasses.replace(config, **changes)
 
 
-def train_fold(run_dir: str | Path, config: training.TrainConfig, fold: int, num_folds: int = 5, quick=False) -> Path:
+def train_fold(
+    run_dir: str | Path, config: training.TrainConfig, fold: int, num_folds: int = 5, quick=False, safe_mode=True
+) -> Path:
     """Train (once) the interpreter holding out ``fold`` into ``run_dir/cv/fold{fold}``; a finished fold is reused."""
     out = Path(run_dir) / "cv" / f"fold{fold}"
     if (out / "interpreter.keras").is_file() and (out / "metrics.json").is_file():
         log.info("fold %d: reusing %s", fold, out)
         return out
     log.info("fold %d: training into %s", fold, out)
-    training.train(out, fold_config(config, fold, num_folds, quick), overwrite=True)
+    training.train(out, fold_config(config, fold, num_folds, quick), overwrite=True, safe_mode=safe_mode)
     return out
 
 
@@ -530,12 +532,14 @@ def l2i_seconds_per_clip(model: _Model, waves, threshold: float, domain: str) ->
 # ------------------------------------------------------------------------------------------------ cross-validation
 
 
-def cross_validate(run: training.Run, config: EvalConfig) -> dict:
+def cross_validate(run: training.Run, config: EvalConfig, safe_mode: bool = True) -> dict:
     """One interpreter per held-out fold (``run/cv/fold{n}``), each evaluated on its own test fold: mean ± std."""
     per_fold = {}
     for fold in config.folds:
-        folder = train_fold(run.folder, run.config, fold, num_folds=max(config.folds), quick=config.quick)
-        fold_run = training.load_run(folder)
+        folder = train_fold(
+            run.folder, run.config, fold, num_folds=max(config.folds), quick=config.quick, safe_mode=safe_mode
+        )
+        fold_run = training.load_run(folder, safe_mode=safe_mode)
         model = _Model(fold_run, config.batch_size)
         td = test_data(fold_run.config, model.stft.sample_rate, model.theta.shape[1])
         waves = td["evaluation"][0]
@@ -572,10 +576,15 @@ def cross_validate(run: training.Run, config: EvalConfig) -> dict:
 # ------------------------------------------------------------------------------------------------ the job
 
 
-def evaluate(run_dir: str | Path, config: EvalConfig = EvalConfig(), out: str | Path | None = None) -> dict:
-    """Evaluate a run folder; write ``report.json`` and ``report.md`` into ``out`` (default ``run_dir/evaluation``)."""
+def evaluate(
+    run_dir: str | Path, config: EvalConfig = EvalConfig(), out: str | Path | None = None, safe_mode: bool = True
+) -> dict:
+    """Evaluate a run folder; write ``report.json`` and ``report.md`` into ``out`` (default ``run_dir/evaluation``).
+
+    ``safe_mode=False`` loads ``.keras`` files that hold Python code (Lambda layers): only for files you trust.
+    """
     start = time.perf_counter()
-    run = training.load_run(run_dir)
+    run = training.load_run(run_dir, safe_mode=safe_mode)
     model = _Model(run, config.batch_size)
     num_classes = model.theta.shape[1]
     td = test_data(run.config, model.stft.sample_rate, num_classes)
@@ -612,7 +621,7 @@ def evaluate(run_dir: str | Path, config: EvalConfig = EvalConfig(), out: str | 
         report["wall_time"]["slime_seconds_per_clip"] = report["slime"]["seconds_per_clip"]["mean"]
         log.info("SLIME done (%.1f s)", time.perf_counter() - t0)
     if config.cv:
-        report["cv"] = cross_validate(run, config)
+        report["cv"] = cross_validate(run, config, safe_mode)
     report["seconds"] = time.perf_counter() - start
     out = Path(out) if out is not None else Path(run_dir) / "evaluation"
     out.mkdir(parents=True, exist_ok=True)

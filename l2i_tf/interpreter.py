@@ -49,7 +49,9 @@ def tap_orders(classifier: keras.Model, layers) -> tuple[tuple[str, ...], tuple[
     for spec in layers:
         name, order = parse_layer_spec(spec)
         if name not in available:
-            raise ClassifierContractError(f"the classifier has no layer {name!r}; its layers are: {', '.join(available)}")
+            raise ClassifierContractError(
+                f"the classifier has no layer {name!r}; its layers are: {', '.join(available)}"
+            )
         rank = len(classifier.get_layer(name).output.shape)
         if rank not in (3, 4):
             raise ClassifierContractError(

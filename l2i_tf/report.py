@@ -360,6 +360,7 @@ def build_report(
     top_n: int | None = None,
     domain: str | None = None,
     class_name: str | None = None,
+    safe_mode: bool = True,
 ) -> dict:
     """Explain ``inputs`` (and ``examples`` bundled test clips) and write ``out/index.html`` with its audio and images.
 
@@ -375,6 +376,7 @@ def build_report(
         examples: also explain this many test clips of the bundled ESC-10 (the run's test folds).
         threshold, top_n, domain: as ``l2i-tf explain``.
         class_name: class to explain (default: each clip's prediction).
+        safe_mode: False loads ``.keras`` files holding Python code (Lambda layers); only for trusted files.
 
     Raises:
         ReportError: ``out`` exists (without ``overwrite``) or is not writable, or there is nothing to explain.
@@ -385,12 +387,12 @@ def build_report(
     items = [i if isinstance(i, ReportInput) else ReportInput(str(i)) for i in inputs]
     if not items and not examples:
         raise ReportError("nothing to explain: give INPUT files or --examples N")
-    src = export.ExplainSource(source, threshold=threshold, top_n=top_n, domain=domain)
+    src = export.ExplainSource(source, threshold=threshold, top_n=top_n, domain=domain, safe_mode=safe_mode)
     src.class_index(class_name)
     run_folder = _run_folder(src)
     if examples:
         items += example_inputs(examples, _test_folds(run_folder))
-    interpreter, h_note = _interpreter(src, run_folder)
+    interpreter, h_note = _interpreter(src, run_folder, safe_mode)
     analysis = _Analysis(audio.STFTConfig.from_dict(src.metadata["stft"]), interpreter)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -427,7 +429,7 @@ def build_report(
     return page
 
 
-def _interpreter(source: export.ExplainSource, run_folder: Path | None):
+def _interpreter(source: export.ExplainSource, run_folder: Path | None, safe_mode: bool = True):
     """The Keras interpreter that gives H, and a note when there is none."""
     if source.explainer is not None:
         return source.explainer.interpreter, None
@@ -435,7 +437,7 @@ def _interpreter(source: export.ExplainSource, run_folder: Path | None):
         from l2i_tf import training
 
         try:
-            run = training.load_run(run_folder)
+            run = training.load_run(run_folder, safe_mode=safe_mode)
         except (ValueError, OSError) as e:
             log.warning("cannot load the export's run %s for H: %s", run_folder, e)
         else:
