@@ -53,7 +53,15 @@ Examples:
     show_default=True,
     help="Training clips are padded/cropped to this length.",
 )
-@click.option("--alpha", type=click.FloatRange(min=0), default=DEFAULTS.alpha, show_default=True)
+@click.option(
+    "--alpha", type=click.FloatRange(min=0), default=None, help="Reconstruction weight [3 multi-class, 10 multi-label]."
+)
+@click.option(
+    "--temperature",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Distillation temperature of the fidelity term [3 multi-class, 1 multi-label].",
+)
 @click.option("--beta", type=click.FloatRange(min=0), default=DEFAULTS.beta, show_default=True)
 @click.option("--pooling", type=click.Choice(layers_lib.POOLINGS), default=DEFAULTS.pooling, show_default=True)
 @click.option("--epochs", type=click.IntRange(min=1), default=DEFAULTS.epochs, show_default=True)
@@ -80,6 +88,7 @@ def command(
     hidden,
     clip_seconds,
     alpha,
+    temperature,
     beta,
     pooling,
     epochs,
@@ -122,6 +131,7 @@ def command(
         hidden=hidden,
         clip_seconds=clip_seconds,
         alpha=alpha,
+        temperature=temperature,
         beta=beta,
         pooling=pooling,
         epochs=epochs,

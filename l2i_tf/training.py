@@ -26,6 +26,12 @@ log = logging.getLogger(__name__)
 RUN_FILES = ("config.json", "interpreter.keras", "metrics.json")
 
 
+# (alpha, temperature) by task, chosen on the validation fold (fold 4) of ESC-10, never the test fold.
+# Multi-class, validation top-1 fidelity: α=10,T=1: 91.25 %; α=3: 92.5 %; T=3: 92.5 %; α=3,T=3: 95.0 %.
+# Multi-label: α=10,T=1 (validation macro-AUPRC 0.925 with 2400 mixtures); the others were not measured.
+DEFAULT_LOSS_WEIGHTS = {False: (3.0, 3.0), True: (10.0, 1.0)}
+
+
 class RunFolderError(ValueError):
     """A run folder that cannot be used as asked (exists, or has nothing to resume)."""
 
@@ -51,11 +57,10 @@ class TrainConfig:
     sparsity: float | None = None
     nmf_iterations: int | None = None
     dictionary: str | None = None
-    # Chosen on the validation fold (fold 4) of ESC-10, never the test fold; val top-1 fidelity:
-    # α=10,T=1: 91.25 %; α=3: 92.5 %; T=3: 92.5 %; α=3,T=3: 95.0 %; with or without extra inputs: same.
-    alpha: float = 3.0
+    # None: the default for the task (DEFAULT_LOSS_WEIGHTS), recorded resolved in config.json.
+    alpha: float | None = None
     beta: float = 0.8
-    temperature: float = 3.0
+    temperature: float | None = None
     pooling: str = "attention"
     hidden: int = 128
     dropout: float = 0.1
@@ -66,7 +71,9 @@ class TrainConfig:
     batch_size: int = 16
     learning_rate: float = 1e-3
     patience: int = 15
-    mixtures: int = 960
+    # Multi-label training mixtures (and a quarter as many for validation and test). Measured on
+    # ESC-10: 960 -> validation micro-AUPRC 0.77 (overfits); 2400 -> 0.94.
+    mixtures: int = 2400
     mixture_snr_db: tuple[float, float] = (-5.0, 5.0)
     seed: int = 0
     stft: dict = dataclasses.field(default_factory=lambda: audio.STFTConfig().to_dict())
@@ -397,7 +404,14 @@ def train(
     info = classifier_lib.load_info(config.classifier)
     class_names = resolve_class_names(model_f, config, info)
     multilabel = config.multilabel or bool(info and info.multilabel)
-    config = dataclasses.replace(config, multilabel=multilabel, class_names=class_names)
+    alpha, temperature = DEFAULT_LOSS_WEIGHTS[multilabel]
+    config = dataclasses.replace(
+        config,
+        multilabel=multilabel,
+        class_names=class_names,
+        alpha=alpha if config.alpha is None else config.alpha,
+        temperature=temperature if config.temperature is None else config.temperature,
+    )
     if info and info.sample_rate != stft.sample_rate:
         raise ValueError(
             f"the classifier expects {info.sample_rate} Hz (its sidecar) but the STFT config uses {stft.sample_rate} Hz"
