@@ -215,7 +215,10 @@ class Interpreter(keras.Model):
         return {
             "sequences": tuple(np.concatenate([p[0][j].numpy() for p in parts]) for j in range(len(self.layer_names))),
             "classifier_logits": np.concatenate([p[1].numpy() for p in parts]),
-            "waveform": np.concatenate([p[2].numpy() for p in parts]),
+            # A fixed-length classifier pads/crops; otherwise the prepared waveform is the input itself.
+            "waveform": np.concatenate([p[2].numpy() for p in parts])
+            if self.clip_samples is not None
+            else np.asarray(waveforms, dtype="float32"),
         }
 
     def _targets(self, data):

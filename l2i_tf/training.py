@@ -469,8 +469,10 @@ def train(
             interpreter.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
 
     t0 = time.perf_counter()
-    train_inputs = np.concatenate([train_xy[0], _extra_inputs(train_xy[0], config)])
+    extra = _extra_inputs(train_xy[0], config)
+    train_inputs = np.concatenate([train_xy[0], extra]) if len(extra) else train_xy[0]
     pre = [interpreter.precompute(x) for x in (train_inputs, val_xy[0], test_xy[0])]
+    del train_inputs, train_xy, val_xy, test_xy, extra  # `pre` holds what training needs
     timings["features_seconds"] = time.perf_counter() - t0
 
     monitor = "val_fidelity_micro_auprc" if multilabel else "val_fidelity_top1"
@@ -501,6 +503,7 @@ def train(
     t0 = time.perf_counter()
     if initial_epoch < config.epochs:
         train_ds, steps = _epochs_dataset(pre[0], config.batch_size, config.seed, initial_epoch, config.epochs)
+        pre[0] = None  # the dataset holds its own copy as tensors
         interpreter.fit(
             train_ds,
             steps_per_epoch=steps,
