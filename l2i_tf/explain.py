@@ -355,12 +355,7 @@ def interpret(
     Returns:
         float32 [B, num_samples].
     """
-    _check_domain(domain)
-    W, H = _check_dictionary(W, H)
-    X = _check_spectrogram(X, W, H)
-    _check_length(X.shape[1], num_samples, stft_config)
-    mask = selected_mask(W, H, selected, eps)
-    return masked_audio(X, phase, mask, num_samples, stft_config, domain)
+    return _selection_audio(X, phase, W, H, selected, num_samples, stft_config, domain, eps, complement=False)
 
 
 def remove(
@@ -371,12 +366,17 @@ def remove(
     In the log1p domain this is ``ISTFT(expm1(X − Σ_{k∈L} X_k)·P)`` (DESIGN step 8). Arguments and shapes as in
     :func:`interpret`; returns float32 [B, num_samples].
     """
+    return _selection_audio(X, phase, W, H, selected, num_samples, stft_config, domain, eps, complement=True)
+
+
+def _selection_audio(X, phase, W, H, selected, num_samples, stft_config, domain, eps, complement):
+    """Audio of the selected components' soft mask (or of its complement ``1 − M_sel``)."""
     _check_domain(domain)
     W, H = _check_dictionary(W, H)
     X = _check_spectrogram(X, W, H)
     _check_length(X.shape[1], num_samples, stft_config)
-    mask = 1.0 - selected_mask(W, H, selected, eps)
-    return masked_audio(X, phase, mask, num_samples, stft_config, domain)
+    mask = selected_mask(W, H, selected, eps)
+    return masked_audio(X, phase, 1.0 - mask if complement else mask, num_samples, stft_config, domain)
 
 
 def component_audio(

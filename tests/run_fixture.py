@@ -72,3 +72,21 @@ def chirp(seconds: float = 0.5, rate: int = SAMPLE_RATE, seed: int = 0) -> np.nd
     t = np.arange(int(round(seconds * rate))) / rate
     x = 0.4 * np.sin(2 * np.pi * (300 + 1500 * t) * t) + 0.1 * rng.standard_normal(len(t))
     return x.astype("float32")
+
+
+def invoke(*args):
+    """Run `l2i-tf ARGS...` in-process (click's CliRunner)."""
+    from click.testing import CliRunner
+
+    from cli.main import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_clean_error(result, code, *fragments):
+    """A CLI failure the way a user should see it: an exit code, a message naming the problem, no traceback."""
+    assert result.exit_code == code, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in result.output, result.output

@@ -16,28 +16,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import tensorflow as tf
-from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from run_fixture import chirp, make_run, write_wav
+from run_fixture import assert_clean_error, chirp, invoke, make_run, write_wav
 
-from cli.main import main
 from l2i_tf import audio, classifier, data, explain
 
 SR = 16000
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def assert_clean_error(result, code, *fragments):
-    """A CLI failure the way a user should see it: an exit code, a message naming the problem, no traceback."""
-    assert result.exit_code == code, result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in result.output, result.output
 
 
 # ---------------------------------------------------------------- files through `l2i-tf explain`

@@ -18,29 +18,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 import tensorflow as tf
-from click.testing import CliRunner
-from run_fixture import chirp, make_run
+from run_fixture import assert_clean_error, chirp, invoke, make_run
 
-from cli.main import main
 from l2i_tf import classifier, export, training
 
 SR = 16000
 TINY = classifier.DemoConfig(channels=(4, 8, 8, 8))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
 TIMING = ("data_seconds", "dictionary_seconds", "features_seconds", "train_seconds", "total_seconds")
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def assert_clean_error(result, code, *fragments):
-    """A CLI failure the way a user should see it: an exit code, a message, no traceback."""
-    assert result.exit_code == code, result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in result.output, result.output
 
 
 @pytest.fixture(scope="module")
