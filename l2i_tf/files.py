@@ -1,0 +1,93 @@
+"""Atomic writes: files and folders appear complete or not at all, and nothing the user had is lost on failure.
+
+Every writer in the package goes through these helpers: a temporary sibling (hidden, same folder, so the final
+rename never crosses file systems) is written completely and then renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+
+def json_default(o):
+    """``json.dumps(default=...)`` for numpy scalars/arrays and paths."""
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path`` (same suffix); on success it replaces ``path``, on error it is removed.
+
+    The suffix is kept because some writers pick the format from it (``.keras``, ``.npz``).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Write ``obj`` as indented JSON atomically (numpy values and paths allowed)."""
+    write_text(path, json.dumps(obj, indent=2, default=json_default))
+
+
+@contextlib.contextmanager
+def atomic_folder(folder: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary folder next to ``folder``; on success it becomes ``folder``.
+
+    An existing ``folder`` raises ``FileExistsError`` unless ``overwrite``; then it is moved aside, replaced, and
+    removed only after the new one is in place (put back if the rename fails). On error nothing changes.
+    """
+    folder = Path(folder)
+    if folder.exists() and not overwrite:
+        raise FileExistsError(f"{str(folder)!r} exists; it is never overwritten without being asked to")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        yield tmp
+        swap_in(tmp, folder, overwrite)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def swap_in(tmp: Path, folder: Path, overwrite: bool = False) -> None:
+    """Rename the finished ``tmp`` folder to ``folder``; an old ``folder`` (with ``overwrite``) is removed last."""
+    if folder.exists() and not overwrite:
+        raise FileExistsError(f"{str(folder)!r} appeared while it was being written; nothing was replaced")
+    old = None
+    if folder.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+        os.rename(folder, old / "previous")
+    try:
+        os.rename(tmp, folder)
+    except OSError:
+        if old is not None:
+            os.rename(old / "previous", folder)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
