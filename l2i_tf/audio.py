@@ -1,4 +1,5 @@
-"""STFT configuration, STFT/ISTFT, log1p magnitude and phase, and the log-mel front-end layer.
+"""STFT configuration, STFT/ISTFT, log1p magnitude and phase, and the layers built on them (analysis, masked
+synthesis, the log-mel front end).
 
 This is the only module that calls ``tf.signal``. Every spectrogram in the package
 is made here, with one frozen :class:`STFTConfig` that travels (as JSON) with the
@@ -19,6 +20,10 @@ from pathlib import Path
 
 import keras
 import tensorflow as tf
+
+DOMAINS = ("log1p", "linear")
+"""Where a mask is applied: ``"log1p"`` masks ``X = log1p|S|`` (the paper's ``expm1(M ⊙ X)``, which squashes
+magnitudes for fractional masks); ``"linear"`` masks ``|S| = expm1(X)`` (``M ⊙ |S|``, a ratio mask)."""
 
 WINDOWS = {
     "hann": tf.signal.hann_window,
@@ -183,6 +188,36 @@ def synthesize(log_magnitude, phase, num_samples, config: STFTConfig) -> tf.Tens
     return istft(tf.cast(mag, phase.dtype) * phase, num_samples, config)
 
 
+def check_domain(domain: str) -> None:
+    if domain not in DOMAINS:
+        raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
+
+
+def masked_waveform(x, phase, mask, num_samples, config: STFTConfig, domain: str = "log1p") -> tf.Tensor:
+    """Waveform of a masked spectrogram: ``"log1p"``: ``ISTFT(expm1(M ⊙ X)·P)``; ``"linear"``: ``ISTFT(M ⊙ |S|·P)``.
+
+    Args:
+        x: ``[..., frames, bins]`` ``log1p|S|``.
+        phase: complex ``[..., frames, bins]``.
+        mask: broadcastable to ``x``.
+        num_samples: length of the analysed waveform, samples (int or scalar tensor).
+        config: the configuration that made ``x``.
+        domain: one of :data:`DOMAINS`.
+
+    Returns:
+        float32 ``[..., num_samples]``.
+    """
+    check_domain(domain)
+    x = tf.cast(x, tf.float32)
+    phase = tf.convert_to_tensor(phase)
+    if not phase.dtype.is_complex:
+        raise ValueError(f"phase must be complex, got dtype {phase.dtype.name}")
+    if domain == "log1p":
+        return synthesize(mask * x, phase, num_samples, config)
+    magnitude = mask * tf.math.expm1(tf.nn.relu(x))
+    return istft(tf.cast(magnitude, phase.dtype) * phase, num_samples, config)
+
+
 @keras.saving.register_keras_serializable(package="l2i_tf")
 class LogMelSpectrogram(keras.layers.Layer):
     """Waveform ``[batch, samples]`` (or ``[batch, samples, 1]``) -> log-mel ``[batch, frames, mels]``.
@@ -251,3 +286,65 @@ class LogMelSpectrogram(keras.layers.Layer):
             fmax=self.fmax,
         )
         return config
+
+
+def _config_layer_init(layer, stft: dict) -> STFTConfig:
+    config = STFTConfig.from_dict(dict(stft))
+    layer.stft = config.to_dict()
+    return config
+
+
+@keras.saving.register_keras_serializable(package="l2i_tf")
+class Analysis(keras.layers.Layer):
+    """Waveform ``[batch, samples]`` -> ``(X, phase)``: ``X = log1p|STFT|`` float32 and the unit-modulus phase
+    complex64, both ``[batch, frames, bins]`` (:func:`analyze`).
+
+    Args:
+        stft: the STFT configuration as a dict (see :class:`STFTConfig`).
+    """
+
+    def __init__(self, stft, **kwargs):
+        super().__init__(**kwargs)
+        self.config = _config_layer_init(self, stft)
+
+    def call(self, waveform):
+        return analyze(waveform, self.config)
+
+    def compute_output_spec(self, waveform):
+        shape = (waveform.shape[0], None, self.config.num_bins)
+        return keras.KerasTensor(shape, dtype="float32"), keras.KerasTensor(shape, dtype="complex64")
+
+    def get_config(self):
+        return {**super().get_config(), "stft": self.stft}
+
+
+@keras.saving.register_keras_serializable(package="l2i_tf")
+class MaskedSynthesis(keras.layers.Layer):
+    """``(X, phase, mask, reference)`` -> the waveform of the masked spectrogram, as long as ``reference``.
+
+    ``X`` and ``phase`` are ``[batch, frames, bins]``; ``mask`` is ``[batch, frames, bins]`` or
+    ``[batch, n, frames, bins]`` (n masks per clip: the output is then ``[batch, n, samples]``). ``reference`` is
+    the analysed waveform ``[batch, samples]`` (only its length is read). ``domain="log1p"`` gives
+    ``ISTFT(expm1(M ⊙ X)·P)`` (the paper), ``"linear"`` gives ``ISTFT(M ⊙ expm1(X)·P)`` (a ratio mask).
+
+    Args:
+        stft: the STFT configuration as a dict.
+        domain: ``"log1p"`` or ``"linear"``.
+    """
+
+    def __init__(self, stft, domain="log1p", **kwargs):
+        super().__init__(**kwargs)
+        check_domain(domain)
+        self.config = _config_layer_init(self, stft)
+        self.domain = domain
+
+    def call(self, x, phase, mask, reference):
+        if mask.shape.rank == 4:
+            x, phase = x[:, None], phase[:, None]
+        return masked_waveform(x, phase, mask, tf.shape(reference)[-1], self.config, self.domain)
+
+    def compute_output_spec(self, x, phase, mask, reference):
+        return keras.KerasTensor(tuple(mask.shape[:-2]) + (None,), dtype="float32")
+
+    def get_config(self):
+        return {**super().get_config(), "stft": self.stft, "domain": self.domain}

@@ -1,4 +1,4 @@
-"""Relevance -> selection -> soft NMF masks -> ISTFT: the batched, in-graph explanation math (DESIGN steps 6-8)."""
+"""Relevance -> selection -> soft NMF masks -> ISTFT: the batched, in-graph explanation math of L2I."""
 
 from __future__ import annotations
 
@@ -6,11 +6,7 @@ import math
 
 import tensorflow as tf
 
-from l2i_tf.audio import STFTConfig, analyze, istft, synthesize
-
-DOMAINS = ("log1p", "linear")
-"""Where a mask is applied: ``"log1p"`` masks ``X = log1p|S|`` (the paper's ``expm1(M ⊙ X)``, which squashes
-magnitudes for fractional masks); ``"linear"`` masks ``|S| = expm1(X)`` (``M ⊙ |S|``, a ratio mask)."""
+from l2i_tf.audio import DOMAINS, STFTConfig, check_domain, masked_waveform
 
 # Shape glossary: B batch, K components, C classes, T frames, F frequency bins, N chosen components / samples.
 
@@ -47,11 +43,6 @@ def _check_spectrogram(X, W, H) -> tf.Tensor:
     if not (_same(X.shape[0], H.shape[0]) and _same(X.shape[1], H.shape[1])):
         raise ValueError(f"X [B, T, F] and H [B, T, K] disagree on B or T: shapes {X.shape} and {H.shape}")
     return X
-
-
-def _check_domain(domain: str) -> None:
-    if domain not in DOMAINS:
-        raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
 
 
 def _check_selected(selected, H) -> tf.Tensor:
@@ -116,9 +107,23 @@ def relevance(z, theta, target_class) -> tf.Tensor:
         raise ValueError(f"target_class must be integers, got dtype {target_class.dtype.name}")
     if target_class.shape.rank is not None and target_class.shape.rank > 1:
         raise ValueError(f"target_class must be [B] or a scalar, got shape {target_class.shape}")
-    target_class = tf.broadcast_to(tf.cast(target_class, tf.int32), tf.shape(z)[:1])
-    theta_c = tf.transpose(tf.gather(theta, target_class, axis=1))  # [B, K]
-    contribution = z * theta_c
+    return class_relevance(z[:, :, None] * theta[None], target_class)
+
+
+def class_relevance(contributions, target_class) -> tf.Tensor:
+    """Relevance from Θ's per-class contributions ``z_k·θ_{k,c}`` [B, K, C] (what :class:`~l2i_tf.layers.Theta`
+    returns): the target class's column, normalised by its largest magnitude; all-zero rows give zeros.
+
+    Args:
+        contributions: [B, K, C].
+        target_class: int [B] or a scalar.
+
+    Returns:
+        float32 [B, K] in [-1, 1].
+    """
+    contributions = _float(contributions, "contributions [B, K, C]", 3)
+    target_class = tf.broadcast_to(tf.cast(target_class, tf.int32), tf.shape(contributions)[:1])
+    contribution = tf.gather(contributions, target_class, axis=2, batch_dims=1)  # [B, K]
     scale = tf.reduce_max(tf.abs(contribution), axis=1, keepdims=True)
     return tf.math.divide_no_nan(contribution, scale)
 
@@ -228,25 +233,6 @@ def random_selection(selected, seed_or_generator) -> tf.Tensor:
 # Step 7: soft masks
 
 
-def soft_masks(W, H, eps: float = 1e-8) -> tf.Tensor:
-    """Every component's soft mask ``M_k = w_k h_kᵀ / (Σ_j w_j h_jᵀ + ε)``.
-
-    This materialises [B, K, T, F] (K times a spectrogram): meant for tests and small K. The interpretation
-    needs only the sum over selected components, :func:`selected_mask`; single components, :func:`component_masks`.
-
-    Args:
-        W: [F, K] dictionary (>= 0).
-        H: [B, T, K] activations (>= 0).
-        eps: ε, keeps silent bins (``H·Wᵀ = 0``) at mask 0.
-
-    Returns:
-        float32 [B, K, T, F], each in [0, 1) and summing over K to ``H·Wᵀ / (H·Wᵀ + ε)``.
-    """
-    W, H = _check_dictionary(W, H)
-    denominator = _reconstruction(W, H) + eps
-    return tf.einsum("btk,fk->bktf", H, W) / denominator[:, None]
-
-
 def component_masks(W, H, indices, eps: float = 1e-8) -> tf.Tensor:
     """Soft masks of a few chosen components per clip (gathers columns of W and H).
 
@@ -254,7 +240,7 @@ def component_masks(W, H, indices, eps: float = 1e-8) -> tf.Tensor:
         W: [F, K] dictionary.
         H: [B, T, K] activations.
         indices: int [B, N] component indices per clip (e.g. from :func:`top_components`).
-        eps: ε of :func:`soft_masks`.
+        eps: ε, keeps silent bins (``H·Wᵀ = 0``) at mask 0.
 
     Returns:
         float32 [B, N, T, F]: ``masks[b, n] = M_{indices[b, n]}`` of clip b.
@@ -276,7 +262,7 @@ def selected_mask(W, H, selected, eps: float = 1e-8) -> tf.Tensor:
         W: [F, K] dictionary.
         H: [B, T, K] activations.
         selected: bool (or 0/1 float) [B, K].
-        eps: ε of :func:`soft_masks`.
+        eps: ε, keeps silent bins (``H·Wᵀ = 0``) at mask 0.
 
     Returns:
         float32 [B, T, F] in [0, 1).
@@ -287,53 +273,8 @@ def selected_mask(W, H, selected, eps: float = 1e-8) -> tf.Tensor:
     return numerator / (_reconstruction(W, H) + eps)
 
 
-def component_spectrograms(W, H, X, indices, eps: float = 1e-8) -> tf.Tensor:
-    """Masked log1p spectrograms ``X_k = M_k ⊙ X`` of a few chosen components per clip.
-
-    Args:
-        W: [F, K] dictionary.
-        H: [B, T, K] activations.
-        X: [B, T, F] ``log1p|S|``.
-        indices: int [B, N].
-        eps: ε of :func:`soft_masks`.
-
-    Returns:
-        float32 [B, N, T, F].
-    """
-    W, H = _check_dictionary(W, H)
-    X = _check_spectrogram(X, W, H)
-    return component_masks(W, H, indices, eps) * X[:, None]
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # Listenable output (step 7) and removal (step 8)
-
-
-def masked_audio(X, phase, mask, num_samples, stft_config: STFTConfig, domain: str = "log1p") -> tf.Tensor:
-    """Waveform of a masked spectrogram.
-
-    ``"log1p"``: ``ISTFT(expm1(M ⊙ X)·P)``; ``"linear"``: ``ISTFT(M ⊙ expm1(X)·P)``.
-
-    Args:
-        X: [..., T, F] ``log1p|S|``.
-        phase: complex64 [..., T, F].
-        mask: [..., T, F] (broadcastable to X).
-        num_samples: clip length, samples (int or scalar tensor).
-        stft_config: the configuration that made X.
-        domain: one of :data:`DOMAINS`.
-
-    Returns:
-        float32 [..., num_samples].
-    """
-    _check_domain(domain)
-    X = tf.cast(X, tf.float32)
-    phase = tf.convert_to_tensor(phase)
-    if not phase.dtype.is_complex:
-        raise ValueError(f"phase must be complex, got dtype {phase.dtype.name}")
-    if domain == "log1p":
-        return synthesize(mask * X, phase, num_samples, stft_config)
-    magnitude = mask * tf.math.expm1(tf.nn.relu(X))
-    return istft(tf.cast(magnitude, phase.dtype) * phase, num_samples, stft_config)
 
 
 def interpret(
@@ -350,7 +291,7 @@ def interpret(
         num_samples: clip length N, samples (int or scalar tensor).
         stft_config: the configuration that made X.
         domain: ``"log1p"`` (the paper) or ``"linear"``, see :data:`DOMAINS`.
-        eps: ε of :func:`soft_masks`.
+        eps: ε, keeps silent bins (``H·Wᵀ = 0``) at mask 0.
 
     Returns:
         float32 [B, num_samples].
@@ -371,91 +312,9 @@ def remove(
 
 def _selection_audio(X, phase, W, H, selected, num_samples, stft_config, domain, eps, complement):
     """Audio of the selected components' soft mask (or of its complement ``1 − M_sel``)."""
-    _check_domain(domain)
+    check_domain(domain)
     W, H = _check_dictionary(W, H)
     X = _check_spectrogram(X, W, H)
     _check_length(X.shape[1], num_samples, stft_config)
     mask = selected_mask(W, H, selected, eps)
-    return masked_audio(X, phase, 1.0 - mask if complement else mask, num_samples, stft_config, domain)
-
-
-def component_audio(
-    X, phase, W, H, indices, num_samples, stft_config: STFTConfig, domain: str = "log1p", eps: float = 1e-8
-) -> tf.Tensor:
-    """Audio of each of a few chosen components per clip: one ISTFT per component, batched as [B·N, ...].
-
-    Args:
-        X: [B, T, F] ``log1p|S|``.
-        phase: complex64 [B, T, F].
-        W: [F, K] dictionary.
-        H: [B, T, K] activations.
-        indices: int [B, N] component indices (e.g. from :func:`top_components`).
-        num_samples: clip length, samples.
-        stft_config: the configuration that made X.
-        domain: see :data:`DOMAINS`.
-        eps: ε of :func:`soft_masks`.
-
-    Returns:
-        float32 [B, N, num_samples].
-    """
-    _check_domain(domain)
-    W, H = _check_dictionary(W, H)
-    X = _check_spectrogram(X, W, H)
-    _check_length(X.shape[1], num_samples, stft_config)
-    masks = component_masks(W, H, indices, eps)  # [B, N, T, F]
-    shape = tf.shape(masks)
-    batch, chosen = shape[0], shape[1]
-    frames, bins = shape[2], X.shape[2] if X.shape[2] is not None else shape[3]
-    flat = tf.reshape(masks, tf.stack([batch * chosen, frames, bins]))
-    X_rep = tf.repeat(X, chosen, axis=0)  # row b·N + n is clip b
-    phase_rep = tf.repeat(tf.convert_to_tensor(phase), chosen, axis=0)
-    audio = masked_audio(X_rep, phase_rep, flat, num_samples, stft_config, domain)
-    return tf.reshape(audio, tf.stack([batch, chosen, tf.shape(audio)[1]]))
-
-
-def explain_batch(
-    waveform,
-    H,
-    z,
-    W,
-    theta,
-    stft_config: STFTConfig,
-    target_class,
-    threshold,
-    top_n=None,
-    domain: str = "log1p",
-    eps: float = 1e-8,
-) -> dict[str, tf.Tensor]:
-    """Explain a batch of clips: one STFT, one fused mask, one ISTFT.
-
-    Args:
-        waveform: float [B, N] clips, N samples each (any N; T = ``stft_config.num_frames(N)``).
-        H: [B, T, K] Ψ's activations for these clips.
-        z: [B, K] Θ's pooled activations.
-        W: [F, K] dictionary.
-        theta: [K, C] Θ's Dense kernel.
-        stft_config: the dictionary's STFT configuration.
-        target_class: int [B] (or scalar) class to explain, e.g. the classifier's prediction.
-        threshold: τ of :func:`select`.
-        top_n: optional limit of :func:`select`.
-        domain: mask domain, see :data:`DOMAINS`.
-        eps: ε of :func:`soft_masks`.
-
-    Returns:
-        ``{"interpretation": float32 [B, N], "relevance": float32 [B, K], "selected": bool [B, K]}``.
-    """
-    _check_domain(domain)
-    waveform = _float(waveform, "waveform [B, N]", 2)
-    W, H = _check_dictionary(W, H)
-    X, phase = analyze(waveform, stft_config)
-    X = _check_spectrogram(X, W, H)
-    checks = [
-        tf.debugging.assert_equal(
-            tf.shape(H)[1], tf.shape(X)[1], message="H [B, T, K] must have the STFT's frame count T"
-        )
-    ]
-    with tf.control_dependencies(checks):
-        r = relevance(z, theta, target_class)
-    selected = select(r, threshold, top_n)
-    audio = interpret(X, phase, W, H, selected, tf.shape(waveform)[1], stft_config, domain, eps)
-    return {"interpretation": audio, "relevance": r, "selected": selected}
+    return masked_waveform(X, phase, 1.0 - mask if complement else mask, num_samples, stft_config, domain)

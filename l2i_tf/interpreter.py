@@ -1,13 +1,17 @@
-"""The Interpreter model: frozen classifier f + fixed NMF decoder W + trainable Ψ and Θ, with its train/test steps."""
+"""The Interpreter: a functional Keras graph waveform -> frozen classifier f -> Ψ -> Θ (+ the fixed NMF decoder W),
+with the train/test steps that fit Ψ and Θ only."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from l2i_tf import audio, losses
-from l2i_tf.layers import Psi, Theta
+from l2i_tf import audio, batches, losses
+from l2i_tf.explain_layers import PrepareWaveform
+from l2i_tf.layers import FeatureSequences, Psi, Theta
 from l2i_tf.nmf import NMFDecoder
 
 
@@ -67,28 +71,85 @@ def tap_orders(classifier: keras.Model, layers) -> tuple[tuple[str, ...], tuple[
     return tuple(names), tuple(orders)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Stages:
+    """The interpreter's layers in data-flow order (shared by the Interpreter's graph, its training step, its
+    feature cache and the Explainer's graph)."""
+
+    prepare: keras.layers.Layer
+    add_channel: keras.layers.Layer | None
+    extractor: keras.Model
+    sequences: keras.layers.Layer
+    analysis: keras.layers.Layer
+    heads: keras.Model
+
+    def features(self, waveform) -> dict:
+        """Waveform -> the classifier's part: ``waveform`` (prepared), ``sequences`` (Ψ's cacheable first step),
+        ``classifier_logits``. The frozen classifier always runs in inference mode."""
+        prepared = self.prepare(waveform)
+        x = self.add_channel(prepared) if self.add_channel is not None else prepared
+        *maps, classifier_logits = self.extractor(x, training=False)
+        return {"waveform": prepared, "sequences": self.sequences(maps), "classifier_logits": classifier_logits}
+
+    def flow(self, waveform, training=False) -> dict:
+        """Waveform -> every output of the interpreter (see :class:`Interpreter`)."""
+        return self.finish(self.features(waveform), training)
+
+    def finish(self, feats: dict, training=False) -> dict:
+        """The outputs of :meth:`features` -> every output of the interpreter."""
+        spectrogram, phase = self.analysis(feats["waveform"])
+        out = dict(self.heads([*feats["sequences"], spectrogram], training=training))
+        out.update(
+            classifier_logits=feats["classifier_logits"],
+            spectrogram=spectrogram,
+            phase=phase,
+            waveform=feats["waveform"],
+        )
+        return out
+
+
+def _heads(sequences, num_bins: int, k: int, num_classes: int, psi: dict, theta: dict) -> keras.Model:
+    """Ψ -> Θ and the decoder as one functional model: ``[seq_1..seq_n, X]`` -> H, logits, z, contributions, X̂."""
+    inputs = [keras.Input((None, s.shape[-1]), name=f"sequence_{i}") for i, s in enumerate(sequences)]
+    spectrogram = keras.Input((None, num_bins), name="spectrogram")
+    h = Psi(k, name="psi", **psi)([*inputs, spectrogram])
+    logits, z, contributions = Theta(num_classes, name="theta", **theta)(h)
+    reconstruction = NMFDecoder(num_bins, k, name="decoder")(h)
+    outputs = {
+        "activations": h,
+        "logits": logits,
+        "pooled": z,
+        "contributions": contributions,
+        "reconstruction": reconstruction,
+    }
+    return keras.Model([*inputs, spectrogram], outputs, name="heads")
+
+
 @keras.saving.register_keras_serializable(package="l2i_tf")
 class Interpreter(keras.Model):
-    """L2I interpreter of a frozen classifier.
+    """L2I interpreter of a frozen classifier, as a functional Keras graph.
 
-    Inputs: waveform ``[batch, samples]`` at ``stft["sample_rate"]``. ``call`` returns a dict:
-    ``logits`` (Θ's, ``[batch, C]``), ``classifier_logits`` (f's), ``activations`` H
-    ``[batch, T, K]``, ``pooled`` z ``[batch, K]``.
+    Input: waveform ``[batch, samples]`` at ``stft["sample_rate"]``. Output, a dict: ``logits`` (Θ's, ``[batch,
+    C]``), ``classifier_logits`` (f's), ``activations`` H ``[batch, T, K]``, ``pooled`` z ``[batch, K]``,
+    ``contributions`` ``z_k·θ_{k,c}`` ``[batch, K, C]``, ``spectrogram`` X and ``phase`` ``[batch, T, F]``,
+    ``reconstruction`` ``H·Wᵀ`` and ``waveform`` (as the classifier saw it: padded/cropped if its input length is
+    fixed).
 
-    Only Ψ and Θ are trained; ``train_step`` also accepts precomputed batches
-    (dict with ``features``, ``classifier_logits`` and ``spectrogram``), made by
-    :meth:`precompute`, so f runs once per clip rather than once per epoch.
+    Only Ψ and Θ are trained; ``train_step`` also accepts cached batches (dict with ``sequences``,
+    ``classifier_logits`` and ``waveform``) made by :meth:`precompute`, so f runs once per clip rather than once
+    per epoch.
 
     Args:
         classifier: Keras model, waveform -> logits (frozen here).
         layers: names of the classifier layers Ψ reads.
-        orders: one feature order per layer (see :class:`~l2i_tf.layers.Psi`).
+        orders: one feature order per layer (see :class:`~l2i_tf.layers.FeatureSequences`).
         k, num_bins: dictionary size K and bins F.
         stft: the STFT configuration as a dict (see :class:`~l2i_tf.audio.STFTConfig`).
         multilabel: sigmoid (True) or softmax (False) semantics of the logits.
         alpha, beta: weights of reconstruction and sparsity in the loss.
         temperature: distillation temperature of the fidelity term.
-        psi, theta: keyword arguments of Ψ and Θ.
+        psi: keyword arguments of Ψ (and ``freq_reduce`` of :class:`~l2i_tf.layers.FeatureSequences`).
+        theta: keyword arguments of Θ.
         clip_samples: fixed input length of the classifier (clips are padded/cropped), or None.
         dictionary: optional W ``[F, K]`` to initialise the decoder with.
     """
@@ -111,41 +172,56 @@ class Interpreter(keras.Model):
         temperature=1.0,
         **kwargs,
     ):
-        super().__init__(**kwargs)
         check_classifier(classifier)
+        classifier.trainable = False
+        stft_config = audio.STFTConfig.from_dict(dict(stft))
+        if stft_config.num_bins != int(num_bins):
+            raise ValueError(f"num_bins={num_bins} does not match the STFT config ({stft_config.num_bins} bins)")
+        fixed = classifier.inputs[0].shape[1]
+        if fixed is not None and clip_samples is None:
+            clip_samples = int(fixed)
+        psi_kwargs = dict(psi or {})
+        head_psi = {key: value for key, value in psi_kwargs.items() if key != "freq_reduce"}
+        classifier_rank = len(classifier.inputs[0].shape)
+        num_classes = int(classifier.outputs[0].shape[-1])
+        extractor = keras.Model(
+            classifier.inputs,
+            [classifier.get_layer(n).output for n in layers] + [classifier.outputs[0]],
+            name="extractor",
+        )
+        waveform = keras.Input((None,), name="waveform")
+        prepare = PrepareWaveform(clip_samples, name="prepare")
+        add_channel = None
+        if classifier_rank == 3:
+            add_channel = keras.layers.Reshape((clip_samples or -1, 1), name="add_channel")
+        sequences = FeatureSequences(orders, psi_kwargs.get("freq_reduce", "flatten"), name="feature_sequences")
+        partial = _Stages(prepare, add_channel, extractor, sequences, audio.Analysis(stft_config.to_dict()), None)
+        feats = partial.features(waveform)
+        heads = _heads(feats["sequences"], int(num_bins), int(k), num_classes, head_psi, dict(theta or {}))
+        stages = dataclasses.replace(partial, heads=heads)
+        super().__init__(inputs=waveform, outputs=stages.finish(feats), **{"name": "interpreter", **kwargs})
+
         self.classifier = classifier
-        self.classifier.trainable = False
+        self.extractor = extractor
+        self.heads = heads
+        self.stages = stages
+        self.psi, self.theta, self.decoder = (heads.get_layer(n) for n in ("psi", "theta", "decoder"))
+        if dictionary is not None:
+            self.decoder.set_weights([np.asarray(dictionary, dtype="float32")])
         self.layer_names = tuple(layers)
         self.orders = tuple(orders)
         self.k = int(k)
         self.num_bins = int(num_bins)
-        self.stft = dict(stft)
-        self.stft_config = audio.STFTConfig.from_dict(self.stft)
-        if self.stft_config.num_bins != self.num_bins:
-            raise ValueError(f"num_bins={num_bins} does not match the STFT config ({self.stft_config.num_bins} bins)")
+        self.stft = stft_config.to_dict()
+        self.stft_config = stft_config
         self.multilabel = bool(multilabel)
         self.alpha = float(alpha)
         self.beta = float(beta)
         self.temperature = float(temperature)
-        self.psi_kwargs = dict(psi or {})
+        self.psi_kwargs = psi_kwargs
         self.theta_kwargs = dict(theta or {})
         self.clip_samples = clip_samples
-        self.num_classes = int(classifier.outputs[0].shape[-1])
-        self.classifier_rank = len(classifier.inputs[0].shape)
-        fixed = classifier.inputs[0].shape[1]
-        if fixed is not None and clip_samples is None:
-            self.clip_samples = int(fixed)
-        self.extractor = keras.Model(
-            classifier.inputs,
-            [classifier.get_layer(n).output for n in self.layer_names] + [classifier.outputs[0]],
-            name="extractor",
-        )
-        self.psi = Psi(self.k, self.orders, name="psi", **self.psi_kwargs)
-        self.theta = Theta(self.num_classes, name="theta", **self.theta_kwargs)
-        self.decoder = NMFDecoder(self.num_bins, self.k, name="decoder")
-        self._build_heads()
-        if dictionary is not None:
-            self.decoder.set_weights([np.asarray(dictionary, dtype="float32")])
+        self.num_classes = num_classes
         self.trackers = {
             name: keras.metrics.Mean(name=name) for name in ("loss", "fidelity_loss", "reconstruction", "sparsity")
         }
@@ -154,99 +230,44 @@ class Interpreter(keras.Model):
         else:
             self.fidelity_metric = keras.metrics.Mean(name="fidelity_top1")
 
-    # ------------------------------------------------------------ forward pieces
-
-    def _build_heads(self):
-        shapes = [tuple(o.shape) for o in self.extractor.outputs[:-1]]
-        self.psi.build(shapes)
-        self.theta.build((None, None, self.k))
-        self.decoder.build((None, None, self.k))
-
-    def prepare(self, waveform):
-        """Waveform as the classifier wants its length: ``[batch, samples]`` float32, padded/cropped if fixed."""
-        waveform = tf.convert_to_tensor(waveform, tf.float32)
-        if waveform.shape.rank == 3:
-            waveform = tf.squeeze(waveform, -1)
-        if self.clip_samples is not None:
-            n = tf.shape(waveform)[1]
-            waveform = tf.pad(waveform[:, : self.clip_samples], [[0, 0], [0, tf.maximum(self.clip_samples - n, 0)]])
-            waveform = tf.ensure_shape(waveform, [None, self.clip_samples])
-        return waveform
-
-    def features(self, waveform):
-        """Prepared waveform -> (tapped feature maps, classifier logits)."""
-        x = waveform[:, :, None] if self.classifier_rank == 3 else waveform
-        outs = self.extractor(x, training=False)
-        return list(outs[:-1]), outs[-1]
-
-    def num_frames(self, waveform):
-        return frames_for(tf.shape(waveform)[1], self.stft_config)
-
-    def heads(self, features, num_frames, training=False, reduced=False):
-        """Tapped features (or, with ``reduced``, Ψ's cached sequences) -> (H, Θ logits, z)."""
-        h = self.psi(features, num_frames=num_frames, training=training, reduced=reduced)
-        logits, z = self.theta(h)
-        return h, logits, z
-
-    def call(self, waveform, training=False):
-        waveform = self.prepare(waveform)
-        feats, classifier_logits = self.features(waveform)
-        h, logits, z = self.heads(feats, self.num_frames(waveform), training=training)
-        return {"logits": logits, "classifier_logits": classifier_logits, "activations": h, "pooled": z}
-
     # ------------------------------------------------------------ training
 
     def precompute(self, waveforms: np.ndarray, batch_size: int = 32) -> dict:
         """Run the frozen classifier once per clip.
 
-        Returns numpy ``{"sequences": (...), "classifier_logits", "waveform"}``: Ψ's
-        parameter-free first step (see :meth:`~l2i_tf.layers.Psi.sequences`) rather than the
-        raw maps, and the prepared waveform rather than X (the STFT is cheap; X is 2x the
-        waveform's size). ``fit`` accepts batches of these.
+        Returns numpy ``{"sequences": (...), "classifier_logits", "waveform"}``: Ψ's parameter-free first step
+        (:class:`~l2i_tf.layers.FeatureSequences`) rather than the raw maps, and the prepared waveform rather than
+        X (the STFT is cheap; X is 2x the waveform's size). ``fit`` accepts batches of these.
         """
+        run = tf.function(self.stages.features, reduce_retracing=True)
+        out = batches.map_batches(lambda w: run(tf.constant(w)), np.asarray(waveforms, "float32"), batch_size)
+        out["sequences"] = tuple(out["sequences"])
+        return out
 
-        @tf.function(reduce_retracing=True)
-        def run(w):
-            w = self.prepare(w)
-            feats, logits = self.features(w)
-            return self.psi.sequences(feats), logits, w
-
-        parts = [run(tf.constant(waveforms[i : i + batch_size])) for i in range(0, len(waveforms), batch_size)]
-        return {
-            "sequences": tuple(np.concatenate([p[0][j].numpy() for p in parts]) for j in range(len(self.layer_names))),
-            "classifier_logits": np.concatenate([p[1].numpy() for p in parts]),
-            # A fixed-length classifier pads/crops; otherwise the prepared waveform is the input itself.
-            "waveform": np.concatenate([p[2].numpy() for p in parts])
-            if self.clip_samples is not None
-            else np.asarray(waveforms, dtype="float32"),
-        }
-
-    def _targets(self, data):
-        """A batch -> (Ψ inputs, reduced?, classifier logits, X)."""
+    def forward(self, data, training=False):
+        """A batch (waveforms, or a cached dict) -> (heads' outputs, classifier logits, X)."""
         if isinstance(data, dict) and "sequences" in data:
-            x, _ = audio.analyze(data["waveform"], self.stft_config)
-            return list(data["sequences"]), True, data["classifier_logits"], x
-        if isinstance(data, (tuple, list)):
-            data = data[0]
-        waveform = self.prepare(data)
-        feats, classifier_logits = self.features(waveform)
-        x, _ = audio.analyze(waveform, self.stft_config)
-        return feats, False, classifier_logits, x
+            feats = data
+        else:
+            feats = self.stages.features(data[0] if isinstance(data, (tuple, list)) else data)
+        spectrogram, _ = self.stages.analysis(feats["waveform"])
+        out = self.heads([*feats["sequences"], spectrogram], training=training)
+        return out, feats["classifier_logits"], spectrogram
 
-    def _terms(self, feats, reduced, classifier_logits, x, training):
-        h, logits, _ = self.heads(feats, tf.shape(x)[1], training=training, reduced=reduced)
+    def _terms(self, data, training):
+        out, classifier_logits, spectrogram = self.forward(data, training)
         terms = losses.l2i_loss(
             classifier_logits,
-            logits,
-            x,
-            self.decoder(h),
-            h,
+            out["logits"],
+            spectrogram,
+            out["reconstruction"],
+            out["activations"],
             self.alpha,
             self.beta,
             self.multilabel,
             temperature=self.temperature,
         )
-        return terms, logits
+        return terms, classifier_logits, out["logits"]
 
     def _update_metrics(self, terms, classifier_logits, logits):
         for name, tracker in self.trackers.items():
@@ -268,9 +289,8 @@ class Interpreter(keras.Model):
         return self.psi.trainable_variables + self.theta.trainable_variables
 
     def train_step(self, data):
-        feats, reduced, classifier_logits, x = self._targets(data)
         with tf.GradientTape() as tape:
-            terms, logits = self._terms(feats, reduced, classifier_logits, x, training=True)
+            terms, classifier_logits, logits = self._terms(data, training=True)
             # Gradients are summed over replicas under tf.distribute: scale as Keras' own losses do.
             loss = terms["loss"] / tf.distribute.get_strategy().num_replicas_in_sync
         variables = self.head_variables
@@ -279,38 +299,32 @@ class Interpreter(keras.Model):
         return self._update_metrics(terms, classifier_logits, logits)
 
     def test_step(self, data):
-        feats, reduced, classifier_logits, x = self._targets(data)
-        terms, logits = self._terms(feats, reduced, classifier_logits, x, training=False)
+        terms, classifier_logits, logits = self._terms(data, training=False)
         return self._update_metrics(terms, classifier_logits, logits)
 
     # ------------------------------------------------------------ serialisation
 
     def get_config(self):
-        config = super().get_config()
-        config.update(
-            classifier=keras.saving.serialize_keras_object(self.classifier),
-            layers=list(self.layer_names),
-            orders=list(self.orders),
-            k=self.k,
-            num_bins=self.num_bins,
-            stft=self.stft,
-            multilabel=self.multilabel,
-            alpha=self.alpha,
-            beta=self.beta,
-            temperature=self.temperature,
-            psi=self.psi_kwargs,
-            theta=self.theta_kwargs,
-            clip_samples=self.clip_samples,
-        )
-        return config
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "classifier": keras.saving.serialize_keras_object(self.classifier),
+            "layers": list(self.layer_names),
+            "orders": list(self.orders),
+            "k": self.k,
+            "num_bins": self.num_bins,
+            "stft": self.stft,
+            "multilabel": self.multilabel,
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "temperature": self.temperature,
+            "psi": self.psi_kwargs,
+            "theta": self.theta_kwargs,
+            "clip_samples": self.clip_samples,
+        }
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
         config["classifier"] = keras.saving.deserialize_keras_object(config["classifier"])
         return cls(**config)
-
-
-def frames_for(num_samples, config: audio.STFTConfig):
-    """Frame count T of :func:`l2i_tf.audio.stft` for ``num_samples`` (works on tensors)."""
-    return (num_samples + config.front_pad + config.frame_step - 1) // config.frame_step

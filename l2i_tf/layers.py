@@ -1,4 +1,4 @@
-"""The interpreter's heads: Ψ (hidden layers -> NMF activations H) and Θ (H -> pooled z -> logits)."""
+"""The interpreter's heads: Ψ (hidden layers -> NMF activations H) and Θ (H -> pooled z -> logits, contributions)."""
 
 from __future__ import annotations
 
@@ -6,51 +6,52 @@ import keras
 import tensorflow as tf
 
 FEATURE_ORDERS = ("btfc", "bftc", "btc")
+FREQ_REDUCTIONS = ("mean", "flatten")
 POOLINGS = ("attention", "max")
 
 
 @keras.saving.register_keras_serializable(package="l2i_tf")
-class Psi(keras.layers.Layer):
-    """Ψ: tapped classifier layers -> activations ``H [batch, T, K] >= 0``.
+class FeatureSequences(keras.layers.Layer):
+    """Ψ's parameter-free first step: each tapped classifier output -> a sequence ``[batch, t_i, width_i]``.
 
-    Each tapped output is a 4-D map ``[batch, time, freq, channels]`` (order ``"btfc"``),
-    ``[batch, freq, time, channels]`` (``"bftc"``) or a sequence ``[batch, time, channels]``
-    (``"btc"``). Per branch: frequency is folded into channels (``freq_reduce="flatten"``,
-    needs a static frequency size) or averaged (``"mean"``), a Conv1D maps to ``hidden``
-    channels, and the sequence is resampled (bilinear) to T frames — the frame count of X
-    for *this* input, so any clip length works. Branches are concatenated, mixed by a
-    Conv1D, mapped to K channels and passed through a ReLU.
+    A tapped output is a 4-D map ``[batch, time, freq, channels]`` (order ``"btfc"``), ``[batch, freq, time,
+    channels]`` (``"bftc"``) or a sequence ``[batch, time, channels]`` (``"btc"``). Frequency is averaged
+    (``freq_reduce="mean"``, small enough to cache once per clip for training) or folded into channels
+    (``"flatten"``, needs a static frequency size).
 
     Args:
-        k: number of dictionary components K.
         orders: one of ``FEATURE_ORDERS`` per tapped layer.
-        hidden: channels per branch and after merging.
-        kernel_size: temporal kernel of the Conv1D layers.
-        freq_reduce: ``"flatten"`` or ``"mean"``.
-        dropout: dropout rate after merging (training only).
+        freq_reduce: ``"mean"`` or ``"flatten"``.
     """
 
-    def __init__(self, k, orders, hidden=128, kernel_size=3, freq_reduce="flatten", dropout=0.1, **kwargs):
+    def __init__(self, orders, freq_reduce="mean", **kwargs):
         super().__init__(**kwargs)
         orders = tuple(orders)
         for order in orders:
             if order not in FEATURE_ORDERS:
                 raise ValueError(f"feature order must be one of {FEATURE_ORDERS}, got {order!r}")
-        if freq_reduce not in ("flatten", "mean"):
-            raise ValueError(f"freq_reduce must be 'flatten' or 'mean', got {freq_reduce!r}")
-        self.k = k
+        if freq_reduce not in FREQ_REDUCTIONS:
+            raise ValueError(f"freq_reduce must be one of {FREQ_REDUCTIONS}, got {freq_reduce!r}")
         self.orders = orders
-        self.hidden = hidden
-        self.kernel_size = kernel_size
         self.freq_reduce = freq_reduce
-        self.dropout = dropout
-        self.branches = [
-            keras.layers.Conv1D(hidden, kernel_size, padding="same", activation="relu", name=f"branch{i}")
-            for i in range(len(orders))
-        ]
-        self.merge = keras.layers.Conv1D(hidden, kernel_size, padding="same", activation="relu", name="merge")
-        self.drop = keras.layers.Dropout(dropout)
-        self.to_k = keras.layers.Conv1D(k, 1, name="to_k")
+
+    def _check(self, shapes):
+        if len(shapes) != len(self.orders):
+            raise ValueError(f"{len(shapes)} feature maps but {len(self.orders)} orders ({self.orders})")
+        for shape, order in zip(shapes, self.orders):
+            rank = len(shape)
+            if (order == "btc") != (rank == 3) or rank not in (3, 4):
+                raise ValueError(f"a tapped layer of shape {tuple(shape)} does not fit order {order!r}")
+            if rank == 4 and self.freq_reduce == "flatten":
+                freq = shape[2] if order == "btfc" else shape[1]
+                if freq is None or shape[3] is None:
+                    raise ValueError(
+                        f"freq_reduce='flatten' needs static frequency and channel sizes, got shape {tuple(shape)}; "
+                        "use freq_reduce='mean'"
+                    )
+
+    def build(self, input_shapes):
+        self._check(input_shapes)
 
     def _sequence(self, x, order):
         if order == "btc":
@@ -59,67 +60,95 @@ class Psi(keras.layers.Layer):
             x = tf.transpose(x, [0, 2, 1, 3])
         if self.freq_reduce == "mean":
             return tf.reduce_mean(x, axis=2)
-        freq, channels = x.shape[2], x.shape[3]
-        if freq is None or channels is None:
-            raise ValueError(
-                f"freq_reduce='flatten' needs static frequency and channel sizes, got shape {x.shape}; "
-                "use freq_reduce='mean'"
-            )
-        return tf.reshape(x, [tf.shape(x)[0], tf.shape(x)[1], freq * channels])
+        return tf.reshape(x, [tf.shape(x)[0], tf.shape(x)[1], x.shape[2] * x.shape[3]])
 
-    def build(self, input_shapes):
-        if len(input_shapes) != len(self.orders):
-            raise ValueError(f"Psi got {len(input_shapes)} feature maps but {len(self.orders)} orders")
-        for shape, order, branch in zip(input_shapes, self.orders, self.branches):
-            rank = len(shape)
-            if (order == "btc") != (rank == 3) or rank not in (3, 4):
-                raise ValueError(f"a tapped layer of shape {tuple(shape)} does not fit order {order!r}")
-            if rank == 3:
-                width = shape[2]
-            elif self.freq_reduce == "mean":
-                width = shape[3]
-            else:
-                freq = shape[2] if order == "btfc" else shape[1]
-                width = None if freq is None or shape[3] is None else freq * shape[3]
-            branch.build((None, None, width))
-        self.merge.build((None, None, self.hidden * len(self.orders)))
-        self.to_k.build((None, None, self.hidden))
-
-    def sequences(self, features):
-        """The parameter-free first step: each tapped map -> ``[batch, t_i, width_i]``.
-
-        With ``freq_reduce="mean"`` these are much smaller than the maps, so training can
-        cache them once (``call(..., reduced=True)`` then starts from them).
-        """
+    def call(self, features):
         return [self._sequence(tf.convert_to_tensor(x), order) for x, order in zip(features, self.orders)]
 
-    def call(self, features, num_frames, training=None, reduced=False):
+    def compute_output_spec(self, features):
+        self._check([x.shape for x in features])
+        out = []
+        for x, order in zip(features, self.orders):
+            if order == "btc":
+                width = x.shape[2]
+            elif self.freq_reduce == "mean":
+                width = x.shape[3]
+            else:
+                width = (x.shape[2] if order == "btfc" else x.shape[1]) * x.shape[3]
+            out.append(keras.KerasTensor((x.shape[0], None, width), dtype="float32"))
+        return out
+
+    def get_config(self):
+        return {**super().get_config(), "orders": list(self.orders), "freq_reduce": self.freq_reduce}
+
+
+@keras.saving.register_keras_serializable(package="l2i_tf")
+class Psi(keras.layers.Layer):
+    """Ψ: the sequences of :class:`FeatureSequences` and the spectrogram X -> activations ``H [batch, T, K] >= 0``.
+
+    Inputs: ``[seq_1, ..., seq_n, X]``. Per branch a Conv1D maps a sequence to ``hidden`` channels and it is
+    resampled (bilinear) to T frames — the frame count of X for *this* input, so any clip length works (only X's
+    shape is read). Branches are concatenated, mixed by a Conv1D, mapped to K channels and passed through a ReLU.
+
+    Args:
+        k: number of dictionary components K.
+        hidden: channels per branch and after merging.
+        kernel_size: temporal kernel of the Conv1D layers.
+        dropout: dropout rate after merging (training only).
+    """
+
+    def __init__(self, k, hidden=128, kernel_size=3, dropout=0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.k = k
+        self.hidden = hidden
+        self.kernel_size = kernel_size
+        self.dropout = dropout
+        self.branches = []
+        self.merge = keras.layers.Conv1D(hidden, kernel_size, padding="same", activation="relu", name="merge")
+        self.drop = keras.layers.Dropout(dropout)
+        self.to_k = keras.layers.Conv1D(k, 1, name="to_k")
+
+    def build(self, input_shapes):
+        sequences = input_shapes[:-1]
+        if not sequences:
+            raise ValueError("Psi needs at least one feature sequence before the spectrogram")
+        for i, shape in enumerate(sequences):
+            if len(shape) != 3:
+                raise ValueError(f"Psi's input {i} must be a sequence [batch, time, width], got shape {tuple(shape)}")
+            branch = keras.layers.Conv1D(
+                self.hidden, self.kernel_size, padding="same", activation="relu", name=f"branch{i}"
+            )
+            branch.build((None, None, shape[2]))
+            self.branches.append(branch)
+        self.merge.build((None, None, self.hidden * len(sequences)))
+        self.to_k.build((None, None, self.hidden))
+
+    def call(self, inputs, training=None):
+        *sequences, spectrogram = inputs
+        num_frames = tf.shape(spectrogram)[1]
         outs = []
-        seqs = list(features) if reduced else self.sequences(features)
-        for x, branch in zip(seqs, self.branches):
+        for x, branch in zip(sequences, self.branches):
             seq = branch(x)
-            seq = tf.image.resize(seq[:, :, None, :], tf.stack([num_frames, 1]), method="bilinear")[:, :, 0, :]
-            outs.append(seq)
+            outs.append(tf.image.resize(seq[:, :, None, :], tf.stack([num_frames, 1]), method="bilinear")[:, :, 0, :])
         x = self.merge(tf.concat(outs, axis=-1) if len(outs) > 1 else outs[0])
         x = self.drop(x, training=training)
         return tf.nn.relu(self.to_k(x))
 
+    def compute_output_shape(self, input_shapes):
+        return (input_shapes[-1][0], input_shapes[-1][1], self.k)
+
     def get_config(self):
         config = super().get_config()
-        config.update(
-            k=self.k,
-            orders=list(self.orders),
-            hidden=self.hidden,
-            kernel_size=self.kernel_size,
-            freq_reduce=self.freq_reduce,
-            dropout=self.dropout,
-        )
+        config.update(k=self.k, hidden=self.hidden, kernel_size=self.kernel_size, dropout=self.dropout)
         return config
 
 
 @keras.saving.register_keras_serializable(package="l2i_tf")
 class Theta(keras.layers.Layer):
-    """Θ: ``H [batch, T, K]`` -> pooled ``z [batch, K]`` -> logits ``[batch, C]`` by a linear map with no bias.
+    """Θ: ``H [batch, T, K]`` -> ``(logits [batch, C], z [batch, K], contributions [batch, K, C])``.
+
+    z pools H over time; the logits are a linear map of z with no bias; ``contributions[b, k, c] = z_k·θ_{k,c}``
+    sum over k to the logits exactly, which is what relevance decomposes.
 
     Pooling is gated attention over time (Ilse et al. 2018: softmax over time of
     ``w·(tanh(V h_t) ⊙ sigmoid(U h_t))``) or max over time. An optional ``mask
@@ -167,7 +196,15 @@ class Theta(keras.layers.Layer):
 
     def call(self, h, mask=None):
         z = self.pool(h, mask)
-        return tf.matmul(z, self.kernel), z
+        return tf.matmul(z, self.kernel), z, z[:, :, None] * self.kernel[None]
+
+    def compute_output_spec(self, h, mask=None):
+        batch, k = h.shape[0], h.shape[-1]
+        return (
+            keras.KerasTensor((batch, self.num_classes), dtype="float32"),
+            keras.KerasTensor((batch, k), dtype="float32"),
+            keras.KerasTensor((batch, k, self.num_classes), dtype="float32"),
+        )
 
     def get_config(self):
         config = super().get_config()

@@ -44,6 +44,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from l2i_tf import explain
 from l2i_tf.audio import STFTConfig, analyze
 
 log = logging.getLogger(__name__)
@@ -699,7 +700,13 @@ def learn_from_table(
 
 @keras.saving.register_keras_serializable(package="l2i_tf")
 class NMFDecoder(keras.layers.Layer):
-    """Fixed-dictionary decoder: activations ``H [batch, T, K]`` -> ``X̂ = H Wᵀ [batch, T, F]``.
+    """Fixed-dictionary decoder: activations ``H [batch, T, K]`` -> ``X̂ = H Wᵀ [batch, T, F]``, and the soft masks
+    of the NMF model.
+
+    ``decoder(H)`` is the reconstruction; ``decoder(H, selected=s)`` (bool ``[batch, K]``) the summed soft mask of
+    the selected components ``Σ_{k∈s} M_k`` ``[batch, T, F]``; ``decoder(H, indices=i)`` (int ``[batch, N]``) the
+    soft masks ``M_{i_n}`` ``[batch, N, T, F]``, where ``M_k = w_k h_kᵀ / (H Wᵀ + ε)``
+    (:func:`l2i_tf.explain.selected_mask`, :func:`l2i_tf.explain.component_masks`).
 
     W is a non-trainable weight made in ``build``; it is saved with the weights, never in the config.
 
@@ -707,12 +714,14 @@ class NMFDecoder(keras.layers.Layer):
         num_bins: F.
         k: K.
         dictionary_w: optional ``[F, K]`` initial W (else set it with ``set_weights``).
+        eps: ε of the soft masks.
     """
 
-    def __init__(self, num_bins, k, dictionary_w=None, **kwargs):
+    def __init__(self, num_bins, k, dictionary_w=None, eps=1e-8, **kwargs):
         super().__init__(**kwargs)
         self.num_bins = int(num_bins)
         self.k = int(k)
+        self.eps = float(eps)
         self._dictionary_w = None
         if dictionary_w is not None:
             w = np.asarray(dictionary_w, dtype=np.float32)
@@ -728,13 +737,19 @@ class NMFDecoder(keras.layers.Layer):
             self.w.assign(self._dictionary_w)
         self.built = True
 
-    def call(self, h):
+    def call(self, h, selected=None, indices=None):
+        if selected is not None:
+            return explain.selected_mask(self.w, h, selected, self.eps)
+        if indices is not None:
+            return explain.component_masks(self.w, h, indices, self.eps)
         return keras.ops.einsum("...k,fk->...f", h, self.w)
 
-    def compute_output_shape(self, input_shape):
-        return (*input_shape[:-1], self.num_bins)
+    def compute_output_spec(self, h, selected=None, indices=None):
+        if indices is not None:
+            return keras.KerasTensor((h.shape[0], indices.shape[1], h.shape[1], self.num_bins), dtype="float32")
+        return keras.KerasTensor((*h.shape[:-1], self.num_bins), dtype="float32")
 
     def get_config(self):
         config = super().get_config()
-        config.update(num_bins=self.num_bins, k=self.k)
+        config.update(num_bins=self.num_bins, k=self.k, eps=self.eps)
         return config

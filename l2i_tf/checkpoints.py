@@ -1,0 +1,129 @@
+"""Per-epoch checkpoints of interpreter training, so a killed run resumes to the same weights and metrics.
+
+After every epoch ``checkpoints/`` gets the interpreter (with optimizer state), the best weights so far, the
+early-stopping state, the dropout RNG states and the history, committed by ``state.json``: every file is written
+under a new name before ``state.json`` points to it, so a process killed at any moment leaves the previous
+epoch's checkpoint complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from l2i_tf import files, runs
+
+STATE = "state.json"
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """Keras' early stopping whose state (best value, epochs waited, best weights) survives a restart."""
+
+    def __init__(self, restored: dict | None = None, best_weights=None, **kwargs):
+        super().__init__(**kwargs)
+        self.restored = restored
+        self.restored_weights = best_weights
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.restored:
+            self.wait = self.restored["wait"]
+            self.best = self.restored["best"]
+            self.best_epoch = self.restored["best_epoch"]
+            self.best_weights = self.restored_weights
+
+    def state(self) -> dict:
+        best = self.best if np.isfinite(self.best) else None
+        return {"wait": int(self.wait), "best": best, "best_epoch": int(self.best_epoch)}
+
+
+class Checkpoint(keras.callbacks.Callback):
+    """Writes the checkpoint after every epoch and removes the files it no longer references."""
+
+    def __init__(self, folder: Path, early_stopping: ResumableEarlyStopping, history: list[dict]):
+        super().__init__()
+        self.folder = folder
+        self.early_stopping = early_stopping
+        self.history = history
+
+    def on_epoch_end(self, epoch, logs=None):
+        done = epoch + 1
+        self.history.append({k: float(v) for k, v in (logs or {}).items()})
+        model_file = f"epoch-{done:04d}.keras"
+        with files.atomic_file(self.folder / model_file) as tmp:
+            self.model.save(tmp)
+        stopping = self.early_stopping.state()
+        best_file = None
+        if self.early_stopping.best_weights is not None:
+            best_file = f"best-{stopping['best_epoch'] + 1:04d}.npz"
+            if not (self.folder / best_file).exists():
+                with files.atomic_file(self.folder / best_file) as tmp:
+                    np.savez(tmp, *self.early_stopping.best_weights)
+        state = {
+            "epochs_done": done,
+            "checkpoint": model_file,
+            "best_weights": best_file,
+            "early_stopping": stopping,
+            "seed_states": [v.numpy().tolist() for v in seed_states(self.model)],
+            "history": self.history,
+            "logs": self.history[-1],
+        }
+        files.write_json(self.folder / STATE, state)
+        for path in self.folder.iterdir():
+            if path.name not in (model_file, best_file, STATE):
+                path.unlink(missing_ok=True)
+
+
+def seed_states(model: keras.Model) -> list:
+    """The states of the model's Keras ``SeedGenerator``s (dropout masks), in the model's variable order."""
+    return [v for v in model.variables if v.path.endswith("seed_generator_state")]
+
+
+@dataclasses.dataclass
+class Resumed:
+    """What a run continues from: the interpreter, epochs done, history, early-stopping state and best weights."""
+
+    interpreter: keras.Model
+    epochs_done: int
+    history: list[dict]
+    early_stopping: dict | None
+    best_weights: list | None
+
+
+def resume(folder: Path, optimizer: keras.optimizers.Optimizer, safe_mode: bool = True) -> Resumed:
+    """Load the last checkpoint of ``folder`` (a run's ``checkpoints/``).
+
+    The model is loaded without its optimizer, compiled with ``optimizer`` (as the run made it), the optimizer's
+    variables are built and the checkpoint's weights read again, optimizer slots included. The ``.keras`` file
+    does not restore the dropout layers' ``SeedGenerator`` states: ``state.json`` holds them.
+    """
+    state = json.loads((folder / STATE).read_text())
+    path = folder / state["checkpoint"]
+    interpreter = runs.load_keras(path, safe_mode, compile=False)
+    interpreter.compile(optimizer=optimizer)
+    interpreter.optimizer.build(interpreter.head_variables)
+    interpreter.load_weights(path)
+    seeds = state.get("seed_states")
+    if seeds is not None:
+        variables = seed_states(interpreter)
+        if len(variables) != len(seeds):
+            raise ValueError(f"{str(path)!r}: {len(variables)} dropout RNG states, the checkpoint has {len(seeds)}")
+        for variable, value in zip(variables, seeds, strict=True):
+            variable.assign(np.asarray(value, dtype=variable.dtype))
+    best_weights = None
+    if state.get("best_weights"):
+        with np.load(folder / state["best_weights"]) as saved:
+            best_weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    return Resumed(
+        interpreter, state["epochs_done"], list(state.get("history", [])), state.get("early_stopping"), best_weights
+    )
+
+
+def history_table(history: list[dict]) -> dict:
+    """Per-epoch logs -> ``{metric: [value per epoch]}`` (NaN where an epoch lacks a metric)."""
+    keys = sorted({k for logs in history for k in logs})
+    return {k: [logs.get(k, float("nan")) for logs in history] for k in keys}

@@ -1,0 +1,247 @@
+"""The one Explainer: a functional Keras graph from a waveform batch to its interpretation, predictions and relevance.
+
+Everything that explains — ``l2i-tf explain``, the SavedModel signatures, ``l2i-tf evaluate`` and ``l2i-tf report``
+— runs this graph. The classifier and Ψ/Θ run once, the NMF STFT once, the selected components' soft masks are
+fused into one mask, and the synthesis is one batched ISTFT per output::
+
+    waveform ─ guard ─ prepare ─┬─ classifier f (tapped layers, logits) ─ feature sequences ─┐
+                                └─ STFT: X, phase ────────────────────────────────────────── heads: Ψ -> H -> Θ
+    Θ contributions, target class ─ relevance ─ selection (top-N, τ) ─ NMF soft masks ─ ISTFT ─ interpretation
+
+Outputs (B clips, S samples, K components, C classes, N top components): ``interpretation`` float32 [B, S],
+``predicted_class`` int32 [B], ``predicted_class_name`` string [B], ``class_probabilities`` [B, C] (the
+classifier's), ``interpreter_probabilities`` [B, C], ``relevance`` [B, K], ``selected`` bool [B, K], and with
+components ``target_class`` [B], ``component_indices`` int32 [B, N], ``component_relevance`` [B, N],
+``component_selected`` bool [B, N], ``component_audio`` [B, N, S] (the N most relevant components' audio).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from l2i_tf import audio, batches
+from l2i_tf.explain_layers import (
+    ClassNames,
+    FitLength,
+    PredictedClass,
+    Probabilities,
+    Relevance,
+    Selection,
+    TargetClass,
+    WaveformGuard,
+)
+
+SERVING_OUTPUTS = (
+    "interpretation",
+    "predicted_class",
+    "predicted_class_name",
+    "class_probabilities",
+    "interpreter_probabilities",
+    "relevance",
+    "selected",
+)
+COMPONENT_OUTPUTS = ("target_class", "component_indices", "component_relevance", "component_selected", "component_audio")
+CLASSIFY_OUTPUTS = ("class_probabilities", "predicted_class", "predicted_class_name", "class_names")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExplainConfig:
+    """What an Explainer (and an export of it) fixes.
+
+    Attributes:
+        threshold: default τ: components with relevance > τ are selected.
+        top_n: N, at most this many components are selected, and the N most relevant ones get their own audio.
+            0: no limit (N = K).
+        domain: mask domain, one of :data:`l2i_tf.audio.DOMAINS`.
+        max_seconds: longest accepted clip, seconds (0: no limit).
+    """
+
+    threshold: float = 0.5
+    top_n: int = 5
+    domain: str = "log1p"
+    max_seconds: float = 60.0
+
+    def __post_init__(self):
+        if not isinstance(self.top_n, int) or isinstance(self.top_n, bool) or self.top_n < 0:
+            raise ValueError(f"top_n must be a non-negative integer, got {self.top_n!r}")
+        audio.check_domain(self.domain)
+        if not self.max_seconds >= 0:
+            raise ValueError(f"max_seconds must be >= 0 (0: no limit), got {self.max_seconds!r}")
+        if self.threshold != self.threshold:
+            raise ValueError(f"threshold must be a number, got {self.threshold!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _graph(interpreter, class_names, config: ExplainConfig, top_n: int, max_samples: int):
+    """The explanation graph on the interpreter's layers: (inputs, every output, the classifier's outputs)."""
+    stft = interpreter.stft_config
+    inputs = {
+        "waveform": keras.Input((None,), name="waveform"),
+        "target_class": keras.Input((), dtype="int32", name="target_class"),
+        "threshold": keras.Input((), name="threshold"),
+    }
+    waveform = WaveformGuard(max_samples, stft.sample_rate, name="guard")(inputs["waveform"])
+    out = interpreter.stages.flow(waveform)
+    x, phase, h = out["spectrogram"], out["phase"], out["activations"]
+    predicted = PredictedClass(name="predicted_class")(out["classifier_logits"])
+    target = TargetClass(name="target")(inputs["target_class"], out["classifier_logits"])
+    relevance = Relevance(name="relevance")(out["contributions"], target, x)
+    indices, values, chosen, selected = Selection(top_n, name="selection")(relevance, inputs["threshold"], x)
+    synthesis = audio.MaskedSynthesis(stft.to_dict(), config.domain, name="synthesis")
+    fit = FitLength(name="fit_length")
+    mask = interpreter.decoder(h, selected=selected)
+    parts = interpreter.decoder(h, indices=indices)
+    classified = {
+        "class_probabilities": Probabilities(interpreter.multilabel, name="class_probabilities")(
+            out["classifier_logits"]
+        ),
+        "predicted_class": predicted,
+        "predicted_class_name": ClassNames(class_names, name="class_name")(predicted),
+        "class_names": ClassNames(class_names, table=True, name="class_names")(predicted),
+    }
+    outputs = {
+        "interpretation": fit(synthesis(x, phase, mask, out["waveform"]), waveform),
+        **{key: classified[key] for key in ("predicted_class", "predicted_class_name", "class_probabilities")},
+        "interpreter_probabilities": Probabilities(interpreter.multilabel, name="interpreter_probabilities")(
+            out["logits"]
+        ),
+        "relevance": relevance,
+        "selected": selected,
+        "target_class": target,
+        "component_indices": indices,
+        "component_relevance": values,
+        "component_selected": chosen,
+        "component_audio": fit(synthesis(x, phase, parts, out["waveform"]), waveform),
+    }
+    return inputs, outputs, classified
+
+
+@keras.saving.register_keras_serializable(package="l2i_tf")
+class Explainer(keras.Model):
+    """The explanation pipeline of one interpreter, as one functional Keras graph (core TensorFlow ops only).
+
+    Called on ``{"waveform" [B, S], "target_class" int32 [B] (-1: the classifier's prediction), "threshold" [B]}``
+    it returns every output of the module docstring. :meth:`explain` and :meth:`classify` are the convenient
+    entry points; the SavedModel signatures wrap the same graph.
+
+    Args:
+        interpreter: a trained :class:`~l2i_tf.interpreter.Interpreter`.
+        class_names: C names.
+        config: an :class:`ExplainConfig` (or its dict).
+    """
+
+    def __init__(self, interpreter, class_names, config=None, **kwargs):
+        if isinstance(config, dict):
+            config = ExplainConfig(**config)
+        config = config or ExplainConfig()
+        if len(class_names) != interpreter.num_classes:
+            raise ValueError(f"{len(class_names)} class names for a classifier with {interpreter.num_classes} classes")
+        top_n = min(config.top_n, interpreter.k) if config.top_n else interpreter.k
+        rate = interpreter.stft_config.sample_rate
+        max_samples = int(round(config.max_seconds * rate)) if config.max_seconds else 0
+        inputs, outputs, classified = _graph(interpreter, tuple(class_names), config, top_n, max_samples)
+        super().__init__(inputs=inputs, outputs=outputs, **{"name": "explainer", **kwargs})
+        self.interpreter = interpreter
+        self.class_names = tuple(class_names)
+        self.config = config
+        self.top_n = top_n
+        self.max_samples = max_samples
+        self.sample_rate = rate
+        self.stft_config = interpreter.stft_config
+        self.num_components = interpreter.k
+        self.multilabel = interpreter.multilabel
+        self.serving_model = keras.Model(inputs, {k: outputs[k] for k in SERVING_OUTPUTS}, name="explainer_serving")
+        self.classify_model = keras.Model(inputs["waveform"], classified, name="explainer_classify")
+        spec = [tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None], tf.int32), tf.TensorSpec([None])]
+        self._run = {
+            False: tf.function(lambda w, t, th: self.serving_model(_feed(w, t, th)), input_signature=spec),
+            True: tf.function(lambda w, t, th: self(_feed(w, t, th)), input_signature=spec),
+        }
+        self._classify = tf.function(self.classify_model, input_signature=spec[:1])
+
+    @property
+    def dictionary(self) -> tf.Tensor:
+        """W [F, K]."""
+        return tf.convert_to_tensor(self.interpreter.decoder.weights[0])
+
+    def check_waveform(self, waveform) -> tf.Tensor:
+        """float32 [B, S]; a wrong rank or dtype is a ``ValueError`` before anything is traced."""
+        waveform = tf.convert_to_tensor(waveform)
+        if waveform.shape.rank != 2:
+            raise ValueError(f"waveform must be [batch, samples] (rank 2), got shape {waveform.shape}")
+        if not waveform.dtype.is_floating:
+            raise ValueError(f"waveform must be floating point, got dtype {waveform.dtype.name}")
+        return tf.cast(waveform, tf.float32)
+
+    def explain(self, waveform, target_class=None, threshold=None, components: bool = False) -> dict:
+        """Explain a batch: predictions, relevance, selection and interpretation (and the top-N components' audio).
+
+        Args:
+            waveform: float32 [B, S] at the model's sample rate.
+            target_class: int [B] or scalar class to explain; -1 or None: the classifier's prediction.
+            threshold: τ, a scalar or [B]; None: the config's.
+            components: also return the audio of the N most relevant components.
+
+        Returns:
+            dict of tensors (see the module docstring).
+        """
+        waveform = self.check_waveform(waveform)
+        batch = tf.shape(waveform)[:1]
+        target = tf.broadcast_to(tf.cast(-1 if target_class is None else target_class, tf.int32), batch)
+        tau = self.config.threshold if threshold is None else threshold
+        tau = tf.broadcast_to(tf.cast(tau, tf.float32), batch)
+        return self._run[bool(components)](waveform, target, tau)
+
+    def classify(self, waveform) -> dict:
+        """Waveform [B, S] -> the classifier's ``class_probabilities`` [B, C], ``predicted_class`` [B], its name and
+        ``class_names`` [B, C]."""
+        return self._classify(self.check_waveform(waveform))
+
+    def analyze(self, waveform) -> dict:
+        """Waveform [B, S] -> every output of the interpreter (H, z, X, phase, logits, ...; see
+        :class:`~l2i_tf.interpreter.Interpreter`)."""
+        return self.interpreter(self.check_waveform(waveform), training=False)
+
+    def explain_arrays(self, waveforms: np.ndarray, batch_size: int = 16, **kwargs) -> dict:
+        """:meth:`explain` over many equal-length clips in batches; numpy outputs."""
+        return batches.map_batches(lambda w: self.explain(w, **kwargs), np.asarray(waveforms, "float32"), batch_size)
+
+    def metadata(self) -> dict:
+        """What a consumer of the explanations needs to know (stored with an export)."""
+        return {
+            "class_names": list(self.class_names),
+            "sample_rate": self.sample_rate,
+            "stft": self.stft_config.to_dict(),
+            "k": self.num_components,
+            "top_n": self.top_n,
+            "threshold": self.config.threshold,
+            "domain": self.config.domain,
+            "max_seconds": self.config.max_seconds,
+            "max_samples": self.max_samples,
+            "multilabel": self.multilabel,
+        }
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "interpreter": keras.saving.serialize_keras_object(self.interpreter),
+            "class_names": list(self.class_names),
+            "config": self.config.to_dict(),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["interpreter"] = keras.saving.deserialize_keras_object(config["interpreter"])
+        return cls(**config)
+
+
+def _feed(waveform, target_class, threshold) -> dict:
+    return {"waveform": waveform, "target_class": target_class, "threshold": threshold}
