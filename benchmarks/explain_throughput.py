@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,13 +20,26 @@ import numpy as np
 import tensorflow as tf
 
 
-def demo_run(folder: Path, k: int = 100) -> Path:
-    """An untrained run of demo size (VGG 32-256 channels, Ψ 128 wide, K=100): the compute of a trained one."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from run_fixture import make_run
+def demo_export(folder: Path, k: int = 100) -> Path:
+    """An untrained explainer of demo size (VGG 32-256 channels, Ψ 128 wide, K=100; the compute of a trained one),
+    exported as a SavedModel into ``folder``."""
+    from l2i_tf import classifier, export, files
+    from l2i_tf.audio import STFTConfig
+    from l2i_tf.explainer import ExplainConfig, Explainer
+    from l2i_tf.interpreter import Interpreter, tap_orders
 
-    names = tuple(f"class_{i}" for i in range(10))
-    return make_run(folder, k=k, class_names=names, channels=(32, 64, 128, 256), hidden=128)
+    model = classifier.build_demo_classifier(10, classifier.DemoConfig())
+    names, orders = tap_orders(model, classifier.DEMO_LAYERS)
+    stft = STFTConfig()
+    W = np.random.default_rng(0).random((stft.num_bins, k)).astype("float32")
+    W /= np.linalg.norm(W, axis=0, keepdims=True)
+    interpreter = Interpreter(
+        model, names, orders, k, stft.num_bins, stft.to_dict(), psi={"freq_reduce": "mean"}, dictionary=W
+    )
+    explainer = Explainer(interpreter, [f"class_{i}" for i in range(10)], ExplainConfig(max_seconds=0))
+    export.write_saved_model(explainer, folder)
+    files.write_json(folder / export.METADATA_FILE, explainer.metadata())
+    return folder
 
 
 def main():
@@ -39,15 +51,16 @@ def main():
     args = parser.parse_args()
 
     from l2i_tf import export
+    from l2i_tf.explainer import ExplainConfig
 
     tmp = tempfile.TemporaryDirectory()
     source = Path(args.source)
     if not source.exists():
-        print(f"{source} does not exist: benchmarking an untrained run of demo size")
-        source = demo_run(Path(tmp.name) / "run")
+        print(f"{source} does not exist: benchmarking an untrained explainer of demo size")
+        source = demo_export(Path(tmp.name) / "demo")
     if (source / "interpreter.keras").is_file():
         t0 = time.perf_counter()
-        source = export.export(source, Path(tmp.name) / "savedmodels", "l2i", export.ExportConfig(max_seconds=0))
+        source = export.export(source, Path(tmp.name) / "savedmodels", "l2i", ExplainConfig(max_seconds=0))
         print(f"exported in {time.perf_counter() - t0:.1f} s")
     path = export.resolve_saved_model(source)
     meta = export.load_metadata(path)

@@ -6,10 +6,9 @@ import dataclasses
 
 import click
 
-from cli import options
-from l2i_tf import data, training
+from cli import errors, options
+from l2i_tf import audio, data, runs
 from l2i_tf import evaluate as evaluate_lib
-from l2i_tf import explain as explain_lib
 from l2i_tf import slime as slime_lib
 
 
@@ -39,7 +38,7 @@ Examples:
 @click.option("--folds", default="1,2,3,4,5", show_default=True, help="Folds of the cross-validation.")
 @click.option("--baselines", type=click.Choice(evaluate_lib.BASELINES), multiple=True, help="Extra methods to compare.")
 @click.option("--thresholds", default=None, help="τ values for faithfulness [0.9,0.7,0.5,0.3; +0.1 multi-label].")
-@click.option("--domain", type=click.Choice(explain_lib.DOMAINS), default="log1p", show_default=True)
+@click.option("--domain", type=click.Choice(audio.DOMAINS), default="log1p", show_default=True)
 @click.option(
     "--mixtures", type=click.IntRange(min=0), default=None, help="Target + distractor mixtures [200; 0: skip]."
 )
@@ -96,8 +95,10 @@ def command(
         config = dataclasses.replace(config, slime=slime.to_dict())
     try:
         report = evaluate_lib.evaluate(run_dir, config, out, safe_mode=not unsafe_load)
-    except training.RunFolderError as e:
-        raise click.BadParameter(str(e), param_hint="RUN_DIR") from None
+    except runs.UnsafeModelError as e:
+        raise errors.unsafe_model(e, "RUN_DIR") from None
+    except runs.RunFolderError as e:
+        raise errors.run_folder(e, "RUN_DIR") from None
     except (data.AudioDataError, ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(evaluate_lib.markdown(report))

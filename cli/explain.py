@@ -8,10 +8,8 @@ from pathlib import Path
 import click
 import tensorflow as tf
 
-from cli import options
-from l2i_tf import data, training
-from l2i_tf import explain as explain_lib
-from l2i_tf import export as export_lib
+from cli import errors, options
+from l2i_tf import audio, data, explain_files, runs
 
 
 def _folders(inputs, out: Path) -> list[Path]:
@@ -40,7 +38,7 @@ Examples:
 @click.option("--class", "class_name", default=None, help="Class to explain (default: the classifier's prediction).")
 @click.option("--threshold", type=float, default=None, help="τ: select components with relevance > τ [0.5/export's].")
 @click.option("--top", type=click.IntRange(min=0), default=None, help="At most N components (run folder) [5/export's].")
-@click.option("--domain", type=click.Choice(explain_lib.DOMAINS), default=None, help="Mask domain [log1p/export's].")
+@click.option("--domain", type=click.Choice(audio.DOMAINS), default=None, help="Mask domain [log1p/export's].")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
 @options.unsafe_load_option
 @click.option("-v", "--verbose", is_flag=True)
@@ -55,23 +53,18 @@ def command(source, inputs, class_name, threshold, top, domain, out, unsafe_load
     options.setup(verbose)
     if threshold is not None and threshold != threshold:
         raise click.BadParameter(f"{threshold!r} is not a number", param_hint="--threshold")
-    try:
-        src = export_lib.ExplainSource(source, threshold=threshold, top_n=top, domain=domain, safe_mode=not unsafe_load)
-    except (training.RunFolderError, training.UnsafeModelError, FileNotFoundError) as e:
-        raise click.BadParameter(str(e), param_hint="SOURCE") from None
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--top/--domain") from None
+    src = open_source(source, threshold, top, domain, unsafe_load)
     try:
         src.class_index(class_name)
-    except ValueError as e:
+    except explain_files.UnknownClassError as e:
         raise click.BadParameter(str(e), param_hint="--class") from None
     for path, folder in zip(inputs, _folders(inputs, Path(out)), strict=True):
         try:
-            report = export_lib.explain_file(src, path, folder, class_name)
+            report = explain_files.explain_file(src, path, folder, class_name)
         except data.AudioDataError as e:
             raise click.BadParameter(str(e), param_hint="INPUT") from None
         except tf.errors.InvalidArgumentError as e:
-            raise click.ClickException(f"{path}: {export_lib.graph_error_message(e)}") from None
+            raise click.ClickException(graph_error(path, e)) from None
         chosen = ", ".join(f"{s['component']} ({s['relevance']:.2f})" for s in report["selected"]) or "none"
         click.echo(
             f"{path}: classifier says {report['classifier']['predicted']}, interpreter says "
@@ -80,3 +73,27 @@ def command(source, inputs, class_name, threshold, top, domain, out, unsafe_load
         )
         if verbose:
             click.echo(json.dumps(report["classifier"], indent=2))
+
+
+def open_source(source, threshold, top, domain, unsafe_load) -> explain_files.ExplainSource:
+    """The run folder or export to explain with; errors name the flag that fixes them."""
+    try:
+        return explain_files.ExplainSource(
+            source, threshold=threshold, top_n=top, domain=domain, safe_mode=not unsafe_load
+        )
+    except runs.UnsafeModelError as e:
+        raise errors.unsafe_model(e, "SOURCE") from None
+    except runs.RunFolderError as e:
+        raise errors.run_folder(e, "SOURCE") from None
+    except FileNotFoundError as e:
+        raise click.BadParameter(str(e), param_hint="SOURCE") from None
+    except explain_files.FixedByExportError as e:
+        raise errors.fixed_by_export(e) from None
+
+
+def graph_error(path, error) -> str:
+    """A graph assertion on an input, with the flag that lifts a length limit."""
+    message = f"{path}: {explain_files.graph_error_message(error)}"
+    if "maximum of this export" in message:
+        message += " (l2i-tf export --max-seconds)"
+    return message

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import click
 
-from cli import options
-from l2i_tf import explain as explain_lib
+from cli import errors, options
+from l2i_tf import audio, runs
 from l2i_tf import export as export_lib
-from l2i_tf import training
+from l2i_tf.explainer import ExplainConfig
 
-DEFAULTS = export_lib.ExportConfig()
+DEFAULTS = ExplainConfig()
+EXPORT_HINTS = {"version": "--version", "name": "--name", "folder": "--out"}
 
 
 @click.command(
@@ -29,7 +30,7 @@ Examples:
 @click.option(
     "--top", type=click.IntRange(min=0), default=DEFAULTS.top_n, show_default=True, help="N: most components selected."
 )
-@click.option("--domain", type=click.Choice(explain_lib.DOMAINS), default=DEFAULTS.domain, show_default=True)
+@click.option("--domain", type=click.Choice(audio.DOMAINS), default=DEFAULTS.domain, show_default=True)
 @click.option(
     "--max-seconds",
     type=click.FloatRange(min=0),
@@ -48,15 +49,15 @@ def command(run_dir, name, out, version, threshold, top, domain, max_seconds, un
     """
     options.setup(verbose)
     try:
-        config = export_lib.ExportConfig(threshold=threshold, top_n=top, domain=domain, max_seconds=max_seconds)
+        config = ExplainConfig(threshold=threshold, top_n=top, domain=domain, max_seconds=max_seconds)
         path = export_lib.export(run_dir, out, name, config, version, safe_mode=not unsafe_load)
-    except training.UnsafeModelError as e:
-        raise click.BadParameter(str(e), param_hint="RUN_DIR") from None
+    except runs.UnsafeModelError as e:
+        raise errors.unsafe_model(e, "RUN_DIR") from None
+    except runs.RunFolderError as e:
+        raise errors.run_folder(e, "RUN_DIR") from None
     except export_lib.ExportError as e:
-        hint = "--version" if "already exists" in str(e) else "--name" if "model name" in str(e) else "--out"
-        raise click.BadParameter(str(e), param_hint=hint) from None
-    except training.RunFolderError as e:
-        raise click.BadParameter(str(e), param_hint="RUN_DIR") from None
+        message = f"{e}; exports never overwrite (omit --version for the next free one)" if e.reason == "version" else e
+        raise click.BadParameter(str(message), param_hint=EXPORT_HINTS[e.reason]) from None
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"exported {path}")

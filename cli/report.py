@@ -6,9 +6,8 @@ from pathlib import Path
 
 import click
 
-from cli import options
-from l2i_tf import data, training
-from l2i_tf import explain as explain_lib
+from cli import errors, options
+from l2i_tf import audio, data, explain_files, runs
 from l2i_tf import report as report_lib
 
 
@@ -31,7 +30,7 @@ Examples:
 @click.option("--class", "class_name", default=None, help="Class to explain (default: the classifier's prediction).")
 @click.option("--threshold", type=float, default=None, help="τ: select components with relevance > τ [0.5/export's].")
 @click.option("--top", type=click.IntRange(min=0), default=None, help="At most N components (run folder) [5/export's].")
-@click.option("--domain", type=click.Choice(explain_lib.DOMAINS), default=None, help="Mask domain [log1p/export's].")
+@click.option("--domain", type=click.Choice(audio.DOMAINS), default=None, help="Mask domain [log1p/export's].")
 @options.unsafe_load_option
 @click.option("-v", "--verbose", is_flag=True)
 def command(source, inputs, out, examples, overwrite, class_name, threshold, top, domain, unsafe_load, verbose):
@@ -63,14 +62,20 @@ def command(source, inputs, out, examples, overwrite, class_name, threshold, top
             class_name=class_name,
         )
     except report_lib.ReportError as e:
-        raise click.BadParameter(str(e), param_hint="--out") from None
-    except (training.RunFolderError, FileNotFoundError) as e:
+        message = f"{e}; pass --overwrite to replace it" if e.reason == "exists" else str(e)
+        raise click.BadParameter(message, param_hint="--out") from None
+    except runs.UnsafeModelError as e:
+        raise errors.unsafe_model(e, "SOURCE") from None
+    except runs.RunFolderError as e:
+        raise errors.run_folder(e, "SOURCE") from None
+    except FileNotFoundError as e:
         raise click.BadParameter(str(e), param_hint="SOURCE") from None
     except data.AudioDataError as e:
         raise click.BadParameter(str(e), param_hint="--examples") from None
-    except ValueError as e:
-        hint = "--class" if "unknown class" in str(e) else "--top/--domain"
-        raise click.BadParameter(str(e), param_hint=hint) from None
+    except explain_files.UnknownClassError as e:
+        raise click.BadParameter(str(e), param_hint="--class") from None
+    except explain_files.FixedByExportError as e:
+        raise errors.fixed_by_export(e) from None
     for entry in page["inputs"]:
         if "error" in entry:
             click.echo(f"{entry['input']}: not explained: {entry['error']}")

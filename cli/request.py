@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from l2i_tf import export as export_lib
+from l2i_tf import serving
 
 
 @click.command(
@@ -30,12 +30,12 @@ def command(url, inputs, out, timeout):
     OUT/response.json (OUT/<stem>/ per input when there are several).
     """
     try:
-        export_lib.predict_url(url)
+        serving.predict_url(url)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--url") from None
     files = [Path(p).read_bytes() for p in inputs]
     try:
-        predictions = export_lib.rest_explain_wav(url, files, timeout)
+        predictions = serving.rest_explain_wav(url, files, timeout)
     except ConnectionError as e:
         raise click.ClickException(str(e)) from None
     out = Path(out)

@@ -6,16 +6,17 @@ import dataclasses
 import json
 import resource
 import time
+from pathlib import Path
 
 import click
 
-from cli import options
+from cli import errors, options
 from l2i_tf import classifier as classifier_lib
-from l2i_tf import data, training
+from l2i_tf import data, runs, training
 from l2i_tf import layers as layers_lib
 from l2i_tf.interpreter import ClassifierContractError
 
-DEFAULTS = training.TrainConfig()
+DEFAULTS = runs.TrainConfig()
 
 
 @click.command(
@@ -142,10 +143,13 @@ def command(
     start = time.perf_counter()
     try:
         results = training.train(out, config, resume=resume, overwrite=overwrite, safe_mode=not unsafe_load)
-    except training.UnsafeModelError as e:
-        raise click.BadParameter(str(e), param_hint="--classifier") from None
-    except training.RunFolderError as e:
-        raise click.BadParameter(str(e), param_hint="--out") from None
+    except runs.UnsafeModelError as e:
+        raise errors.unsafe_model(e, "--classifier" if e.path == Path(config.classifier) else "--out") from None
+    except runs.RunFolderError as e:
+        raise errors.run_folder(e, "--out") from None
+    except training.ClassNamesError as e:
+        hint = "--class-names" if e.source == "class_names" else "--classifier"
+        raise click.BadParameter(str(e).replace("the class_names setting", "--class-names"), param_hint=hint) from None
     except ClassifierContractError as e:
         raise click.BadParameter(str(e), param_hint="--classifier/--layers") from None
     except (data.AudioDataError, ValueError, FileNotFoundError) as e:

@@ -27,3 +27,9 @@ def map_batches(fn, inputs, batch_size: int):
         batch = tf.nest.map_structure(lambda a, s=start: a[s : s + batch_size], inputs)
         outputs.append(tf.nest.map_structure(np.asarray, fn(batch)))
     return tf.nest.map_structure(lambda *parts: np.concatenate(parts), *outputs)
+
+
+def spans(n: int, batch_size: int):
+    """``(batch index, slice)`` of consecutive batches of ``n`` examples."""
+    for index, start in enumerate(range(0, n, batch_size)):
+        yield index, slice(start, min(start + batch_size, n))

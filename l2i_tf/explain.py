@@ -6,7 +6,7 @@ import math
 
 import tensorflow as tf
 
-from l2i_tf.audio import DOMAINS, STFTConfig, check_domain, masked_waveform
+from l2i_tf.audio import STFTConfig, check_domain, masked_waveform
 
 # Shape glossary: B batch, K components, C classes, T frames, F frequency bins, N chosen components / samples.
 

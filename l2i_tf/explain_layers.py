@@ -111,23 +111,32 @@ class WaveformGuard(keras.layers.Layer):
 @_register
 class TargetClass(keras.layers.Layer):
     """``[target_class [B], classifier_logits [B, C]]`` -> int32 ``[B]``: -1 becomes the classifier's prediction;
-    anything outside ``[-1, C)`` fails an in-graph assertion that quotes it."""
+    anything outside ``[-1, C)`` fails an in-graph assertion that quotes it.
+
+    Args:
+        num_classes: C.
+    """
+
+    def __init__(self, num_classes, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes = int(num_classes)
 
     def call(self, target_class, classifier_logits):
         predicted = tf.cast(tf.argmax(classifier_logits, axis=-1), tf.int32)
         target_class = tf.broadcast_to(tf.cast(target_class, tf.int32), tf.shape(predicted))
-        num = tf.shape(classifier_logits)[-1]
-        ok = tf.reduce_all((target_class >= -1) & (target_class < num))
-        check = tf.debugging.Assert(
-            ok,
-            ["target_class must be -1 (the classifier prediction) or a class index in [0,", num, "), got", target_class],
-            name="check_target_class",
+        ok = tf.reduce_all((target_class >= -1) & (target_class < self.num_classes))
+        message = (
+            f"target_class must be -1 (the classifier prediction) or a class index in [0, {self.num_classes}), got"
         )
+        check = tf.debugging.Assert(ok, [message, target_class], name="check_target_class")
         with tf.control_dependencies([check]):
             return tf.where(target_class < 0, predicted, target_class)
 
     def compute_output_spec(self, target_class, classifier_logits):
         return keras.KerasTensor((classifier_logits.shape[0],), dtype="int32")
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes}
 
 
 def _has_energy(spectrogram) -> tf.Tensor:

@@ -44,7 +44,13 @@ SERVING_OUTPUTS = (
     "relevance",
     "selected",
 )
-COMPONENT_OUTPUTS = ("target_class", "component_indices", "component_relevance", "component_selected", "component_audio")
+COMPONENT_OUTPUTS = (
+    "target_class",
+    "component_indices",
+    "component_relevance",
+    "component_selected",
+    "component_audio",
+)
 CLASSIFY_OUTPUTS = ("class_probabilities", "predicted_class", "predicted_class_name", "class_names")
 
 
@@ -90,7 +96,7 @@ def _graph(interpreter, class_names, config: ExplainConfig, top_n: int, max_samp
     out = interpreter.stages.flow(waveform)
     x, phase, h = out["spectrogram"], out["phase"], out["activations"]
     predicted = PredictedClass(name="predicted_class")(out["classifier_logits"])
-    target = TargetClass(name="target")(inputs["target_class"], out["classifier_logits"])
+    target = TargetClass(len(class_names), name="target")(inputs["target_class"], out["classifier_logits"])
     relevance = Relevance(name="relevance")(out["contributions"], target, x)
     indices, values, chosen, selected = Selection(top_n, name="selection")(relevance, inputs["threshold"], x)
     synthesis = audio.MaskedSynthesis(stft.to_dict(), config.domain, name="synthesis")
@@ -158,12 +164,7 @@ class Explainer(keras.Model):
         self.multilabel = interpreter.multilabel
         self.serving_model = keras.Model(inputs, {k: outputs[k] for k in SERVING_OUTPUTS}, name="explainer_serving")
         self.classify_model = keras.Model(inputs["waveform"], classified, name="explainer_classify")
-        spec = [tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None], tf.int32), tf.TensorSpec([None])]
-        self._run = {
-            False: tf.function(lambda w, t, th: self.serving_model(_feed(w, t, th)), input_signature=spec),
-            True: tf.function(lambda w, t, th: self(_feed(w, t, th)), input_signature=spec),
-        }
-        self._classify = tf.function(self.classify_model, input_signature=spec[:1])
+        self.calls = _Calls(self, interpreter)
 
     @property
     def dictionary(self) -> tf.Tensor:
@@ -196,17 +197,21 @@ class Explainer(keras.Model):
         target = tf.broadcast_to(tf.cast(-1 if target_class is None else target_class, tf.int32), batch)
         tau = self.config.threshold if threshold is None else threshold
         tau = tf.broadcast_to(tf.cast(tau, tf.float32), batch)
-        return self._run[bool(components)](waveform, target, tau)
+        return (self.calls.explain if components else self.calls.serve)(waveform, target, tau)
 
     def classify(self, waveform) -> dict:
         """Waveform [B, S] -> the classifier's ``class_probabilities`` [B, C], ``predicted_class`` [B], its name and
         ``class_names`` [B, C]."""
-        return self._classify(self.check_waveform(waveform))
+        return self.calls.classify(self.check_waveform(waveform))
 
     def analyze(self, waveform) -> dict:
         """Waveform [B, S] -> every output of the interpreter (H, z, X, phase, logits, ...; see
         :class:`~l2i_tf.interpreter.Interpreter`)."""
-        return self.interpreter(self.check_waveform(waveform), training=False)
+        return self.calls.analyze(self.check_waveform(waveform))
+
+    def classifier_logits(self, waveforms: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """The classifier's logits [n, C] for waveforms [n, S] (numpy), in batches."""
+        return batches.map_batches(self.calls.logits, np.asarray(waveforms, "float32"), batch_size)
 
     def explain_arrays(self, waveforms: np.ndarray, batch_size: int = 16, **kwargs) -> dict:
         """:meth:`explain` over many equal-length clips in batches; numpy outputs."""
@@ -241,6 +246,22 @@ class Explainer(keras.Model):
         config = dict(config)
         config["interpreter"] = keras.saving.deserialize_keras_object(config["interpreter"])
         return cls(**config)
+
+
+class _Calls:
+    """The Explainer's graphs as ``tf.function``s with input signatures (traced once per shape class). A plain object,
+    so neither Keras nor a SavedModel tracks these functions."""
+
+    def __init__(self, explainer: Explainer, interpreter):
+        waveform = tf.TensorSpec([None, None], tf.float32)
+        spec = [waveform, tf.TensorSpec([None], tf.int32), tf.TensorSpec([None])]
+        self.serve = tf.function(lambda w, t, th: explainer.serving_model(_feed(w, t, th)), input_signature=spec)
+        self.explain = tf.function(lambda w, t, th: explainer(_feed(w, t, th)), input_signature=spec)
+        self.classify = tf.function(explainer.classify_model, input_signature=[waveform])
+        self.analyze = tf.function(lambda w: interpreter(w, training=False), input_signature=[waveform])
+        self.logits = tf.function(
+            lambda w: interpreter.stages.features(w)["classifier_logits"], input_signature=[waveform]
+        )
 
 
 def _feed(waveform, target_class, threshold) -> dict:

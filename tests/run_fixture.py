@@ -22,7 +22,7 @@ def make_run(
     """
     import keras
 
-    from l2i_tf import training
+    from l2i_tf import runs
     from l2i_tf.audio import STFTConfig
     from l2i_tf.classifier import DemoConfig, build_demo_classifier
     from l2i_tf.interpreter import Interpreter, tap_orders
@@ -49,7 +49,7 @@ def make_run(
     )
     interpreter(np.zeros((1, stft.sample_rate // 4), "float32"))  # build, as training does
     interpreter.save(folder / "interpreter.keras")
-    config = training.TrainConfig(class_names=tuple(class_names), k=k, layers=names)
+    config = runs.TrainConfig(class_names=tuple(class_names), k=k, layers=names)
     (folder / "config.json").write_text(json.dumps({"train": config.to_dict(), "environment": {}}, indent=2))
     stft.save(folder / "stft.json")
     (folder / "metrics.json").write_text(json.dumps({"class_names": list(class_names), "k": k}))

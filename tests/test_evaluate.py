@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from run_fixture import make_run, write_wav
 
 from cli.main import main
-from l2i_tf import audio, classifier, evaluate, explain, slime, training
+from l2i_tf import audio, classifier, evaluate, explain, runs, slime
 
 SR = 16000
 STFT = audio.STFTConfig()
@@ -71,7 +71,7 @@ def test_random_baseline_never_picks_selected_components_and_matches_the_count()
 
 
 def test_fold_config_holds_out_one_fold_and_learns_its_own_dictionary():
-    base = training.TrainConfig(dictionary="some/dictionary", epochs=40)
+    base = runs.TrainConfig(dictionary="some/dictionary", epochs=40)
     cfg = evaluate.fold_config(base, 2)
     assert (cfg.test_folds, cfg.val_folds, cfg.train_folds) == ((2,), (3,), (1, 4, 5))
     assert cfg.dictionary is None and cfg.epochs == 40

@@ -19,10 +19,11 @@ from run_fixture import CLASS_NAMES, SAMPLE_RATE, K, chirp, make_run, write_wav
 from serving_standin import StandIn
 
 from cli.main import main
-from l2i_tf import explain, export, training
+from l2i_tf import audio, explain, export, runs
+from l2i_tf.explainer import ExplainConfig, Explainer
 
 TOP = 3
-CONFIG = export.ExportConfig(threshold=0.0, top_n=TOP, max_seconds=1.0)
+CONFIG = ExplainConfig(threshold=0.0, top_n=TOP, max_seconds=1.0)
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
 
 
@@ -75,11 +76,11 @@ def test_versions_lists_only_integer_folders(tmp_path):
 
 def test_export_config_rejects_bad_values():
     with pytest.raises(ValueError, match="domain"):
-        export.ExportConfig(domain="db")
+        ExplainConfig(domain="db")
     with pytest.raises(ValueError, match="top_n"):
-        export.ExportConfig(top_n=-1)
+        ExplainConfig(top_n=-1)
     with pytest.raises(ValueError, match="threshold"):
-        export.ExportConfig(threshold=float("nan"))
+        ExplainConfig(threshold=float("nan"))
 
 
 FRESH = textwrap.dedent(
@@ -138,22 +139,12 @@ def test_fresh_tensorflow_process_loads_the_export_matches_keras_and_sees_only_c
     assert report["modules"] == [], f"the fresh process imported {report['modules']}"
     served = np.load(tmp_path / "y.npz")
 
-    # The Keras pipeline: the run folder, the interpreter's own forward pass and l2i_tf.explain.explain_batch.
-    run = training.load_run(exported["run"])
+    # The reference: the run folder, the interpreter's own forward pass and l2i_tf.explain's math, step by step.
+    run = runs.load_run(exported["run"])
     interp = run.interpreter
     out = interp(x)
     predicted = np.argmax(out["classifier_logits"], -1)
-    reference = explain.explain_batch(
-        x,
-        out["activations"],
-        out["pooled"],
-        interp.decoder.weights[0],
-        interp.theta.kernel,
-        interp.stft_config,
-        predicted,
-        0.0,
-        top_n=TOP,
-    )
+    reference = reference_explanation(interp, x, predicted, 0.0, TOP)
     assert reference["selected"].numpy().any()
     np.testing.assert_array_equal(served["serving_default/predicted_class"], predicted)
     np.testing.assert_array_equal(served["serving_default/selected"], reference["selected"].numpy())
@@ -166,13 +157,24 @@ def test_fresh_tensorflow_process_loads_the_export_matches_keras_and_sees_only_c
         diff = np.max(np.abs(served[f"serving_default/{key}"] - np.asarray(expected)))
         assert diff <= 1e-4, f"{key}: max abs diff {diff}"
     # explain: the same through the shared Explainer, eagerly, with a chosen class for the second clip.
-    eager = export.Explainer(interp, run.class_names, CONFIG).explain(x, [-1, 2], 0.0, components=True)
+    eager = Explainer(interp, run.class_names, CONFIG).explain(x, [-1, 2], 0.0, components=True)
     names = eager.pop("predicted_class_name").numpy().astype("U")
     np.testing.assert_array_equal(served["explain/predicted_class_name"], names)
     for key, value in eager.items():
         np.testing.assert_allclose(served[f"explain/{key}"], np.asarray(value), atol=1e-4, err_msg=key)
     assert served["explain/target_class"].tolist() == [predicted[0], 2]
     assert served["explain/component_audio"].shape == (2, TOP, x.shape[1])
+
+
+def reference_explanation(interp, x, target, threshold, top_n) -> dict:
+    """Relevance, selection and interpretation from l2i_tf.explain's functions (not the Explainer's layers)."""
+    out = interp(x)
+    X, phase = audio.analyze(x, interp.stft_config)
+    relevance = explain.relevance(out["pooled"], interp.theta.kernel, target)
+    selected = explain.select(relevance, threshold, top_n)
+    W = interp.decoder.weights[0]
+    interpretation = explain.interpret(X, phase, W, out["activations"], selected, x.shape[1], interp.stft_config)
+    return {"interpretation": interpretation, "relevance": relevance, "selected": selected}
 
 
 def _cli(*args, timeout=300):
@@ -220,9 +222,9 @@ def test_bad_waveforms_are_rejected_with_a_clear_error(exported, name, waveform,
 
 
 def test_python_side_rejects_the_wrong_rank_before_tracing(exported):
-    run = training.load_run(exported["run"])
+    run = runs.load_run(exported["run"])
     with pytest.raises(ValueError, match=r"\[batch, samples\] \(rank 2\), got shape \(4000,\)"):
-        export.Explainer(run.interpreter, run.class_names, CONFIG).explain(np.zeros(4000, "float32"))
+        Explainer(run.interpreter, run.class_names, CONFIG).explain(np.zeros(4000, "float32"))
 
 
 def test_silence_gives_zero_relevance_and_a_silent_interpretation(exported):

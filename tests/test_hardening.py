@@ -20,7 +20,8 @@ import soundfile as sf
 import tensorflow as tf
 from run_fixture import assert_clean_error, chirp, invoke, make_run
 
-from l2i_tf import classifier, export, training
+from l2i_tf import classifier, export, runs, training
+from l2i_tf.explainer import ExplainConfig
 
 SR = 16000
 TINY = classifier.DemoConfig(channels=(4, 8, 8, 8))
@@ -43,7 +44,7 @@ def job(tmp_path_factory):
     path = root / "tiny_classifier.keras"
     info = classifier.ClassifierInfo(("a", "b", "c"), SR, False, classifier.DEMO_LAYERS)
     classifier.save_classifier(classifier.build_demo_classifier(3, TINY), info, path)
-    config = training.TrainConfig(
+    config = runs.TrainConfig(
         classifier=str(path),
         data=str(root / "data"),
         layout="folders",
@@ -82,7 +83,7 @@ KILLED_RUN = textwrap.dedent(
     from l2i_tf import training
 
     out, config_file, marker = sys.argv[1:]
-    config = training.TrainConfig.from_dict(json.loads(Path(config_file).read_text()))
+    config = runs.TrainConfig.from_dict(json.loads(Path(config_file).read_text()))
 
     class StallMidEpoch(keras.callbacks.Callback):
         # Signal the test in the middle of the third epoch (two checkpoints exist), then wait to be killed.
@@ -235,9 +236,9 @@ def _lambda_classifier(path: Path) -> Path:
 def test_a_lambda_layer_is_refused_naming_unsafe_load_which_opts_in(job, tmp_path):
     root, config = job
     model = _lambda_classifier(tmp_path / "lambda.keras")
-    with pytest.raises(training.UnsafeModelError, match="--unsafe-load"):
-        training.load_classifier(str(model))
-    assert training.load_classifier(str(model), safe_mode=False).output.shape[-1] == 3
+    with pytest.raises(runs.UnsafeModelError, match="--unsafe-load"):
+        runs.load_classifier(str(model))
+    assert runs.load_classifier(str(model), safe_mode=False).output.shape[-1] == 3
 
     args = ["train", "--classifier", model, "--layers", "conv:btc", "--data", config.data, "--layout", "folders"]
     args += ["--k", 8, "--nmf-iterations", 5, "--hidden", 8, "--clip-seconds", 0.5, "--epochs", 1, "--batch-size", 8]
@@ -265,7 +266,7 @@ def test_a_lambda_layer_is_refused_naming_unsafe_load_which_opts_in(job, tmp_pat
 
 def test_the_savedmodel_called_from_8_threads_matches_sequential_calls(tmp_path):
     run = make_run(tmp_path / "run")
-    path = export.export(run, tmp_path / "savedmodels", "l2i", export.ExportConfig(threshold=0.0, top_n=3))
+    path = export.export(run, tmp_path / "savedmodels", "l2i", ExplainConfig(threshold=0.0, top_n=3))
     serve = tf.saved_model.load(str(path)).signatures["serving_default"]
     # 24 requests: batches of 1-3 clips of three lengths, all different.
     requests = [

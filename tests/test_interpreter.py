@@ -15,7 +15,7 @@ import tensorflow as tf
 from click.testing import CliRunner
 
 from cli.main import main
-from l2i_tf import audio, classifier, losses, training
+from l2i_tf import audio, classifier, losses, runs, training
 from l2i_tf.interpreter import ClassifierContractError, Interpreter, check_classifier, tap_orders
 from l2i_tf.layers import Psi, Theta
 
@@ -206,7 +206,7 @@ def tiny_job(tmp_path_factory):
     path = root.parent / "tiny_classifier.keras"
     info = classifier.ClassifierInfo(("a", "b", "c"), SR, False, classifier.DEMO_LAYERS)
     classifier.save_classifier(model, info, path)
-    config = training.TrainConfig(
+    config = runs.TrainConfig(
         classifier=str(path),
         data=str(root),
         layout="folders",
@@ -228,7 +228,7 @@ def test_train_writes_a_complete_run_folder(tiny_job, tmp_path):
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["train"]["class_names"] == ["a", "b", "c"]
     assert saved["environment"]["versions"]["tensorflow"].startswith("2.17")
-    run = training.load_run(tmp_path / "run")
+    run = runs.load_run(tmp_path / "run")
     assert run.interpreter.k == K
 
 
@@ -236,7 +236,7 @@ def test_train_refuses_a_folder_that_holds_a_run(tiny_job, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "config.json").write_text("{}")
-    with pytest.raises(training.RunFolderError, match="already holds a run"):
+    with pytest.raises(runs.RunFolderError, match="already holds a run"):
         training.train(out, tiny_job)
     assert (out / "config.json").read_text() == "{}"  # untouched
 
@@ -254,7 +254,7 @@ def test_resume_continues_from_the_last_checkpoint(tiny_job, tmp_path):
 
 
 def test_resume_without_a_checkpoint_is_refused(tiny_job, tmp_path):
-    with pytest.raises(training.RunFolderError, match="no checkpoint"):
+    with pytest.raises(runs.RunFolderError, match="no checkpoint"):
         training.train(tmp_path / "empty", tiny_job, resume=True)
 
 

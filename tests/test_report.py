@@ -172,8 +172,9 @@ def test_report_without_inputs_or_with_an_unknown_class_is_refused(built, tmp_pa
 
 def test_savedmodel_report_says_h_is_not_available_when_its_run_is_gone(built, tmp_path):
     from l2i_tf import export
+    from l2i_tf.explainer import ExplainConfig
 
-    saved = export.export(built["run"], tmp_path / "models", config=export.ExportConfig(threshold=0.0, top_n=3))
+    saved = export.export(built["run"], tmp_path / "models", config=ExplainConfig(threshold=0.0, top_n=3))
     metadata = saved / export.METADATA_FILE
     metadata.write_text(json.dumps({**json.loads(metadata.read_text()), "run": str(tmp_path / "moved")}))
     page = report.build_report(saved, [built["inputs"][0]], tmp_path / "r")

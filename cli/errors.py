@@ -1,0 +1,37 @@
+"""Library errors -> click errors with the flag that fixes them (the library's messages carry data, not flags)."""
+
+from __future__ import annotations
+
+import click
+
+from l2i_tf import runs
+
+RUN_FOLDER_HINTS = {
+    "exists": "pass --resume to continue it or --overwrite to replace it",
+    "no_checkpoint": "train it first, without --resume",
+    "incomplete": "point at the folder `l2i-tf train --out` wrote",
+}
+OPTION_FLAGS = {"top_n": "--top", "domain": "--domain", "class_names": "--class-names", "max_seconds": "--max-seconds"}
+
+
+def unsafe_model(error: runs.UnsafeModelError, param_hint: str) -> click.BadParameter:
+    return click.BadParameter(f"{error}: if you trust it, pass --unsafe-load to opt in", param_hint=param_hint)
+
+
+def run_folder(error: runs.RunFolderError, param_hint: str) -> click.BadParameter:
+    return click.BadParameter(f"{error}; {RUN_FOLDER_HINTS[error.reason]}", param_hint=param_hint)
+
+
+def flag(option: str) -> str:
+    """The CLI flag of a library setting (``top_n`` -> ``--top``)."""
+    return OPTION_FLAGS.get(option, "--" + option.replace("_", "-"))
+
+
+def fixed_by_export(error) -> click.BadParameter:
+    """An option that an export fixed (:class:`l2i_tf.explain_files.FixedByExportError`), in flag terms."""
+    option = flag(error.option)
+    return click.BadParameter(
+        f"{option} {error.value!r} differs from this SavedModel's {error.fixed!r}, fixed at export; re-export with "
+        f"{option} {error.value} or explain from the run folder",
+        param_hint=option,
+    )

@@ -1,0 +1,188 @@
+"""Explaining audio files (what ``l2i-tf explain`` runs): a run folder or an export as the source, decoding, and the
+files written (``interpretation.wav``, ``component_<k>.wav``, ``explanation.json``)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import tensorflow as tf
+
+from l2i_tf import data, export, files, runs
+from l2i_tf.explainer import ExplainConfig, Explainer
+
+
+class FixedByExportError(ValueError):
+    """An option (``option``: ``"top_n"`` or ``"domain"``) asked for a value (``value``) that differs from the one
+    an export fixed (``fixed``)."""
+
+    def __init__(self, option: str, value, fixed):
+        super().__init__(
+            f"{option} {value!r} differs from this SavedModel's {fixed!r}, fixed at export; re-export with "
+            f"{option}={value!r} or explain from the run folder"
+        )
+        self.option, self.value, self.fixed = option, value, fixed
+
+
+class UnknownClassError(ValueError):
+    """A class name (``name``) that is not one of the model's (``class_names``)."""
+
+    def __init__(self, name: str, class_names):
+        super().__init__(f"unknown class {name!r}; the classes are: {', '.join(class_names)}")
+        self.name, self.class_names = name, tuple(class_names)
+
+
+class ExplainSource:
+    """A run folder or an exported SavedModel, behind one ``explain(waveform [1, S], target_class)``.
+
+    Args:
+        path: a run folder (``config.json`` + ``interpreter.keras``), a SavedModel folder, or a model folder of
+            integer versions (the newest is used).
+        threshold, top_n, domain: run folder: override the :class:`~l2i_tf.explainer.ExplainConfig` defaults;
+            SavedModel: ``top_n`` and ``domain`` are fixed by the export and must match if given, ``threshold``
+            overrides its default.
+        safe_mode: load a run folder's ``.keras`` file with Keras' safe mode (refuses ``Lambda`` layers' code).
+    """
+
+    def __init__(self, path, threshold: float | None = None, top_n: int | None = None, domain=None, safe_mode=True):
+        path = Path(path)
+        self.path = path
+        self.explainer: Explainer | None = None
+        if runs.is_run(path):
+            run = runs.load_run(path, safe_mode=safe_mode)
+            defaults = ExplainConfig()
+            config = ExplainConfig(
+                threshold=defaults.threshold if threshold is None else threshold,
+                top_n=defaults.top_n if top_n is None else top_n,
+                domain=domain or defaults.domain,
+                max_seconds=0,
+            )
+            self.kind = "run"
+            self.explainer = Explainer(run.interpreter, run.class_names, config)
+            self.metadata = self.explainer.metadata()
+        else:
+            saved = export.resolve_saved_model(path)
+            self.metadata = export.load_metadata(saved)
+            for option, value in (("top_n", top_n), ("domain", domain)):
+                if value is not None and value != self.metadata[option]:
+                    raise FixedByExportError(option, value, self.metadata[option])
+            self.kind = "savedmodel"
+            self.path = saved
+            self._signature = tf.saved_model.load(str(saved)).signatures["explain"]
+        self.threshold = self.metadata["threshold"] if threshold is None else float(threshold)
+        self.class_names = tuple(self.metadata["class_names"])
+        self.sample_rate = int(self.metadata["sample_rate"])
+
+    def class_index(self, name: str | None) -> int:
+        """Index of a class name (-1 for None: the classifier's prediction); ``ValueError`` listing the classes."""
+        if name is None:
+            return -1
+        if name not in self.class_names:
+            raise UnknownClassError(name, self.class_names)
+        return self.class_names.index(name)
+
+    def explain(self, waveform, target_class: int = -1) -> dict:
+        """float32 [B, S] -> the outputs of the ``explain`` signature (components included) as numpy."""
+        if self.explainer is not None:
+            out = self.explainer.explain(waveform, target_class, self.threshold, components=True)
+        else:
+            out = self._signature(
+                waveform=tf.constant(waveform, tf.float32),
+                target_class=tf.fill([len(waveform)], target_class),
+                threshold=tf.constant(self.threshold, tf.float32),
+            )
+        return {key: value.numpy() for key, value in out.items()}
+
+
+def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
+    """Any supported file -> mono float32 numpy [S] at ``sample_rate`` (tensorflow-io: downmix, resample)."""
+    info = data.probe(str(path))
+    try:
+        return data.decode_audio(tf.io.read_file(str(path)), info.decoder, info.sample_rate, sample_rate).numpy()
+    except tf.errors.OpError as e:  # e.g. a truncated file whose header promises more samples than it holds
+        raise data.AudioDataError(
+            f"{path}: cannot decode audio ({graph_error_message(e)}); the file is truncated or corrupt"
+        ) from None
+
+
+def explain_waveform(source: ExplainSource, waveform: np.ndarray, class_name: str | None = None) -> dict:
+    """Explain one decoded clip [S]: the JSON-ready summary plus ``audio`` (``interpretation`` [S] and
+    ``components`` {index: [S]} of the selected components, numpy)."""
+    target = source.class_index(class_name)
+    result = source.explain(waveform[None], target)
+    names, rate = source.class_names, source.sample_rate
+    selected, components = [], {}
+    for index, relevance, chosen, wave in zip(
+        result["component_indices"][0],
+        result["component_relevance"][0],
+        result["component_selected"][0],
+        result["component_audio"][0],
+        strict=True,
+    ):
+        if chosen:
+            selected.append({"component": int(index), "relevance": float(relevance)})
+            components[int(index)] = wave
+
+    def probabilities(key):
+        p = result[key][0]
+        return {
+            "predicted": names[int(p.argmax())],
+            "probabilities": {n: float(v) for n, v in zip(names, p, strict=True)},
+        }
+
+    return {
+        "source": str(source.path),
+        "source_kind": source.kind,
+        "sample_rate": rate,
+        "samples": int(waveform.shape[0]),
+        "seconds": waveform.shape[0] / rate,
+        "target_class": names[int(result["target_class"][0])],
+        "threshold": source.threshold,
+        "top_n": source.metadata["top_n"],
+        "domain": source.metadata["domain"],
+        "classifier": probabilities("class_probabilities"),
+        "interpreter": probabilities("interpreter_probabilities"),
+        "relevance": [float(v) for v in result["relevance"][0]],
+        "selected": selected,
+        "audio": {"interpretation": result["interpretation"][0], "components": components},
+    }
+
+
+def write_explanation(result: dict, out: str | Path, **fields) -> dict:
+    """Write ``interpretation.wav``, ``component_<k>.wav`` per selected component and ``explanation.json`` (the
+    summary of :func:`explain_waveform` with ``fields`` added) into ``out``; returns the JSON's content."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rate = result["sample_rate"]
+    sound = result["audio"]
+    soundfile.write(out / "interpretation.wav", sound["interpretation"], rate, subtype="FLOAT")
+    report = {**fields, **{key: value for key, value in result.items() if key != "audio"}}
+    report["selected"] = []
+    for entry in result["selected"]:
+        file = f"component_{entry['component']:03d}.wav"
+        soundfile.write(out / file, sound["components"][entry["component"]], rate, subtype="FLOAT")
+        report["selected"].append({**entry, "file": file})
+    report["interpretation"] = "interpretation.wav"
+    files.write_json(out / "explanation.json", report)
+    return report
+
+
+def explain_file(source: ExplainSource, path: str | Path, out: str | Path, class_name: str | None = None) -> dict:
+    """Explain one audio file into ``out`` (see :func:`write_explanation`); returns the JSON's content.
+
+    Raises:
+        l2i_tf.data.AudioDataError: unreadable or empty file. ValueError: unknown class name.
+        tf.errors.InvalidArgumentError: rejected by the graph (NaN/Inf samples, too long for the export).
+    """
+    waveform = load_audio(path, source.sample_rate)
+    return write_explanation(explain_waveform(source, waveform, class_name), out, input=str(path))
+
+
+def graph_error_message(error: Exception) -> str:
+    """The readable part of a TensorFlow runtime error (the failed assertion's text, without node names)."""
+    text = getattr(error, "message", str(error))
+    text = re.sub(r"\{\{[^}]*\}\}", "", text).split("\n")[0].strip()
+    text = text.replace("assertion failed: ", "")
+    return re.sub(r"\] \[", " ", text).strip("[] ").replace("\\'", "'")
