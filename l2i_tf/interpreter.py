@@ -247,7 +247,7 @@ class Interpreter(keras.Model):
     def forward(self, data, training=False):
         """A batch (waveforms, or a cached dict) -> (heads' outputs, classifier logits, X)."""
         if isinstance(data, dict) and "sequences" in data:
-            feats = data
+            feats = tf.nest.map_structure(tf.convert_to_tensor, data)
         else:
             feats = self.stages.features(data[0] if isinstance(data, (tuple, list)) else data)
         spectrogram, _ = self.stages.analysis(feats["waveform"])
