@@ -7,8 +7,8 @@ import numpy as np
 import tensorflow as tf
 
 from l2i_tf import audio, losses
+from l2i_tf.dictionary import NMFDecoder
 from l2i_tf.layers import Psi, Theta
-from l2i_tf.nmf import NMFDecoder
 
 
 class ClassifierContractError(ValueError):

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from l2i_tf import audio, data, metrics, nmf
 from l2i_tf import classifier as classifier_lib
+from l2i_tf.dictionary import Dictionary, learn_from_table
 from l2i_tf.interpreter import Interpreter, frames_for, tap_orders
 
 log = logging.getLogger(__name__)
@@ -430,9 +431,9 @@ def train(
     # Dictionary: reuse (--dictionary or the run folder's) or learn on the training split.
     t0 = time.perf_counter()
     if config.dictionary:
-        dictionary = nmf.Dictionary.load(config.dictionary)
+        dictionary = Dictionary.load(config.dictionary)
     elif (out / "dictionary").exists():
-        dictionary = nmf.Dictionary.load(out / "dictionary")
+        dictionary = Dictionary.load(out / "dictionary")
     else:
         nmf_kwargs = {"k": config.k, "seed": config.seed}
         if config.sparsity is not None:
@@ -440,7 +441,7 @@ def train(
         if config.nmf_iterations is not None:
             nmf_kwargs["iterations"] = config.nmf_iterations
         train_table = table.with_folds(config.train_folds)
-        dictionary = nmf.learn_from_table(train_table, stft, nmf.NMFConfig(**nmf_kwargs))
+        dictionary = learn_from_table(train_table, stft, nmf.NMFConfig(**nmf_kwargs))
         dictionary.save(out / "dictionary")
     dictionary.check_compatible(stft, config.k)
     timings["dictionary_seconds"] = time.perf_counter() - t0
