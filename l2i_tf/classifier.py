@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from l2i_tf import data
 from l2i_tf.audio import LogMelSpectrogram
+from l2i_tf.metrics import macro_auprc
 
 log = logging.getLogger(__name__)
 
@@ -221,13 +222,6 @@ def _mixup(alpha: float):
         return waves, labels
 
     return fn
-
-
-def macro_auprc(labels: np.ndarray, scores: np.ndarray) -> float:
-    from sklearn.metrics import average_precision_score
-
-    present = labels.sum(axis=0) > 0
-    return float(average_precision_score(labels[:, present], scores[:, present], average="macro"))
 
 
 def train_demo_classifier(
