@@ -15,6 +15,7 @@ from sklearn.decomposition import NMF  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 
 from l2i_tf import audio, data, nmf  # noqa: E402
+from l2i_tf.dictionary import frames_dataset  # noqa: E402
 
 
 def peak_gb() -> float:
@@ -34,7 +35,7 @@ def main():
     train, _, _ = data.split(data.esc10_table(), data.Splits())
     print(f"peak memory after imports: {peak_gb():.2f} GB")
     start = time.perf_counter()
-    X = np.concatenate(list(nmf.frames_dataset(train, stft).as_numpy_iterator()))  # [frames, F] float32
+    X = np.concatenate(list(frames_dataset(train, stft).as_numpy_iterator()))  # [frames, F] float32
     print(
         f"data: ESC-10 folds 1-3, {len(train)} clips, X {X.shape[1]} bins x {X.shape[0]} frames ({X.dtype}), "
         f"{(X.max(axis=1) == 0).sum()} all-zero frames; spectrograms in {time.perf_counter() - start:.1f} s"

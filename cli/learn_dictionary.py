@@ -10,6 +10,7 @@ import click
 
 from cli import options
 from l2i_tf import audio, data, nmf
+from l2i_tf.dictionary import learn_from_table
 
 _DEFAULTS = nmf.NMFConfig()
 
@@ -100,7 +101,7 @@ def command(
             bar.update(1, iteration)
 
         try:
-            dictionary = nmf.learn_from_table(
+            dictionary = learn_from_table(
                 train, stft, config, streaming=streaming, callback=progress, on_error=on_error
             )
         except data.AudioDataError as e:

@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from l2i_tf import data
 from l2i_tf.audio import LogMelSpectrogram
+from l2i_tf.metrics import macro_auprc
 
 log = logging.getLogger(__name__)
 
@@ -141,9 +142,10 @@ def build_demo_classifier(num_classes: int, config: DemoConfig = DemoConfig()) -
 
 @keras.saving.register_keras_serializable(package="l2i_tf")
 class MinFrames(keras.layers.Layer):
-    """Pad ``[batch, time, ...]`` at the end of time with the lowest value to at least ``min_frames`` frames.
+    """Pad ``[batch, time, ...]`` at the end of time to at least ``min_frames`` frames with each clip's lowest value.
 
-    Lets a network with pooling accept clips shorter than its receptive field (down to one sample).
+    Lets a network with pooling accept clips shorter than its receptive field (down to one sample). Each clip is
+    padded with its own minimum, so its output never depends on the other clips of its batch.
     """
 
     def __init__(self, min_frames, **kwargs):
@@ -151,9 +153,14 @@ class MinFrames(keras.layers.Layer):
         self.min_frames = min_frames
 
     def call(self, x):
-        missing = tf.maximum(self.min_frames - tf.shape(x)[1], 0)
+        frames = tf.shape(x)[1]
+        missing = tf.maximum(self.min_frames - frames, 0)
         paddings = tf.concat([[[0, 0], [0, missing]], tf.zeros([tf.rank(x) - 2, 2], tf.int32)], axis=0)
-        return tf.pad(x, paddings, constant_values=tf.reduce_min(x))
+        padded = tf.pad(x, paddings)
+        rank = x.shape.rank
+        lowest = tf.reduce_min(x, axis=list(range(1, rank)), keepdims=True)  # [batch, 1, ...]
+        is_pad = tf.reshape(tf.range(tf.shape(padded)[1]) >= frames, [1, -1] + [1] * (rank - 2))
+        return tf.where(is_pad, lowest, padded)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -221,13 +228,6 @@ def _mixup(alpha: float):
         return waves, labels
 
     return fn
-
-
-def macro_auprc(labels: np.ndarray, scores: np.ndarray) -> float:
-    from sklearn.metrics import average_precision_score
-
-    present = labels.sum(axis=0) > 0
-    return float(average_precision_score(labels[:, present], scores[:, present], average="macro"))
 
 
 def train_demo_classifier(

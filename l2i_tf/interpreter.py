@@ -10,9 +10,9 @@ import numpy as np
 import tensorflow as tf
 
 from l2i_tf import audio, batches, losses
+from l2i_tf.dictionary import NMFDecoder
 from l2i_tf.explain_layers import PrepareWaveform
 from l2i_tf.layers import FeatureSequences, Psi, Theta
-from l2i_tf.nmf import NMFDecoder
 
 
 class ClassifierContractError(ValueError):

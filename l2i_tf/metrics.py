@@ -27,6 +27,26 @@ def top_k_fidelity(classifier_logits, interpreter_logits, k: int) -> float:
     return float(np.mean(higher < k))
 
 
+def macro_auprc(targets, scores) -> float:
+    """Mean over classes of the area under the precision-recall curve (average precision, scikit-learn).
+
+    Args:
+        targets: 0/1 ``[clips, classes]``.
+        scores: ``[clips, classes]``, any monotone score (logits or probabilities give the same value).
+
+    Classes with no positive clip are left out: their AUPRC is undefined. None with a positive is an error.
+    """
+    targets, scores = np.asarray(targets), np.asarray(scores)
+    if targets.shape != scores.shape or targets.ndim != 2:
+        raise ValueError(
+            f"expected targets and scores [clips, classes] of one shape, got {targets.shape} and {scores.shape}"
+        )
+    present = targets.sum(axis=0) > 0
+    if not present.any():
+        raise ValueError(f"macro-AUPRC is undefined: none of the {targets.shape[1]} classes has a positive clip")
+    return float(average_precision_score(targets[:, present], scores[:, present], average="macro"))
+
+
 def multilabel_fidelity(classifier_logits, interpreter_logits, threshold: float = 0.5) -> dict:
     """Θ's sigmoid outputs against f's thresholded outputs: macro/micro AUPRC and max-F1 (micro)."""
     target = (1 / (1 + np.exp(-np.asarray(classifier_logits))) > threshold).astype(int)
@@ -35,7 +55,7 @@ def multilabel_fidelity(classifier_logits, interpreter_logits, threshold: float 
     precision, recall, _ = precision_recall_curve(target.ravel(), scores.ravel())
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
     return {
-        "macro_auprc": float(average_precision_score(target[:, present], scores[:, present], average="macro")),
+        "macro_auprc": macro_auprc(target, scores),
         "micro_auprc": float(average_precision_score(target.ravel(), scores.ravel())),
         "max_f1": float(f1.max()),
         "classes_present": int(present.sum()),

@@ -1,4 +1,4 @@
-"""Sparse NMF dictionary learning (Le Roux, Weninger & Hershey 2015) in TensorFlow; dictionary save/load; NMFDecoder.
+"""Sparse NMF (Le Roux, Weninger & Hershey 2015) in TensorFlow: settings, in-memory and streamed factorisation.
 
 Model: ``X ≈ H W̄ᵀ`` with ``X [frames, F] >= 0`` (log1p magnitudes), ``H [frames, K] >= 0`` and
 ``W̄ = W / ||W||`` (every column of ``W [F, K]`` divided by its L2 norm *inside* the objective)::
@@ -24,32 +24,23 @@ optimal activations are exactly 0 for any W, and with the H-then-W update order 
 sets them to 0, so dropping them changes no iterate on the other frames.
 
 Internally the matrices are held transposed (``V = Xᵀ [F, frames]``, ``H [K, frames]``), the
-layout whose products were fastest on the 2-core CPU we measured (TF 2.17, oneDNN).
+layout whose products were fastest on the 2-core CPU we measured (TF 2.17, oneDNN). The learnt
+dictionary as a saved artefact, and its Keras decoder, live in :mod:`l2i_tf.dictionary`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 
-import keras
 import numpy as np
 import tensorflow as tf
 
-from l2i_tf import explain
-from l2i_tf.audio import STFTConfig, analyze
-
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 PRECISIONS = ("float32", "bfloat16")
 
 Callback = Callable[[int, float], None]
@@ -119,143 +110,10 @@ class NMFConfig:
         return cls(**d)
 
 
-# ---------------------------------------------------------------- the dictionary
-
-
-@dataclasses.dataclass
-class Dictionary:
-    """A learnt NMF dictionary and everything needed to check it is used with the right spectrogram.
-
-    Attributes:
-        W: float32 ``[F, K]``, W >= 0, unit-L2-norm columns.
-        stft: the STFT configuration of the spectrograms it was learnt on.
-        config: the NMF settings.
-        provenance: where it was learnt (data set root, folds, clip count, frame count, ...).
-        history: objective per iteration (see :func:`factorize` / :func:`learn_dictionary`).
-    """
-
-    W: np.ndarray
-    stft: STFTConfig
-    config: NMFConfig
-    provenance: dict = dataclasses.field(default_factory=dict)
-    history: list = dataclasses.field(default_factory=list)
-
-    def __post_init__(self):
-        self.W = np.asarray(self.W, dtype=np.float32)
-        if self.W.ndim != 2:
-            raise ValueError(f"Dictionary.W must be [F, K], got shape {self.W.shape}")
-        if self.W.shape[0] != self.stft.num_bins:
-            raise ValueError(
-                f"Dictionary.W has {self.W.shape[0]} rows but the STFT config gives {self.stft.num_bins} bins"
-            )
-        if self.W.shape[1] != self.config.k:
-            raise ValueError(f"Dictionary.W has {self.W.shape[1]} columns but NMFConfig.k is {self.config.k}")
-        if not np.all(np.isfinite(self.W)) or self.W.min() < 0:
-            raise ValueError(f"Dictionary.W must be finite and >= 0, got min {np.nanmin(self.W)!r}")
-
-    @property
-    def k(self) -> int:
-        return self.W.shape[1]
-
-    @property
-    def num_bins(self) -> int:
-        return self.W.shape[0]
-
-    def check_compatible(self, stft: STFTConfig, k: int | None = None) -> None:
-        """Raise ``ValueError`` naming every STFT field (and K) that differs from the dictionary's."""
-        problems = [
-            f"{f.name}: dictionary {getattr(self.stft, f.name)!r}, given {getattr(stft, f.name)!r}"
-            for f in dataclasses.fields(STFTConfig)
-            if getattr(self.stft, f.name) != getattr(stft, f.name)
-        ]
-        if k is not None and k != self.k:
-            problems.append(f"k: dictionary {self.k}, given {k!r}")
-        if problems:
-            where = self.provenance.get("folder", "this dictionary")
-            raise ValueError(f"incompatible with {where}: " + "; ".join(problems))
-
-    def decoder(self, **kwargs) -> NMFDecoder:
-        """An :class:`NMFDecoder` holding this W."""
-        return NMFDecoder(self.num_bins, self.k, dictionary_w=self.W, **kwargs)
-
-    def save(self, folder: str | Path, overwrite: bool = False) -> Path:
-        """Write ``folder/dictionary.npz`` (W) and ``folder/dictionary.json`` atomically.
-
-        Everything is written to a temporary sibling folder that is renamed into place, so a
-        crash leaves either the old folder or the new one. An existing folder is an error
-        unless ``overwrite``.
-        """
-        folder = Path(folder)
-        if folder.exists() and not overwrite:
-            raise FileExistsError(f"{str(folder)!r} exists; pass overwrite=True to replace it")
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
-        try:
-            np.savez(tmp / "dictionary.npz", W=self.W)
-            meta = {
-                "format_version": FORMAT_VERSION,
-                "k": self.k,
-                "num_bins": self.num_bins,
-                "stft": self.stft.to_dict(),
-                "nmf": self.config.to_dict(),
-                "provenance": {k: v for k, v in self.provenance.items() if k != "folder"},
-                "history": [float(v) for v in self.history],
-            }
-            (tmp / "dictionary.json").write_text(json.dumps(meta, indent=2))
-            if folder.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".old-{folder.name}-", dir=folder.parent))
-                os.rename(folder, old / "d")
-                os.rename(tmp, folder)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(tmp, folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        log.info("saved dictionary K=%d F=%d to %s", self.k, self.num_bins, folder)
-        return folder
-
-    @classmethod
-    def load(cls, folder: str | Path) -> Dictionary:
-        """Read a folder written by :meth:`save`; errors name the folder and what is wrong."""
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"dictionary folder {str(folder)!r} does not exist")
-        for name in ("dictionary.npz", "dictionary.json"):
-            if not (folder / name).is_file():
-                raise FileNotFoundError(f"{str(folder)!r} is not a dictionary folder: {name} is missing")
-        try:
-            meta = json.loads((folder / "dictionary.json").read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{folder / 'dictionary.json'}: not valid JSON ({e})") from None
-        missing = [key for key in ("format_version", "k", "num_bins", "stft", "nmf") if key not in meta]
-        if missing:
-            raise ValueError(f"{folder / 'dictionary.json'}: missing key(s) {missing}")
-        if meta["format_version"] != FORMAT_VERSION:
-            raise ValueError(
-                f"{folder}: dictionary format version {meta['format_version']!r}, this code reads {FORMAT_VERSION}"
-            )
-        with np.load(folder / "dictionary.npz") as npz:
-            if "W" not in npz:
-                raise ValueError(f"{folder / 'dictionary.npz'}: no array named 'W' (found {list(npz)})")
-            w = npz["W"]
-        if w.shape != (meta["num_bins"], meta["k"]):
-            raise ValueError(
-                f"{folder}: W has shape {w.shape} but dictionary.json says F={meta['num_bins']}, K={meta['k']}"
-            )
-        provenance = dict(meta.get("provenance", {}), folder=str(folder))
-        return cls(
-            W=w,
-            stft=STFTConfig.from_dict(meta["stft"]),
-            config=NMFConfig.from_dict(meta["nmf"]),
-            provenance=provenance,
-            history=list(meta.get("history", [])),
-        )
-
-
 # ---------------------------------------------------------------- input checks
 
 
-def _as_matrix(X, name: str = "X") -> tf.Tensor:
+def as_matrix(X, name: str = "X") -> tf.Tensor:
     """``[frames, F]`` non-negative finite -> float32 tensor; ValueError quoting what is wrong."""
     X = tf.cast(tf.convert_to_tensor(X), tf.float32)
     if X.shape.rank != 2:
@@ -378,7 +236,7 @@ class _Kernels:
             input_signature=spec * 2 + [tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.int32)],
         )
         self.solve = tf.function(
-            self._solve,
+            self._solve_h,
             input_signature=spec * 3 + [tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.int32)],
         )
 
@@ -403,23 +261,13 @@ class _Kernels:
         Lam = tf.matmul(W, H) + _EPS
         return _beta_divergence(V, Lam, self.beta) + tf.cast(mu, tf.float64) * tf.cast(tf.reduce_sum(H), tf.float64)
 
+    # ``iterations`` sparse MU updates of H on a fixed W.
     def _solve_h(self, V, W, H, mu, iterations):
         if self.beta == 2.0:
             WtW = tf.matmul(W, W, transpose_a=True)
             VW = _mm(W, V, self.lowp, transpose_a=True)
-            return tf.while_loop(
-                lambda i, h: i < iterations,
-                lambda i, h: (i + 1, _h_update_euclid(VW, WtW, h, mu)),
-                (tf.constant(0), H),
-            )[1]
-        return tf.while_loop(
-            lambda i, h: i < iterations,
-            lambda i, h: (i + 1, _h_update_beta(V, W, h, mu, self.beta, self.lowp)),
-            (tf.constant(0), H),
-        )[1]
-
-    def _solve(self, V, W, H, mu, iterations):
-        return self._solve_h(V, W, H, mu, iterations)
+            return _repeat(iterations, lambda h: _h_update_euclid(VW, WtW, h, mu), H)
+        return _repeat(iterations, lambda h: _h_update_beta(V, W, h, mu, self.beta, self.lowp), H)
 
     # Streaming: solve one block's H from a fixed start, return the W-update statistics and its objective.
     def _block_stats(self, Xb, W, mu, iterations):
@@ -506,7 +354,7 @@ def factorize(X, config: NMFConfig = NMFConfig(), callback: Callback | None = No
         ``(W [F, K] unit-norm columns, H [frames, K], history)`` as float32 numpy arrays and a
         list of ``config.iterations`` objectives, each at the (W, H) after that iteration.
     """
-    X = _as_matrix(X)
+    X = as_matrix(X)
     frames, num_bins = X.shape
     active_idx = tf.where(tf.reduce_max(X, axis=1) > 0)[:, 0]
     V = tf.gather(X, active_idx)
@@ -550,7 +398,7 @@ def solve_activations(X, W, sparsity: float = 0.0, iterations: int = 200, beta: 
     Runs ``iterations`` sparse MU updates of H from a constant start, minimising
     ``D_β(X | H W̄ᵀ) + sparsity · Σ H``. Returns float32 numpy ``H [frames, K]``.
     """
-    X = _as_matrix(X)
+    X = as_matrix(X)
     W = tf.convert_to_tensor(np.asarray(W, dtype=np.float32))
     if W.shape.rank != 2 or W.shape[0] != X.shape[1]:
         raise ValueError(f"W must be [F={X.shape[1]}, K], got shape {W.shape}")
@@ -564,8 +412,18 @@ def solve_activations(X, W, sparsity: float = 0.0, iterations: int = 200, beta: 
     return tf.transpose(H).numpy()
 
 
-def _learn_streaming(dataset: tf.data.Dataset, config: NMFConfig, num_bins: int, callback: Callback | None):
-    """Per pass: solve each block's H on the current W, accumulate the W statistics, one W step."""
+def factorize_stream(dataset: tf.data.Dataset, config: NMFConfig, num_bins: int, callback: Callback | None = None):
+    """Sparse NMF of the frames a ``tf.data.Dataset`` yields in blocks ``[frames, F=num_bins]``, re-read every pass.
+
+    Memory stays bounded by one block plus O(F·K + K²): there is no room for a persistent H, so every
+    pass solves each block's H afresh with ``config.stream_h_iterations`` MU updates on the current W,
+    accumulates the W update's sufficient statistics over the pass (β=2: ``XᵀH [F, K]`` and ``HᵀH [K, K]``;
+    other β: ``P``, ``Q [F, K]``, which depend on W only through the W̄ held fixed during the pass) and
+    then takes one normalisation-aware W step. This is exactly the full-batch W step for those H, so the
+    method is batch alternating minimisation with inexact H solves; unlike per-block (online) W updates
+    it needs no learning-rate or forgetting schedule and is deterministic. Returns ``(W [F, K] unit-norm
+    columns, history, frames)``: per pass, the objective at (the W before the step, the pass's H); frames per pass.
+    """
     kernels = _kernels(config.beta, config.precision)
     W = _initial_w(num_bins, config.k, config.seed)
     mu = tf.constant(config.sparsity, tf.float32)
@@ -601,155 +459,3 @@ def _learn_streaming(dataset: tf.data.Dataset, config: NMFConfig, num_bins: int,
         if iteration == 1 or iteration % 10 == 0 or iteration == config.iterations:
             log.info("streaming NMF pass %d/%d: objective %.6g", iteration, config.iterations, value)
     return W.numpy(), history, frames
-
-
-def learn_dictionary(
-    source,
-    config: NMFConfig = NMFConfig(),
-    stft: STFTConfig = STFTConfig(),
-    provenance: dict | None = None,
-    callback: Callback | None = None,
-) -> Dictionary:
-    """Learn a sparse NMF dictionary from ``source``.
-
-    Args:
-        source: either a non-negative matrix ``X [frames, F]`` (numpy or tf; factorised in memory
-            by :func:`factorize`), or a ``tf.data.Dataset`` of blocks ``[frames, F]`` (streamed).
-        config: NMF settings.
-        stft: the STFT configuration that made X (``F`` must equal ``stft.num_bins``).
-        provenance: extra facts to store (data set root, folds, clip count, ...).
-        callback: ``callback(iteration, objective)`` after each iteration.
-
-    Streaming keeps memory bounded by one block (``config.batch_frames`` frames) plus O(F·K + K²):
-    there is no room for a persistent H, so every pass solves each block's H afresh with
-    ``config.stream_h_iterations`` MU updates on the current W, accumulates the W update's
-    sufficient statistics over the pass (β=2: ``XᵀH [F, K]`` and ``HᵀH [K, K]``; other β:
-    ``P``, ``Q [F, K]``, which depend on W only through the W̄ held fixed during the pass) and then
-    takes one normalisation-aware W step. This is exactly the full-batch W step for those H, so the
-    method is batch alternating minimisation with inexact H solves; unlike per-block (online) W
-    updates it needs no learning-rate or forgetting schedule and is deterministic. Its history holds,
-    per pass, the objective at (the W before the step, the pass's H).
-
-    Returns:
-        A :class:`Dictionary`.
-    """
-    provenance = dict(provenance or {})
-    if isinstance(source, tf.data.Dataset):
-        W, history, frames = _learn_streaming(source, config, stft.num_bins, callback)
-        provenance.setdefault("frames", frames)
-        provenance["method"] = "streaming"
-    else:
-        X = _as_matrix(source)
-        if X.shape[1] != stft.num_bins:
-            raise ValueError(f"X has {X.shape[1]} bins per frame but the STFT config gives {stft.num_bins}")
-        W, _, history = factorize(X, config, callback)
-        provenance.setdefault("frames", int(X.shape[0]))
-        provenance["method"] = "in-memory"
-    return Dictionary(W=W, stft=stft, config=config, provenance=provenance, history=history)
-
-
-def frames_dataset(table, stft: STFTConfig, batch_frames: int = 8192, **kwargs) -> tf.data.Dataset:
-    """log1p-magnitude frames of a ClipTable's clips, in blocks ``[≤ batch_frames, F]`` (tf.data)."""
-    from l2i_tf import data
-
-    clips = data.waveform_dataset(table, stft.sample_rate, **kwargs)
-    return (
-        clips.map(lambda wave, label, index: analyze(wave, stft)[0], num_parallel_calls=tf.data.AUTOTUNE)
-        .unbatch()
-        .batch(batch_frames)
-        .prefetch(1)
-    )
-
-
-def learn_from_table(
-    table,
-    stft: STFTConfig = STFTConfig(),
-    config: NMFConfig = NMFConfig(),
-    streaming: bool = False,
-    callback: Callback | None = None,
-    cache_dir=None,
-    on_error: str = "raise",
-) -> Dictionary:
-    """Learn a dictionary on the clips of ``table`` (a ``data.ClipTable``).
-
-    Frames come through the data pipeline (``waveform_dataset`` → :func:`l2i_tf.audio.analyze`) in
-    blocks of ``config.batch_frames``. With ``streaming`` they are re-read every pass (bounded
-    memory, see :func:`learn_dictionary`); otherwise they are gathered once into one matrix and
-    factorised in memory (faster, persistent H; needs frames × F × 4 bytes, 156 MB for the ESC-10
-    training folds).
-    """
-    from l2i_tf import data
-
-    table, _, errors = data.probe_table(table, on_error=on_error)
-    blocks = frames_dataset(table, stft, config.batch_frames, cache_dir=cache_dir)
-    provenance = {
-        "root": table.root,
-        "folds": sorted(set(table.folds)) if table.folds is not None else None,
-        "clips": len(table),
-        "skipped_clips": len(errors),
-    }
-    if streaming:
-        return learn_dictionary(blocks, config, stft, provenance, callback)
-    X = np.concatenate([b for b in blocks.as_numpy_iterator()], axis=0)
-    log.info("gathered %d frames × %d bins from %d clips", X.shape[0], X.shape[1], len(table))
-    return learn_dictionary(X, config, stft, provenance, callback)
-
-
-# ---------------------------------------------------------------- Keras layer
-
-
-@keras.saving.register_keras_serializable(package="l2i_tf")
-class NMFDecoder(keras.layers.Layer):
-    """Fixed-dictionary decoder: activations ``H [batch, T, K]`` -> ``X̂ = H Wᵀ [batch, T, F]``, and the soft masks
-    of the NMF model.
-
-    ``decoder(H)`` is the reconstruction; ``decoder(H, selected=s)`` (bool ``[batch, K]``) the summed soft mask of
-    the selected components ``Σ_{k∈s} M_k`` ``[batch, T, F]``; ``decoder(H, indices=i)`` (int ``[batch, N]``) the
-    soft masks ``M_{i_n}`` ``[batch, N, T, F]``, where ``M_k = w_k h_kᵀ / (H Wᵀ + ε)``
-    (:func:`l2i_tf.explain.selected_mask`, :func:`l2i_tf.explain.component_masks`).
-
-    W is a non-trainable weight made in ``build``; it is saved with the weights, never in the config.
-
-    Args:
-        num_bins: F.
-        k: K.
-        dictionary_w: optional ``[F, K]`` initial W (else set it with ``set_weights``).
-        eps: ε of the soft masks.
-    """
-
-    def __init__(self, num_bins, k, dictionary_w=None, eps=1e-8, **kwargs):
-        super().__init__(**kwargs)
-        self.num_bins = int(num_bins)
-        self.k = int(k)
-        self.eps = float(eps)
-        self._dictionary_w = None
-        if dictionary_w is not None:
-            w = np.asarray(dictionary_w, dtype=np.float32)
-            if w.shape != (self.num_bins, self.k):
-                raise ValueError(f"dictionary_w must be [num_bins={self.num_bins}, k={self.k}], got shape {w.shape}")
-            self._dictionary_w = w
-
-    def build(self, input_shape=None):
-        if input_shape is not None and input_shape[-1] is not None and input_shape[-1] != self.k:
-            raise ValueError(f"NMFDecoder expects [batch, T, k={self.k}] activations, got shape {input_shape}")
-        self.w = self.add_weight(name="w", shape=(self.num_bins, self.k), initializer="zeros", trainable=False)
-        if self._dictionary_w is not None:
-            self.w.assign(self._dictionary_w)
-        self.built = True
-
-    def call(self, h, selected=None, indices=None):
-        if selected is not None:
-            return explain.selected_mask(self.w, h, selected, self.eps)
-        if indices is not None:
-            return explain.component_masks(self.w, h, indices, self.eps)
-        return keras.ops.einsum("...k,fk->...f", h, self.w)
-
-    def compute_output_spec(self, h, selected=None, indices=None):
-        if indices is not None:
-            return keras.KerasTensor((h.shape[0], indices.shape[1], h.shape[1], self.num_bins), dtype="float32")
-        return keras.KerasTensor((*h.shape[:-1], self.num_bins), dtype="float32")
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(num_bins=self.num_bins, k=self.k, eps=self.eps)
-        return config

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from l2i_tf import audio, batches, checkpoints, data, files, metrics, nmf, runs
 from l2i_tf import classifier as classifier_lib
+from l2i_tf.dictionary import Dictionary, learn_from_table
 from l2i_tf.interpreter import Interpreter, tap_orders
 from l2i_tf.runs import TrainConfig
 
@@ -97,25 +98,25 @@ def _datasets(config: TrainConfig, sample_rate: int, num_classes: int):
     return table, arrays, skipped
 
 
-def _dictionary(out: Path, config: TrainConfig, table, stft: audio.STFTConfig) -> nmf.Dictionary:
+def _dictionary(out: Path, config: TrainConfig, table, stft: audio.STFTConfig) -> Dictionary:
     """The run's dictionary: ``config.dictionary``, the run folder's (resuming), or learnt on the training folds."""
     if config.dictionary:
-        dictionary = nmf.Dictionary.load(config.dictionary)
+        dictionary = Dictionary.load(config.dictionary)
     elif (out / runs.DICTIONARY).exists():
-        dictionary = nmf.Dictionary.load(out / runs.DICTIONARY)
+        dictionary = Dictionary.load(out / runs.DICTIONARY)
     else:
         nmf_kwargs = {"k": config.k, "seed": config.seed}
         if config.sparsity is not None:
             nmf_kwargs["sparsity"] = config.sparsity
         if config.nmf_iterations is not None:
             nmf_kwargs["iterations"] = config.nmf_iterations
-        dictionary = nmf.learn_from_table(table.with_folds(config.train_folds), stft, nmf.NMFConfig(**nmf_kwargs))
+        dictionary = learn_from_table(table.with_folds(config.train_folds), stft, nmf.NMFConfig(**nmf_kwargs))
         dictionary.save(out / runs.DICTIONARY)
     dictionary.check_compatible(stft, config.k)
     return dictionary
 
 
-def new_interpreter(model_f, config: TrainConfig, dictionary: nmf.Dictionary, stft: audio.STFTConfig):
+def new_interpreter(model_f, config: TrainConfig, dictionary: Dictionary, stft: audio.STFTConfig):
     """A compiled, untrained interpreter of ``model_f`` as ``config`` describes it."""
     names, orders = tap_orders(model_f, config.layers)
     interpreter = Interpreter(

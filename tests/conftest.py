@@ -7,6 +7,8 @@ to a folder to keep that cache between runs (it is keyed by file paths, sizes an
 
 from __future__ import annotations
 
+import copy
+import inspect
 import os
 from pathlib import Path
 
@@ -74,22 +76,48 @@ def make_folders_dataset():
 
 @pytest.fixture
 def layer_round_trip(tmp_path):
-    """``check(layer, inputs)``: ``from_config(get_config())`` gives the same config, and a small model
-    holding the layer survives ``.keras`` save/load (no ``custom_objects``) with identical outputs."""
+    """``check(layer, args, kwargs=None, tensor_kwargs=None, shapes=None, saved_elsewhere=())`` -> the reloaded model.
 
-    def check(layer: keras.layers.Layer, inputs, input_shape=None):
+    ``args`` are the positional call inputs (a tuple; each an array or a list of arrays, one ``keras.Input`` per
+    array), ``tensor_kwargs`` inputs passed by keyword (e.g. ``mask``), ``kwargs`` constant keyword arguments (e.g.
+    ``num_frames``), ``shapes`` optional ``keras.Input`` shapes (no batch axis) for the flattened inputs, in
+    ``keras.tree.flatten((args, tensor_kwargs))`` order (``None`` for a variable axis). Checks:
+
+    - ``get_config`` chains to ``super()`` and holds every constructor argument but ``saved_elsewhere`` (weights);
+    - ``from_config(get_config())`` gives the same config and, with the layer's weights, the same outputs;
+    - a functional model holding the layer survives ``.keras`` save/load (no ``custom_objects``) with the same
+      class and identical outputs.
+    """
+
+    def check(layer, args, kwargs=None, tensor_kwargs=None, shapes=None, saved_elsewhere=()):
+        kwargs, tensor_kwargs = dict(kwargs or {}), dict(tensor_kwargs or {})
         config = layer.get_config()
-        clone = layer.__class__.from_config(config)
+        assert {"name", "trainable", "dtype"} <= set(config), f"get_config does not chain to super(): {config}"
+        params = inspect.signature(type(layer).__init__).parameters.values()
+        arguments = {p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)} - {"self"}
+        missing = arguments - set(config) - set(saved_elsewhere)
+        assert not missing, f"{type(layer).__name__}.get_config() leaves out constructor argument(s) {sorted(missing)}"
+        clone = type(layer).from_config(copy.deepcopy(config))  # a copy: Keras' deserialisation may consume it
         assert clone.get_config() == config
 
-        inputs = np.asarray(inputs)
-        x = keras.Input(shape=input_shape or inputs.shape[1:])
-        model = keras.Model(x, layer(x))
-        expected = np.asarray(model(inputs))
+        arrays = keras.tree.flatten((args, tensor_kwargs))
+        shapes = shapes or [np.shape(a)[1:] for a in arrays]
+        symbolic = [keras.Input(shape=s, dtype=np.asarray(a).dtype) for s, a in zip(shapes, arrays)]
+        sym_args, sym_kwargs = keras.tree.pack_sequence_as((args, tensor_kwargs), symbolic)
+        model = keras.Model(symbolic, layer(*sym_args, **sym_kwargs, **kwargs))
+        expected = [np.asarray(t) for t in keras.tree.flatten(model(arrays))]
+
+        clone(*args, **tensor_kwargs, **kwargs)  # builds it
+        clone.set_weights(layer.get_weights())
+        for got, want in zip(keras.tree.flatten(clone(*args, **tensor_kwargs, **kwargs)), expected, strict=True):
+            np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+
         path = tmp_path / f"{layer.name}.keras"
         model.save(path)
         loaded = keras.saving.load_model(path)
-        np.testing.assert_array_equal(np.asarray(loaded(inputs)), expected)
+        assert type(loaded.get_layer(layer.name)) is type(layer)
+        for got, want in zip(keras.tree.flatten(loaded(arrays)), expected, strict=True):
+            np.testing.assert_array_equal(np.asarray(got), want)
         return loaded
 
     return check

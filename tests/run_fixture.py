@@ -13,12 +13,20 @@ SAMPLE_RATE = 16000
 
 
 def make_run(
-    folder: str | Path, k: int = K, class_names=CLASS_NAMES, seed: int = 0, channels=(4, 8, 8, 8), hidden: int = 8
+    folder: str | Path,
+    k: int = K,
+    class_names=CLASS_NAMES,
+    seed: int = 0,
+    channels=(4, 8, 8, 8),
+    hidden: int = 8,
+    classifier=None,
+    layers=("block2_pool", "block3_pool", "block4_relu"),
 ) -> Path:
     """Write ``interpreter.keras``, ``config.json``, ``stft.json`` and ``metrics.json`` into ``folder``.
 
-    The classifier is the demo VGG with ``channels`` (tiny by default), untrained; Ψ has ``hidden`` channels;
-    W [513, k] is random, non-negative, with unit-norm columns. Good for contract tests, not for listening.
+    The classifier is ``classifier`` if given, else the demo VGG with ``channels`` (tiny by default), untrained; Ψ
+    taps ``layers`` and has ``hidden`` channels; W [513, k] is random, non-negative, with unit-norm columns. Good
+    for contract tests, not for listening.
     """
     import keras
 
@@ -31,8 +39,8 @@ def make_run(
     folder.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(seed)
     stft = STFTConfig()
-    model = build_demo_classifier(len(class_names), DemoConfig(channels=tuple(channels)))
-    names, orders = tap_orders(model, ("block2_pool", "block3_pool", "block4_relu"))
+    model = classifier or build_demo_classifier(len(class_names), DemoConfig(channels=tuple(channels)))
+    names, orders = tap_orders(model, layers)
     rng = np.random.default_rng(seed)
     W = rng.random((stft.num_bins, k)).astype("float32")
     W /= np.linalg.norm(W, axis=0, keepdims=True)

@@ -24,9 +24,30 @@ def waves(batch: int, samples: int, seed: int = 0) -> np.ndarray:
     return (0.3 * np.random.default_rng(seed).standard_normal((batch, samples))).astype("float32")
 
 
-@pytest.mark.parametrize("samples", [8000, 12345])
+@pytest.mark.parametrize("samples", [8000, 12345, 300], ids=["0.5s", "odd-length", "shorter-than-min-frames"])
 def test_demo_classifier_takes_any_clip_length_and_returns_logits(tiny_model, samples):
-    assert tiny_model(waves(2, samples), training=False).shape == (2, 3)
+    x = waves(3, samples)
+    x[0] *= 0.01  # a quiet clip: its lowest log-mel value is far below the others'
+    logits = tiny_model(x, training=False).numpy()
+    assert logits.shape == (3, 3) and np.all(np.isfinite(logits))
+    # Logits: the output is the `logits` Dense layer's affine map of the pooled features, with nothing after it.
+    dense = tiny_model.get_layer("logits")
+    assert tiny_model.layers[-1] is dense and dense.activation is keras.activations.linear
+    pooled = keras.Model(tiny_model.input, dense.input)(x, training=False).numpy()
+    kernel, bias = dense.get_weights()
+    np.testing.assert_allclose(logits, pooled @ kernel + bias, rtol=1e-5, atol=1e-7)
+    assert np.abs(logits.sum(axis=1) - 1.0).min() > 0.5  # not softmax probabilities
+    # A clip's logits do not depend on the batch it is in (inference BatchNorm, per-clip padding).
+    for i in range(3):
+        np.testing.assert_allclose(tiny_model(x[i : i + 1], training=False).numpy()[0], logits[i], rtol=1e-4, atol=1e-8)
+
+
+def test_min_frames_pads_each_clip_with_its_own_lowest_value():
+    x = np.array([[[1.0], [2.0]], [[-5.0], [3.0]]], "float32")  # [batch 2, time 2, 1]
+    padded = classifier.MinFrames(4)(x).numpy()
+    np.testing.assert_array_equal(padded[:, :, 0], [[1.0, 2.0, 1.0, 1.0], [-5.0, 3.0, -5.0, -5.0]])
+    long_enough = np.arange(10, dtype="float32").reshape(1, 5, 2)
+    np.testing.assert_array_equal(classifier.MinFrames(4)(long_enough).numpy(), long_enough)
 
 
 def test_demo_classifier_has_the_named_layers_to_tap(tiny_model):

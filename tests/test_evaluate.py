@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -30,6 +31,36 @@ def tiny_eval_run(tmp_path_factory):
     run = make_run(root / "run")
     config = json.loads((run / "config.json").read_text())
     config["train"].update(data=str(root / "data"), layout="folders", clip_seconds=0.5)
+    (run / "config.json").write_text(json.dumps(config))
+    return run
+
+
+def planted_classifier(freqs, sample_rate=SR) -> keras.Model:
+    """Waveform -> log-mel (layer ``logmel``) -> class c's logit = mean log-mel of the band of ``freqs[c]``.
+
+    It names the louder of two tones: the target of a mixture whose distractor is well below it.
+    """
+    waveform = keras.Input(shape=(None,), name="waveform")
+    logmel = audio.LogMelSpectrogram(sample_rate, num_mel_bins=64, name="logmel")
+    t = np.arange(sample_rate // 2) / sample_rate
+    tones = np.stack([np.sin(2 * np.pi * f * t) for f in freqs]).astype("float32")
+    bands = np.asarray(logmel(tones)).mean(axis=1).argmax(axis=1)  # the band each tone falls in
+    band_energy = keras.layers.Dense(len(freqs), use_bias=False, name="band_energy")
+    per_frame = band_energy(logmel(waveform))
+    kernel = np.zeros((64, len(freqs)), "float32")
+    kernel[bands, np.arange(len(freqs))] = 1.0
+    band_energy.set_weights([kernel])
+    return keras.Model(waveform, keras.layers.GlobalAveragePooling1D(name="logits")(per_frame))
+
+
+@pytest.fixture(scope="module")
+def planted_eval_run(tiny_eval_run):
+    """The tiny run's data set with :func:`planted_classifier` (tones 300/600/900 Hz = dog/rain/siren); Ψ taps
+    ``logmel``. At a 20 dB target-to-distractor ratio it gets every mixture right, so every mixture is counted."""
+    model = planted_classifier((300, 600, 900))
+    run = make_run(tiny_eval_run.parent / "planted_run", classifier=model, layers=["logmel"])
+    config = json.loads((run / "config.json").read_text())
+    config["train"].update(data=str(tiny_eval_run.parent / "data"), layout="folders", clip_seconds=0.5)
     (run / "config.json").write_text(json.dumps(config))
     return run
 
@@ -103,25 +134,34 @@ def test_slime_finds_the_segment_a_planted_classifier_listens_to():
     assert np.abs(kept[: half - 1024]).max() < 1e-3 < np.abs(kept[half + 1024 :]).max()
 
 
-def test_evaluate_writes_every_table_and_figure(tiny_eval_run, tmp_path):
-    config = evaluate.EvalConfig.quick_config(baselines=("slime",))
-    report = evaluate.evaluate(tiny_eval_run, config, tmp_path / "out")
+def test_evaluate_writes_every_table_and_figure(planted_eval_run, tmp_path):
+    config = evaluate.EvalConfig.quick_config(baselines=("slime",), mixture_snr_db=20.0)
+    report = evaluate.evaluate(planted_eval_run, config, tmp_path / "out")
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
     assert saved["config"]["baselines"] == ["slime"] and saved["train_config"]["k"] == 8
     assert set(report["fidelity"]) == {"top1", "top3"}
     assert set(report["faithfulness"]) == {"0.9", "0.7", "0.5", "0.3"}
     assert set(report["faithfulness"]["0.3"]) == {"l2i", "random"}
     mixtures = report["mixtures"]
-    assert mixtures["mixtures"] == 8 and 0 <= mixtures["counted"] <= 8
-    if mixtures["counted"]:
-        rows = {(r["method"], r["domain"], r["threshold"]): r for r in mixtures["rows"]}
-        assert rows[("mixture", "-", None)]["si_sdri_db"]["median"] == 0.0
-        assert rows[("oracle ratio mask", "linear", None)]["si_sdri_db"]["median"] > 5.0
-        assert ("L2I", "linear", 0.3) in rows and ("random", "log1p", 0.0) in rows
-    assert report["slime"]["clips"] == 2 and report["wall_time"]["slime_seconds_per_clip"] > 0
+    assert (mixtures["mixtures"], mixtures["counted"], mixtures["classifier_right_share"]) == (8, 8, 1.0)
+    rows = {(r["method"], r["domain"], r["threshold"]): r for r in mixtures["rows"]}
+    expected = {("mixture", "-", None), ("oracle ratio mask", "linear", None)}
+    for domain in config.mixture_domains:
+        expected |= {(method, domain, tau) for method in ("L2I", "random") for tau in config.mixture_thresholds}
+        expected |= {("L2I relevance-weighted", domain, 0.0), ("oracle components", domain, None)}
+    assert set(rows) == expected
+    assert {r["si_sdri_db"]["count"] for r in rows.values()} == {8}  # every row pools every counted mixture
+    mixture = rows[("mixture", "-", None)]
+    assert mixture["si_sdri_db"]["median"] == 0.0
+    assert mixture["target_energy_share"]["median"] == pytest.approx(1 / (1 + 10 ** (-20 / 10)), abs=1e-4)
+    assert rows[("oracle ratio mask", "linear", None)]["si_sdri_db"]["median"] > 5.0
+    assert report["slime"]["clips"] == 2 and report["slime"]["mixtures"]["counted_used"] == 2
+    assert report["wall_time"]["slime_seconds_per_clip"] > 0
     text = (tmp_path / "out" / "report.md").read_text()
-    for heading in ("## Fidelity", "## Faithfulness", "## Mixtures", "## Wall time", "SLIME"):
+    mixtures_heading = "## Mixtures: target + distractor at 20.0 dB (8 of 8 mixtures"
+    for heading in ("## Fidelity", "## Faithfulness", mixtures_heading, "## Wall time", "SLIME"):
         assert heading in text
+    assert text.count("| L2I | ") == 2 * len(config.mixture_thresholds)
 
 
 def test_cli_evaluate_quick_prints_the_tables_and_rejects_a_bad_run(tiny_eval_run, tmp_path):

@@ -148,10 +148,22 @@ def test_precomputed_batches_give_the_same_loss_as_waveforms():
 
 
 def test_multilabel_interpreter_tracks_micro_auprc():
+    """The tracked value over two batches is the PR-AUC of Θ's sigmoids against f's thresholded sigmoids."""
+    keras.utils.set_random_seed(0)
     model = _tiny_interpreter(multilabel=True)
+    # Planted classifier biases: class 0 always on, class 1 always off, so the targets hold both values.
+    logits_layer = model.classifier.get_layer("logits")
+    logits_layer.bias.assign([20.0, -20.0, 0.0])
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
-    logs = model.fit(tf.data.Dataset.from_tensor_slices(_clips()).batch(2), epochs=1, verbose=0).history
-    assert "fidelity_micro_auprc" in logs
+    x = _clips(8)
+    tracked = model.evaluate(tf.data.Dataset.from_tensor_slices(x).batch(4), verbose=0, return_dict=True)
+    out = model(x)
+    target = (tf.sigmoid(out["classifier_logits"]).numpy() > 0.5).ravel()
+    scores = tf.sigmoid(out["logits"]).numpy().ravel()
+    assert 0 < target.mean() < 1
+    reference = keras.metrics.AUC(curve="PR")
+    reference.update_state(target.astype("float32"), scores)
+    assert tracked["fidelity_micro_auprc"] == pytest.approx(float(reference.result()), abs=1e-5)
 
 
 # ---------------------------------------------------------------- bad classifiers and layers
@@ -269,10 +281,11 @@ def test_a_dictionary_with_another_k_is_refused(tiny_job, tmp_path):
     import dataclasses
 
     training.train(tmp_path / "first", tiny_job)
-    with pytest.raises(ValueError, match="K|k"):
-        training.train(
-            tmp_path / "second", dataclasses.replace(tiny_job, dictionary=str(tmp_path / "first" / "dictionary"), k=5)
-        )
+    first = tmp_path / "first" / "dictionary"
+    with pytest.raises(ValueError) as refused:
+        training.train(tmp_path / "second", dataclasses.replace(tiny_job, dictionary=str(first), k=5))
+    assert type(refused.value) is ValueError
+    assert str(refused.value) == f"incompatible with {first}: k: dictionary {K}, given 5"
 
 
 def test_cli_train_reports_fidelity_and_refuses_an_existing_run(tiny_job, tmp_path):

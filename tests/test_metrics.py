@@ -37,6 +37,19 @@ def test_multilabel_fidelity_matches_sklearn_and_a_perfect_ranking_scores_one():
     assert perfect["macro_auprc"] == pytest.approx(1.0) and perfect["max_f1"] == pytest.approx(1.0)
 
 
+def test_macro_auprc_of_a_hand_computed_ranking_skips_classes_without_a_positive():
+    targets = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0]])
+    scores = np.array([[0.9, 0.2, 0.5], [0.8, 0.7, 0.1], [0.1, 0.6, 0.3]])
+    # Class 0: ranked pos, neg, pos -> AP = ½·1 + ½·⅔ = ⅚. Class 1: pos, pos, neg -> 1. Class 2: no positive, left out.
+    assert metrics.macro_auprc(targets, scores) == pytest.approx((5 / 6 + 1) / 2)
+    logits = np.log(scores / (1 - scores))  # a monotone map of the scores: same ranking, same AUPRC
+    assert metrics.macro_auprc(targets, logits) == pytest.approx((5 / 6 + 1) / 2)
+    with pytest.raises(ValueError, match="none of the 3 classes has a positive clip"):
+        metrics.macro_auprc(np.zeros((3, 3)), scores)
+    with pytest.raises(ValueError, match=r"\(3, 3\) and \(3, 2\)"):
+        metrics.macro_auprc(targets, scores[:, :2])
+
+
 def test_max_f1_of_a_hand_computed_ranking():
     # Targets (thresholded f): 1, 0, 1, 0; Θ scores ranked 0 > 1 > 2 > 3. Best cut: top 3 -> P 2/3, R 1 -> F1 0.8.
     classifier = np.array([[4.0], [-4.0], [4.0], [-4.0]])

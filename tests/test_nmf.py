@@ -1,16 +1,12 @@
-"""Tests for l2i_tf.nmf: sparse NMF against known answers and scikit-learn, dictionary I/O, NMFDecoder, CLI."""
+"""Tests for l2i_tf.nmf: sparse NMF against known answers and scikit-learn, in memory and streamed."""
 
 from __future__ import annotations
 
-import json
 import warnings
 
-import keras
 import numpy as np
 import pytest
-import soundfile
 import tensorflow as tf
-from click.testing import CliRunner
 from sklearn.decomposition import NMF
 from sklearn.exceptions import ConvergenceWarning
 
@@ -109,15 +105,16 @@ def test_streaming_dictionary_is_close_to_in_memory_one():
     """Tolerance: the streamed W explains the full matrix within 5 % of the in-memory W's objective."""
     X, _ = planted(frames=600, noise=0.1)
     config = nmf.NMFConfig(k=5, sparsity=0.1, iterations=100, batch_frames=128)
-    in_memory = nmf.learn_dictionary(X, config, TINY_STFT)
+    in_memory, _, _ = nmf.factorize(X, config)
     blocks = tf.data.Dataset.from_tensor_slices(X).batch(config.batch_frames)
-    streamed = nmf.learn_dictionary(blocks, config, TINY_STFT)
-    assert streamed.provenance["frames"] == 600 and streamed.provenance["method"] == "streaming"
+    streamed, history, frames = nmf.factorize_stream(blocks, config, F)
+    assert frames == 600 and len(history) == 100
+    np.testing.assert_allclose(np.linalg.norm(streamed, axis=0), 1.0, rtol=1e-5)
 
     def fit(W):
         return nmf.objective(X, W, nmf.solve_activations(X, W, 0.1, iterations=300), sparsity=0.1)
 
-    assert fit(streamed.W) <= 1.05 * fit(in_memory.W), (fit(streamed.W), fit(in_memory.W))
+    assert fit(streamed) <= 1.05 * fit(in_memory), (fit(streamed), fit(in_memory))
 
 
 def test_solve_activations_recovers_planted_activations_on_known_dictionary():
@@ -137,7 +134,7 @@ def test_rejects_negative_or_nan_input_naming_the_value(value, message):
     with pytest.raises(ValueError, match=message):
         nmf.factorize(X, nmf.NMFConfig(k=3, iterations=2))
     with pytest.raises(ValueError, match=message):
-        nmf.learn_dictionary(tf.data.Dataset.from_tensor_slices(X).batch(16), nmf.NMFConfig(k=3), TINY_STFT)
+        nmf.factorize_stream(tf.data.Dataset.from_tensor_slices(X).batch(16), nmf.NMFConfig(k=3), F)
 
 
 def test_rejects_more_components_than_frames():
@@ -153,115 +150,3 @@ def test_rejects_bad_config_values():
         nmf.NMFConfig(beta=0.5)
     with pytest.raises(ValueError, match="float16"):
         nmf.NMFConfig(precision="float16")
-
-
-def small_dictionary(k=4):
-    X, _ = planted(frames=100, k=k, noise=0.1)
-    return nmf.learn_dictionary(
-        X, nmf.NMFConfig(k=k, iterations=10), TINY_STFT, provenance={"root": "synthetic", "folds": [1, 2, 3]}
-    )
-
-
-def test_check_compatible_names_mismatching_fields():
-    dictionary = small_dictionary()
-    dictionary.check_compatible(TINY_STFT, k=4)
-    other = STFTConfig(sample_rate=8000, frame_length=64, frame_step=32, fft_length=64)
-    with pytest.raises(ValueError, match="frame_step: dictionary 16, given 32"):
-        dictionary.check_compatible(other)
-    with pytest.raises(ValueError, match="k: dictionary 4, given 7"):
-        dictionary.check_compatible(TINY_STFT, k=7)
-
-
-def test_save_load_round_trip_and_refuses_to_overwrite(tmp_path):
-    dictionary = small_dictionary()
-    folder = dictionary.save(tmp_path / "dict")
-    loaded = nmf.Dictionary.load(folder)
-    np.testing.assert_array_equal(loaded.W, dictionary.W)
-    assert loaded.stft == TINY_STFT and loaded.config == dictionary.config
-    assert loaded.history == pytest.approx(dictionary.history)
-    assert loaded.provenance["folds"] == [1, 2, 3] and loaded.provenance["frames"] == 100
-    meta = json.loads((folder / "dictionary.json").read_text())
-    assert (meta["k"], meta["num_bins"]) == (4, F)
-    with pytest.raises(FileExistsError, match="overwrite"):
-        dictionary.save(folder)
-    small_dictionary(k=3).save(folder, overwrite=True)
-    assert nmf.Dictionary.load(folder).k == 3
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dict"]  # no temporary folders left
-
-
-def test_load_errors_name_the_folder_and_problem(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nowhere"):
-        nmf.Dictionary.load(tmp_path / "nowhere")
-    folder = small_dictionary().save(tmp_path / "d")
-    (folder / "dictionary.npz").unlink()
-    with pytest.raises(FileNotFoundError, match="dictionary.npz is missing"):
-        nmf.Dictionary.load(folder)
-
-
-def test_nmf_decoder_keras_round_trip(tmp_path):
-    dictionary = small_dictionary()
-    inputs = keras.Input((None, dictionary.k))
-    model = keras.Model(inputs, dictionary.decoder(name="decoder")(inputs))
-    layer = model.get_layer("decoder")
-    assert layer.trainable_weights == [] and len(layer.non_trainable_weights) == 1
-    assert "dictionary_w" not in layer.get_config()
-    h = np.random.default_rng(0).random((2, 7, dictionary.k)).astype(np.float32)
-    expected = h @ dictionary.W.T
-    np.testing.assert_allclose(model.predict(h, verbose=0), expected, rtol=1e-5)
-    path = tmp_path / "decoder.keras"
-    model.save(path)
-    restored = keras.saving.load_model(path)
-    np.testing.assert_array_equal(restored.predict(h, verbose=0), model.predict(h, verbose=0))
-    np.testing.assert_array_equal(restored.get_layer("decoder").get_weights()[0], dictionary.W)
-
-
-def test_nmf_decoder_takes_weights_via_set_weights():
-    W = small_dictionary().W
-    layer = nmf.NMFDecoder(num_bins=F, k=4)
-    layer.build((None, None, 4))
-    layer.set_weights([W])
-    h = np.ones((1, 2, 4), np.float32)
-    np.testing.assert_allclose(np.asarray(layer(h)), h @ W.T, rtol=1e-5)
-    with pytest.raises(ValueError, match=r"\(5, 4\)"):
-        nmf.NMFDecoder(num_bins=F, k=4, dictionary_w=np.ones((5, 4)))
-
-
-def write_tiny_folders_dataset(root, clips_per_class=5, seconds=0.3, sample_rate=16000):
-    rng = np.random.default_rng(0)
-    t = np.arange(int(seconds * sample_rate)) / sample_rate
-    for c, freq in enumerate((440.0, 1500.0)):
-        folder = root / f"class{c}"
-        folder.mkdir(parents=True)
-        for i in range(clips_per_class):
-            wave = 0.3 * np.sin(2 * np.pi * freq * (1 + 0.05 * i) * t) + 0.01 * rng.standard_normal(t.size)
-            soundfile.write(folder / f"clip{i}.wav", wave.astype(np.float32), sample_rate, subtype="PCM_16")
-
-
-def test_cli_learns_and_saves_a_dictionary_and_refuses_existing_folder(tmp_path, monkeypatch):
-    from cli.main import main
-
-    monkeypatch.setenv("L2I_TF_CACHE", str(tmp_path / "cache"))
-    write_tiny_folders_dataset(tmp_path / "data")
-    out = tmp_path / "dict"
-    args = ["learn-dictionary", "--data", str(tmp_path / "data"), "--layout", "folders"]
-    args += ["--k", "4", "--iterations", "5", "--out", str(out)]
-    result = CliRunner().invoke(main, args)
-    assert result.exit_code == 0, result.output
-    assert "time:" in result.output and "peak memory:" in result.output
-    dictionary = nmf.Dictionary.load(out)
-    assert dictionary.k == 4 and dictionary.num_bins == 513 and len(dictionary.history) == 5
-    assert dictionary.provenance["clips"] == 6 and dictionary.provenance["folds"] == [1, 2, 3]
-
-    result = CliRunner().invoke(main, args)
-    assert result.exit_code == 2 and "exists" in result.output and "--overwrite" in result.output
-    result = CliRunner().invoke(main, args[:-2] + ["--sparsity", "-1", "--out", str(tmp_path / "x")])
-    assert result.exit_code == 2 and "-1" in result.output
-
-
-def test_cli_help_ends_with_examples():
-    from cli.main import main
-
-    result = CliRunner().invoke(main, ["learn-dictionary", "--help"])
-    assert result.exit_code == 0
-    assert result.output.rstrip().splitlines()[-1].strip().startswith("l2i-tf learn-dictionary")
-    assert "Examples:" in result.output
