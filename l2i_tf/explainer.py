@@ -17,6 +17,7 @@ components ``target_class`` [B], ``component_indices`` int32 [B, N], ``component
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import keras
@@ -234,8 +235,7 @@ class Explainer(keras.Model):
 
     def get_config(self):
         return {
-            "name": self.name,
-            "trainable": self.trainable,
+            **keras.layers.Layer.get_config(self),  # name, trainable, dtype (not the functional graph: rebuilt)
             "interpreter": keras.saving.serialize_keras_object(self.interpreter),
             "class_names": list(self.class_names),
             "config": self.config.to_dict(),
@@ -243,7 +243,7 @@ class Explainer(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
+        config = copy.deepcopy(config)  # Keras' deserialisation consumes nested configs
         config["interpreter"] = keras.saving.deserialize_keras_object(config["interpreter"])
         return cls(**config)
 

@@ -3,6 +3,7 @@ with the train/test steps that fit Ψ and Θ only."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import keras
@@ -306,8 +307,7 @@ class Interpreter(keras.Model):
 
     def get_config(self):
         return {
-            "name": self.name,
-            "trainable": self.trainable,
+            **keras.layers.Layer.get_config(self),  # name, trainable, dtype (not the functional graph: rebuilt)
             "classifier": keras.saving.serialize_keras_object(self.classifier),
             "layers": list(self.layer_names),
             "orders": list(self.orders),
@@ -325,6 +325,6 @@ class Interpreter(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
+        config = copy.deepcopy(config)  # Keras' deserialisation consumes nested configs
         config["classifier"] = keras.saving.deserialize_keras_object(config["classifier"])
         return cls(**config)

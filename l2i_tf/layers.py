@@ -151,7 +151,7 @@ class Theta(keras.layers.Layer):
     sum over k to the logits exactly, which is what relevance decomposes.
 
     Pooling is gated attention over time (Ilse et al. 2018: softmax over time of
-    ``w·(tanh(V h_t) ⊙ sigmoid(U h_t))``) or max over time. An optional ``mask
+    ``w·(tanh(V h_t) ⊙ sigmoid(U h_t))``) or max over time. An optional ``valid_frames
     [batch, T]`` excludes padded frames from the pooling, so clips of any length
     can share a batch. With no bias, ``logits_c = Σ_k z_k θ_{k,c}`` exactly, which is
     what relevance decomposes.
@@ -180,9 +180,9 @@ class Theta(keras.layers.Layer):
             self.att_w = self.add_weight(name="att_w", shape=(self.attention_units, 1), initializer="glorot_uniform")
         self.kernel = self.add_weight(name="kernel", shape=(k, self.num_classes), initializer="glorot_uniform")
 
-    def pool(self, h, mask=None):
+    def pool(self, h, valid_frames=None):
         """``H [batch, T, K]`` -> ``z [batch, K]``."""
-        valid = None if mask is None else tf.cast(mask, tf.bool)
+        valid = None if valid_frames is None else tf.cast(valid_frames, tf.bool)
         if self.pooling == "max":
             if valid is not None:
                 h = tf.where(valid[:, :, None], h, tf.zeros_like(h))  # H >= 0, so 0 is neutral for max
@@ -194,11 +194,11 @@ class Theta(keras.layers.Layer):
         weights = tf.nn.softmax(scores, axis=1)
         return tf.reduce_sum(weights[:, :, None] * h, axis=1)
 
-    def call(self, h, mask=None):
-        z = self.pool(h, mask)
+    def call(self, h, valid_frames=None):
+        z = self.pool(h, valid_frames)
         return tf.matmul(z, self.kernel), z, z[:, :, None] * self.kernel[None]
 
-    def compute_output_spec(self, h, mask=None):
+    def compute_output_spec(self, h, valid_frames=None):
         batch, k = h.shape[0], h.shape[-1]
         return (
             keras.KerasTensor((batch, self.num_classes), dtype="float32"),

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 import l2i_tf
-from l2i_tf import audio, classifier, dictionary, interpreter, layers
+from l2i_tf import audio, classifier, dictionary, explain_layers, explainer, interpreter, layers
 
 K = 8
+SMALL_STFT = {"sample_rate": 8000, "frame_length": 64, "frame_step": 16, "fft_length": 64, "window": "hann"}
 
 
 def _random(*shape, seed=0) -> np.ndarray:
@@ -55,6 +56,12 @@ class Case:
         return f"{self.cls.__name__}-{self.variant}" if self.variant else self.cls.__name__
 
 
+def _synthesis_inputs() -> tuple:
+    x, phase = audio.analyze(_random(2, 300), audio.STFTConfig(**SMALL_STFT))
+    mask = np.random.default_rng(4).random(x.shape).astype("float32")
+    return np.asarray(x), np.asarray(phase), mask, _random(2, 300)
+
+
 def _interpreter_init() -> dict:
     model = classifier.build_demo_classifier(3, classifier.DemoConfig(channels=(4, 8, 8, 8)))
     names, orders = interpreter.tap_orders(model, classifier.DEMO_LAYERS)
@@ -87,20 +94,25 @@ CASES = [
         lambda: (np.abs(_random(2, 7, 4)),),
         saved_elsewhere=("dictionary_w",),
     ),
-    # Psi and Theta as of today's API: Psi(features list, num_frames, reduced=...), Theta(h, mask) -> (logits, z).
     Case(
-        layers.Psi,
-        lambda: dict(k=K, orders=("btfc", "bftc", "btc"), hidden=8, freq_reduce="flatten"),
+        layers.FeatureSequences,
+        lambda: dict(orders=("btfc", "bftc", "btc"), freq_reduce="flatten"),
         lambda: ([_random(2, 25, 16, 4), _random(2, 8, 12, 4, seed=1), _random(2, 7, 5, seed=2)],),
-        kwargs={"num_frames": 13, "reduced": False},
+        shapes=[(None, 16, 4), (8, None, 4), (None, 5)],
         variant="flatten",
     ),
     Case(
-        layers.Psi,
-        lambda: dict(k=K, orders=("btfc", "btc"), hidden=8, kernel_size=5, freq_reduce="mean", dropout=0.5),
+        layers.FeatureSequences,
+        lambda: dict(orders=("btfc", "btc"), freq_reduce="mean"),
         lambda: ([_random(2, 25, 16, 4), _random(2, 7, 5, seed=2)],),
-        kwargs={"num_frames": 40},
+        shapes=[(None, None, 4), (None, 5)],
         variant="mean",
+    ),
+    Case(
+        layers.Psi,
+        lambda: dict(k=K, hidden=8, kernel_size=5, dropout=0.5),
+        lambda: ([_random(2, 25, 4), _random(2, 7, 5, seed=2), np.abs(_random(2, 40, 33, seed=3))],),
+        shapes=[(None, 4), (None, 5), (None, 33)],
     ),
     Case(
         layers.Theta,
@@ -112,11 +124,82 @@ CASES = [
         layers.Theta,
         lambda: dict(num_classes=3, pooling="max"),
         lambda: (np.abs(_random(2, 6, K)),),
-        tensor_kwargs=lambda: {"mask": np.array([[True] * 6, [True] * 4 + [False] * 2])},
+        tensor_kwargs=lambda: {"valid_frames": np.array([[True] * 6, [True] * 4 + [False] * 2])},
         variant="max-masked",
     ),
     Case(
+        dictionary.NMFDecoder,
+        lambda: dict(num_bins=33, k=4, dictionary_w=np.abs(_random(33, 4, seed=1)), eps=1e-6),
+        lambda: (np.abs(_random(2, 7, 4)),),
+        tensor_kwargs=lambda: {"selected": np.array([[True, False, True, False], [False] * 4])},
+        saved_elsewhere=("dictionary_w",),
+        variant="selected-mask",
+    ),
+    Case(
+        dictionary.NMFDecoder,
+        lambda: dict(num_bins=33, k=4, dictionary_w=np.abs(_random(33, 4, seed=1))),
+        lambda: (np.abs(_random(2, 7, 4)),),
+        tensor_kwargs=lambda: {"indices": np.array([[3, 0], [1, 1]], "int32")},
+        saved_elsewhere=("dictionary_w",),
+        variant="component-masks",
+    ),
+    Case(audio.Analysis, lambda: dict(stft=SMALL_STFT), lambda: (_random(2, 300),), shapes=[(None,)]),
+    Case(
+        audio.MaskedSynthesis,
+        lambda: dict(stft=SMALL_STFT, domain="linear"),
+        lambda: _synthesis_inputs(),
+        shapes=[(None, 33), (None, 33), (None, 33), (None,)],
+    ),
+    Case(explain_layers.PrepareWaveform, lambda: dict(clip_samples=250), lambda: (_random(2, 300),), shapes=[(None,)]),
+    Case(
+        explain_layers.WaveformGuard,
+        lambda: dict(max_samples=400, sample_rate=8000),
+        lambda: (_random(2, 300),),
+        shapes=[(None,)],
+    ),
+    Case(
+        explain_layers.TargetClass,
+        lambda: dict(num_classes=3),
+        lambda: (np.array([-1, 2], "int32"), _random(2, 3)),
+    ),
+    Case(
+        explain_layers.Relevance,
+        dict,
+        lambda: (_random(2, K, 3), np.array([0, 2], "int32"), np.abs(_random(2, 5, 33))),
+    ),
+    Case(
+        explain_layers.Selection,
+        lambda: dict(top_n=3),
+        lambda: (np.tanh(_random(2, K)), np.array([0.1, -1.0], "float32"), np.abs(_random(2, 5, 33))),
+    ),
+    Case(explain_layers.Probabilities, lambda: dict(multilabel=True), lambda: (_random(2, 3),)),
+    Case(explain_layers.PredictedClass, dict, lambda: (_random(2, 3),)),
+    Case(explain_layers.ClassNames, lambda: dict(class_names=("a", "b", "c")), lambda: (np.array([2, 0], "int32"),)),
+    Case(
+        explain_layers.ClassNames,
+        lambda: dict(class_names=("a", "b"), table=True),
+        lambda: (np.array([1, 0], "int32"),),
+        variant="table",
+    ),
+    Case(explain_layers.FitLength, dict, lambda: (_random(2, 3, 50), _random(2, 40)), shapes=[(3, None), (None,)]),
+    Case(
         interpreter.Interpreter, _interpreter_init, lambda: (0.1 * _random(2, 4000),), saved_elsewhere=("dictionary",)
+    ),
+    Case(
+        explainer.Explainer,
+        lambda: dict(
+            interpreter=interpreter.Interpreter(**_interpreter_init()),
+            class_names=("a", "b", "c"),
+            config={"threshold": 0.0, "top_n": 3, "domain": "log1p", "max_seconds": 1.0},
+        ),
+        lambda: (
+            {
+                "target_class": np.array([-1, 1], "int32"),
+                "threshold": np.array([0.0, -1.0], "float32"),
+                "waveform": 0.1 * _random(2, 4000),
+            },
+        ),
+        shapes=[(), (), (None,)],
     ),
 ]
 

@@ -1,0 +1,135 @@
+"""The Explainer graph against l2i_tf.explain's math: batches vs clips, lengths, components, silence, tracing, plots."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from l2i_tf import audio, classifier, explain
+from l2i_tf.explainer import ExplainConfig, Explainer
+from l2i_tf.interpreter import Interpreter, tap_orders
+
+K = 8
+CLASSES = ("a", "b", "c")
+
+
+def _interpreter(seed=0, **kwargs) -> Interpreter:
+    keras.utils.set_random_seed(seed)
+    model = classifier.build_demo_classifier(3, classifier.DemoConfig(channels=(4, 8, 8, 8)))
+    names, orders = tap_orders(model, classifier.DEMO_LAYERS)
+    w = np.random.default_rng(seed).random((513, K)).astype("float32")
+    w /= np.linalg.norm(w, axis=0)
+    stft = audio.STFTConfig().to_dict()
+    return Interpreter(model, names, orders, K, 513, stft, psi={"hidden": 8}, dictionary=w, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def explainer():
+    return Explainer(_interpreter(), CLASSES, ExplainConfig(threshold=0.0, top_n=3, max_seconds=0))
+
+
+def _clips(n, samples, seed=0):
+    return (0.1 * np.random.default_rng(seed).standard_normal((n, samples))).astype("float32")
+
+
+def test_outputs_match_the_math_of_explain_step_by_step(explainer):
+    x = _clips(2, 6000)
+    out = explainer.explain(x, [-1, 2], 0.0, components=True)
+    f = explainer.interpreter(x)
+    target = [int(np.argmax(f["classifier_logits"][0])), 2]
+    relevance = explain.relevance(f["pooled"], explainer.interpreter.theta.kernel, target)
+    selected = explain.select(relevance, 0.0, top_n=3)
+    X, phase = audio.analyze(x, explainer.stft_config)
+    W, H = explainer.dictionary, f["activations"]
+    expected = explain.interpret(X, phase, W, H, selected, 6000, explainer.stft_config)
+    assert out["target_class"].numpy().tolist() == target
+    np.testing.assert_allclose(out["relevance"], relevance, atol=1e-6)
+    np.testing.assert_array_equal(out["selected"], selected)
+    np.testing.assert_allclose(out["interpretation"], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("domain", ["linear", "log1p"])
+def test_component_audio_equals_one_component_interpretations(domain):
+    explainer = Explainer(_interpreter(), CLASSES, ExplainConfig(threshold=0.0, top_n=3, domain=domain))
+    x = _clips(2, 4000, seed=1)
+    out = explainer.explain(x, components=True)
+    f = explainer.interpreter(x)
+    X, phase = audio.analyze(x, explainer.stft_config)
+    indices = out["component_indices"].numpy()
+    assert out["component_audio"].shape == (2, 3, 4000)
+    for n in range(3):
+        one = np.eye(K, dtype=bool)[indices[:, n]]
+        expected = explain.interpret(
+            X, phase, explainer.dictionary, f["activations"], one, 4000, explainer.stft_config, domain
+        )
+        np.testing.assert_allclose(out["component_audio"][:, n], expected, atol=1e-5)
+
+
+def test_a_batch_equals_its_clips_one_by_one_for_several_lengths(explainer):
+    for samples in (3000, 3333):
+        x = _clips(3, samples, seed=samples)
+        batch = explainer.explain(x, components=True)
+        assert batch["interpretation"].shape == (3, samples)
+        assert np.all(batch["selected"].numpy().sum(1) <= 3)
+        for b in range(3):
+            alone = explainer.explain(x[b : b + 1], components=True)
+            for key, value in batch.items():
+                if value.dtype == tf.string:
+                    assert value[b] == alone[key][0]
+                else:
+                    np.testing.assert_allclose(
+                        np.asarray(value[b], "float32"), np.asarray(alone[key][0], "float32"), atol=1e-5, err_msg=key
+                    )
+
+
+def test_unknown_batch_sizes_and_lengths_trace_once(explainer):
+    for batch, samples in ((2, 2500), (3, 4100), (1, 700)):
+        out = explainer.explain(_clips(batch, samples))
+        assert out["interpretation"].shape == (batch, samples)
+    assert explainer.calls.serve.experimental_get_tracing_count() == 1
+
+
+def test_silence_gives_zero_relevance_no_selection_and_silent_audio(explainer):
+    out = explainer.explain(np.zeros((2, 2000), "float32"), threshold=-2.0, components=True)
+    np.testing.assert_array_equal(out["relevance"].numpy(), 0)
+    assert not out["selected"].numpy().any() and not out["component_selected"].numpy().any()
+    assert np.all(out["interpretation"].numpy() == 0) and np.all(out["component_audio"].numpy() == 0)
+
+
+def test_every_component_selected_gives_back_the_input_in_the_linear_domain():
+    explainer = Explainer(_interpreter(), CLASSES, ExplainConfig(threshold=-2.0, top_n=0, domain="linear"))
+    x = _clips(2, 5000, seed=3)
+    out = explainer.explain(x)
+    assert out["selected"].numpy().all()
+    np.testing.assert_allclose(out["interpretation"], x, atol=1e-4)
+
+
+def test_a_fixed_length_classifier_explains_the_input_length(tmp_path):
+    wave = keras.Input((8000,))
+    logits = keras.layers.Dense(3, name="logits")(
+        keras.layers.Dense(4, name="hidden")(keras.layers.Reshape((80, 100))(wave))
+    )
+    model = keras.Model(wave, keras.layers.GlobalAveragePooling1D()(logits))
+    names, orders = tap_orders(model, ("hidden",))
+    stft = audio.STFTConfig()
+    w = np.random.default_rng(0).random((513, K)).astype("float32")
+    interp = Interpreter(model, names, orders, K, 513, stft.to_dict(), psi={"hidden": 8}, dictionary=w)
+    assert interp.clip_samples == 8000
+    explainer = Explainer(interp, CLASSES, ExplainConfig(threshold=-2.0))
+    for samples in (5000, 8000, 12000):  # padded, exact, cropped for the classifier; the output keeps the length
+        out = explainer.explain(_clips(1, samples))
+        assert out["interpretation"].shape == (1, samples)
+    assert np.all(out["interpretation"].numpy()[0, 8000:] == 0)  # what the classifier never saw is not explained
+
+
+def test_the_graph_shows_the_whole_data_flow(explainer):
+    names = {layer.name for layer in explainer.layers}
+    assert {"guard", "prepare", "extractor", "analysis", "feature_sequences", "heads", "target", "relevance"} <= names
+    assert {"selection", "decoder", "synthesis", "fit_length", "class_probabilities"} <= names
+    lines = []
+    explainer.summary(print_fn=lines.append, expand_nested=True)
+    text = "\n".join(lines)
+    for layer_type in ("(Psi)", "(Theta)", "(NMFDecoder)", "(MaskedSynthesis)", "(Selection)", "(Relevance)"):
+        assert layer_type in text, layer_type
