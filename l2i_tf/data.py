@@ -35,8 +35,7 @@ log = logging.getLogger(__name__)
 
 LAYOUTS = ("esc10", "esc50", "folders", "manifest")
 AUDIO_EXTENSIONS = (".ogg", ".flac", ".wav", ".mp3")
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-ESC10_ROOT = PACKAGE_ROOT / "data" / "esc10"
+ESC10_ROOT = Path(__file__).resolve().parent / "esc10"  # bundled ESC-10, package data (README: CC BY 3.0)
 
 # Decoder ids used inside the graph, chosen per file from its header.
 _VORBIS, _FLAC16, _FLAC32, _WAV16, _WAV32, _WAVF, _WAVU8, _MP3 = range(8)
