@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from l2i_tf import data
+from l2i_tf import data, mixtures, tables
 from l2i_tf.audio import LogMelSpectrogram
 
 log = logging.getLogger(__name__)
@@ -233,8 +233,8 @@ def macro_auprc(labels: np.ndarray, scores: np.ndarray) -> float:
 def train_demo_classifier(
     out: str | Path,
     config: DemoConfig = DemoConfig(),
-    table: data.ClipTable | None = None,
-    splits: data.Splits = data.Splits(),
+    table: tables.ClipTable | None = None,
+    splits: tables.Splits = tables.Splits(),
     cache_dir=None,
     init_from: str | Path | None = None,
 ) -> dict:
@@ -247,18 +247,18 @@ def train_demo_classifier(
     mixtures (multi-label), wall time.
     """
     keras.utils.set_random_seed(config.seed)
-    table = table or data.esc10_table()
+    table = table or tables.esc10_table()
     clip = int(config.clip_seconds * config.sample_rate)
     crop = int(config.crop_seconds * config.sample_rate)
     num_classes = len(table.class_names)
-    parts = data.split(table, splits)
+    parts = tables.split(table, splits)
     (xtr, ytr), (xva, yva), (xte, yte) = (
         data.load_waveforms(p, config.sample_rate, clip, cache_dir=cache_dir) for p in parts
     )
     start = time.perf_counter()
     if config.multilabel:
-        val = data.make_mixtures(xva, yva, num_classes, 200, seed=config.seed + 1, keep_sources=False)
-        test = data.make_mixtures(xte, yte, num_classes, 200, seed=config.seed + 2, keep_sources=False)
+        val = mixtures.make_mixtures(xva, yva, num_classes, 200, seed=config.seed + 1, keep_sources=False)
+        test = mixtures.make_mixtures(xte, yte, num_classes, 200, seed=config.seed + 2, keep_sources=False)
         xva, yva, xte, yte = val["mixture"], val["labels"], test["mixture"], test["labels"]
 
     model = build_demo_classifier(num_classes, config)
@@ -279,7 +279,7 @@ def train_demo_classifier(
     history_val = []
     for epoch in range(config.epochs):
         if config.multilabel:
-            mix = data.make_mixtures(
+            mix = mixtures.make_mixtures(
                 xtr, ytr, num_classes, config.mixtures_per_epoch, seed=config.seed * 1000 + epoch, keep_sources=False
             )
             ds = tf.data.Dataset.from_tensor_slices((mix["mixture"], mix["labels"]))

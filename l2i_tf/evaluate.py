@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from l2i_tf import audio, data, explain, metrics, training
+from l2i_tf import audio, data, explain, metrics, mixtures, tables, training
 from l2i_tf import slime as slime_lib
 
 log = logging.getLogger(__name__)
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 def fold_config(config: training.TrainConfig, fold: int, num_folds: int = 5, quick: bool = False):
     """The run's training config with ``fold`` held out for test (validation on the next fold, its own dictionary)."""
-    splits = data.Splits.holding_out(fold, num_folds)
+    splits = tables.Splits.holding_out(fold, num_folds)
     changes = dict(train_folds=splits.train, val_folds=splits.validation, test_folds=splits.test, dictionary=None)
     if quick:
         changes.update(epochs=min(config.epochs, 2), nmf_iterations=5, mixtures=min(config.mixtures, 64))
@@ -147,7 +147,7 @@ def _batches(n: int, size: int):
 def test_data(config: training.TrainConfig, sample_rate: int, num_classes: int) -> dict:
     """The run's test split: ``clips`` (waveforms, labels) and ``evaluation`` (what the classifier is scored on:
     the clips, or for a multi-label run on single-label data the same test mixtures training scored)."""
-    table = data.esc10_table() if config.data is None else data.load_table(config.data, config.layout)
+    table = tables.esc10_table() if config.data is None else tables.load_table(config.data, config.layout)
     if len(table.class_names) != num_classes:
         raise ValueError(
             f"the data set has {len(table.class_names)} classes but the classifier outputs {num_classes} "
@@ -158,7 +158,7 @@ def test_data(config: training.TrainConfig, sample_rate: int, num_classes: int) 
     out = {"clips": (waves, labels), "evaluation": (waves, labels), "single_label": not table.multilabel}
     if config.multilabel and not table.multilabel:
         # As training.train builds its test split: count mixtures // 4, seed + 2.
-        mix = data.make_mixtures(
+        mix = mixtures.make_mixtures(
             waves,
             labels,
             num_classes,
@@ -334,8 +334,8 @@ def _gain(mask, X, domain: str):
 
 
 def build_mixtures(clips, labels, num_classes: int, config: EvalConfig) -> dict:
-    """Target + one distractor of another class at ``mixture_snr_db``, with sources (``data.make_mixtures``)."""
-    return data.make_mixtures(
+    """Target + one distractor of another class at ``mixture_snr_db``, with sources (``mixtures.make_mixtures``)."""
+    return mixtures.make_mixtures(
         clips, labels, num_classes, config.mixtures, num_sources=2, snr_db=config.mixture_snr_db, seed=config.seed
     )
 

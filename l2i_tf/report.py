@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from l2i_tf import audio, data, export
+from l2i_tf import audio, data, export, tables
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def example_inputs(n: int, folds=(5,)) -> list[ReportInput]:
     second, ...), so a few examples cover different classes."""
     if n < 1:
         raise ValueError(f"the number of examples must be >= 1, got {n!r}")
-    table = data.esc10_table().with_folds(folds)
+    table = tables.esc10_table().with_folds(folds)
     by_class = [np.flatnonzero(table.labels == c) for c in range(len(table.class_names))]
     picked: list[ReportInput] = []
     for rank in range(max(len(c) for c in by_class)):

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from l2i_tf import audio, data, metrics, nmf
+from l2i_tf import audio, data, metrics, mixtures, nmf, tables
 from l2i_tf import classifier as classifier_lib
 from l2i_tf.interpreter import Interpreter, frames_for, tap_orders
 
@@ -82,8 +82,8 @@ class TrainConfig:
     on_error: str = "raise"
 
     @property
-    def splits(self) -> data.Splits:
-        return data.Splits(self.train_folds, self.val_folds, self.test_folds)
+    def splits(self) -> tables.Splits:
+        return tables.Splits(self.train_folds, self.val_folds, self.test_folds)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -194,19 +194,19 @@ def _datasets(config: TrainConfig, sample_rate: int, num_classes: int):
     are left out and listed (``metrics.json`` counts them); otherwise the first one stops the job, named.
     """
     if config.data is None:
-        table = data.esc10_table()
+        table = tables.esc10_table()
     else:
         names = config.class_names if config.layout == "manifest" else None
-        table = data.load_table(config.data, config.layout, class_names=names)
+        table = tables.load_table(config.data, config.layout, class_names=names)
     table, _, skipped = data.probe_table(table, on_error=config.on_error)
     clip = int(config.clip_seconds * sample_rate)
-    parts = [p for p in data.split(table, config.splits)]
+    parts = [p for p in tables.split(table, config.splits)]
     arrays = [data.load_waveforms(p, sample_rate, clip) for p in parts]
     if config.multilabel and not table.multilabel:
         counts = (config.mixtures, config.mixtures // 4, config.mixtures // 4)
         mixed = []
         for i, ((waves, labels), count) in enumerate(zip(arrays, counts, strict=True)):
-            mix = data.make_mixtures(
+            mix = mixtures.make_mixtures(
                 waves,
                 labels,
                 num_classes,
