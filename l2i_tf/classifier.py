@@ -31,6 +31,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parent
 DEMO_MULTICLASS = PACKAGE_ROOT / "demo" / "esc10_classifier.keras"
 DEMO_MULTILABEL = PACKAGE_ROOT / "demo" / "esc10_multilabel_classifier.keras"
 DEMO_LAYERS = ("block2_pool", "block3_pool", "block4_relu")
+DEMO_EVAL_MIXTURES = 200  # validation and test mixtures of the multi-label demo
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,10 +257,10 @@ def train_demo_classifier(
         data.load_waveforms(p, config.sample_rate, clip, cache_dir=cache_dir) for p in parts
     )
     start = time.perf_counter()
-    if config.multilabel:
-        val = mixtures.make_mixtures(xva, yva, num_classes, 200, seed=config.seed + 1, keep_sources=False)
-        test = mixtures.make_mixtures(xte, yte, num_classes, 200, seed=config.seed + 2, keep_sources=False)
-        xva, yva, xte, yte = val["mixture"], val["labels"], test["mixture"], test["labels"]
+    if config.multilabel:  # validation and test mixtures; the training ones are drawn afresh every epoch
+        _, (xva, yva), (xte, yte) = mixtures.split_mixtures(
+            (None, (xva, yva), (xte, yte)), num_classes, 4 * DEMO_EVAL_MIXTURES, config.seed
+        )
 
     model = build_demo_classifier(num_classes, config)
     if init_from is not None:

@@ -1,6 +1,8 @@
-"""Multi-label mixtures of single-label clips: targets and distractors at a chosen SNR."""
+"""Multi-label mixtures of single-label clips: targets and distractors at a chosen SNR, and the splits' mixtures."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -73,4 +75,45 @@ def make_mixtures(
     out = {"mixture": mixture, "labels": multi_hot, "classes": classes, "snr_db": snrs}
     if keep_sources:
         out["sources"] = sources
+    return out
+
+
+SPLIT_NAMES = ("train", "validation", "test")
+
+
+def split_mixtures(
+    splits: Sequence[tuple[np.ndarray, np.ndarray] | None],
+    num_classes: int,
+    mixtures: int,
+    seed: int,
+    snr_db=(-5.0, 5.0),
+) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    """The multi-label mixtures of the train / validation / test splits: the one place of their seed convention.
+
+    Split ``i`` (0 train, 1 validation, 2 test) gets ``mixtures`` (train) or ``mixtures // 4`` (validation, test)
+    mixtures of 2-3 of its clips (:func:`make_mixtures`, no sources kept), drawn with seed ``seed + i``. A split
+    given as None is not built, so a job that needs only the test split rebuilds exactly the mixtures that
+    training scored.
+
+    Args:
+        splits: ``(waveforms [n, samples], labels int [n])`` or None for each of train, validation, test.
+        num_classes: C, the width of the multi-hot labels.
+        mixtures: the training split's count.
+        seed: the run's seed.
+        snr_db: range (or value) of the target-to-distractor SNR.
+
+    Returns:
+        ``(mixture [count, samples], labels [count, C] multi-hot)`` or None, for each of train, validation, test.
+    """
+    if len(splits) != len(SPLIT_NAMES):
+        raise ValueError(f"expected {len(SPLIT_NAMES)} splits ({', '.join(SPLIT_NAMES)}), got {len(splits)}")
+    counts = (mixtures, mixtures // 4, mixtures // 4)
+    out = []
+    for i, (part, count) in enumerate(zip(splits, counts, strict=True)):
+        if part is None:
+            out.append(None)
+            continue
+        waves, labels = part
+        mix = make_mixtures(waves, labels, num_classes, count, snr_db=snr_db, seed=seed + i, keep_sources=False)
+        out.append((mix["mixture"], mix["labels"]))
     return out

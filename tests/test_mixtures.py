@@ -1,4 +1,4 @@
-"""Mixtures: exact sums of their sources at the requested SNR, multi-hot labels, seeds."""
+"""Mixtures: exact sums of their sources at the requested SNR, multi-hot labels, seeds, and the splits' mixtures."""
 
 from __future__ import annotations
 
@@ -91,3 +91,26 @@ def test_mixtures_of_real_esc10_clips_sum_to_their_sources(esc10_fold5):
     mix = mixtures.make_mixtures(waveforms, labels, num_classes=10, count=6, snr_db=0.0, seed=0)
     np.testing.assert_array_equal(mix["mixture"], mix["sources"].sum(axis=1))
     assert np.all(mix["labels"].sum(axis=1) >= 2)
+
+
+def test_split_mixtures_count_a_quarter_for_evaluation_and_seed_each_split_by_its_position(clips):
+    waveforms, labels = clips
+    parts = [(waveforms, labels), (waveforms[::-1], labels[::-1]), (waveforms, labels)]
+    built = mixtures.split_mixtures(parts, num_classes=5, mixtures=8, seed=10, snr_db=2.0)
+    assert [m.shape for m, _ in built] == [(8, 2000), (2, 2000), (2, 2000)]
+    for i, ((waves, part_labels), (mix, multi_hot)) in enumerate(zip(parts, built, strict=True)):
+        expected = mixtures.make_mixtures(waves, part_labels, 5, len(mix), snr_db=2.0, seed=10 + i)
+        np.testing.assert_array_equal(mix, expected["mixture"])
+        np.testing.assert_array_equal(multi_hot, expected["labels"])
+    assert not np.array_equal(built[0][0][:2], built[2][0])  # same clips, seeds 10 and 12
+
+
+def test_split_mixtures_rebuild_the_test_split_alone_identically(clips):
+    parts = [clips, clips, clips]
+    full = mixtures.split_mixtures(parts, num_classes=5, mixtures=12, seed=3)
+    alone = mixtures.split_mixtures([None, None, clips], num_classes=5, mixtures=12, seed=3)
+    assert alone[:2] == [None, None]
+    np.testing.assert_array_equal(alone[2][0], full[2][0])
+    np.testing.assert_array_equal(alone[2][1], full[2][1])
+    with pytest.raises(ValueError, match=r"3 splits \(train, validation, test\), got 2"):
+        mixtures.split_mixtures(parts[:2], num_classes=5, mixtures=12, seed=3)
