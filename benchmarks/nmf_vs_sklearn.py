@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 from sklearn.decomposition import NMF  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 
-from l2i_tf import audio, data, nmf  # noqa: E402
+from l2i_tf import audio, nmf  # noqa: E402
 from l2i_tf.dictionary import frames_dataset  # noqa: E402
 
 
@@ -32,7 +32,7 @@ def main():
     args = parser.parse_args()
 
     stft = audio.STFTConfig()
-    train, _, _ = data.split(data.esc10_table(), data.Splits())
+    train, _, _ = tables.split(tables.esc10_table(), tables.Splits())
     print(f"peak memory after imports: {peak_gb():.2f} GB")
     start = time.perf_counter()
     X = np.concatenate(list(frames_dataset(train, stft).as_numpy_iterator()))  # [frames, F] float32

@@ -8,7 +8,7 @@ import os
 
 import click
 
-from l2i_tf import data
+from l2i_tf import data, tables
 
 
 def setup(verbose: bool) -> None:
@@ -27,7 +27,7 @@ def data_options(func):
         default=None,
         help="Data set root (or CSV manifest). Default: the bundled ESC-10.",
     )
-    @click.option("--layout", type=click.Choice(data.LAYOUTS), default="esc10", show_default=True)
+    @click.option("--layout", type=click.Choice(tables.LAYOUTS), default="esc10", show_default=True)
     @click.option(
         "--on-error",
         type=click.Choice(["raise", "skip"]),
@@ -55,8 +55,8 @@ def load_table(data_path, layout):
     """Read the data set, turning data errors into click errors that name the file or value."""
     try:
         if data_path is None:
-            return data.esc10_table()
-        return data.load_table(data_path, layout)
+            return tables.esc10_table()
+        return tables.load_table(data_path, layout)
     except data.AudioDataError as e:
         raise click.BadParameter(str(e), param_hint="--data") from None
 
@@ -80,7 +80,7 @@ def split_options(func):
     @functools.wraps(func)
     def wrapper(*args, train_folds, val_folds, test_folds, **kwargs):
         try:
-            splits = data.Splits(
+            splits = tables.Splits(
                 parse_folds(train_folds, "--train-folds"),
                 parse_folds(val_folds, "--val-folds"),
                 parse_folds(test_folds, "--test-folds"),

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from l2i_tf import data
+from l2i_tf import data, mixtures, tables
 from l2i_tf.audio import LogMelSpectrogram
 from l2i_tf.metrics import macro_auprc
 
@@ -32,6 +32,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parent
 DEMO_MULTICLASS = PACKAGE_ROOT / "demo" / "esc10_classifier.keras"
 DEMO_MULTILABEL = PACKAGE_ROOT / "demo" / "esc10_multilabel_classifier.keras"
 DEMO_LAYERS = ("block2_pool", "block3_pool", "block4_relu")
+DEMO_EVAL_MIXTURES = 200  # validation and test mixtures of the multi-label demo
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,8 +234,8 @@ def _mixup(alpha: float):
 def train_demo_classifier(
     out: str | Path,
     config: DemoConfig = DemoConfig(),
-    table: data.ClipTable | None = None,
-    splits: data.Splits = data.Splits(),
+    table: tables.ClipTable | None = None,
+    splits: tables.Splits = tables.Splits(),
     cache_dir=None,
     init_from: str | Path | None = None,
 ) -> dict:
@@ -247,19 +248,19 @@ def train_demo_classifier(
     mixtures (multi-label), wall time.
     """
     keras.utils.set_random_seed(config.seed)
-    table = table or data.esc10_table()
+    table = table or tables.esc10_table()
     clip = int(config.clip_seconds * config.sample_rate)
     crop = int(config.crop_seconds * config.sample_rate)
     num_classes = len(table.class_names)
-    parts = data.split(table, splits)
+    parts = tables.split(table, splits)
     (xtr, ytr), (xva, yva), (xte, yte) = (
         data.load_waveforms(p, config.sample_rate, clip, cache_dir=cache_dir) for p in parts
     )
     start = time.perf_counter()
-    if config.multilabel:
-        val = data.make_mixtures(xva, yva, num_classes, 200, seed=config.seed + 1, keep_sources=False)
-        test = data.make_mixtures(xte, yte, num_classes, 200, seed=config.seed + 2, keep_sources=False)
-        xva, yva, xte, yte = val["mixture"], val["labels"], test["mixture"], test["labels"]
+    if config.multilabel:  # validation and test mixtures; the training ones are drawn afresh every epoch
+        _, (xva, yva), (xte, yte) = mixtures.split_mixtures(
+            (None, (xva, yva), (xte, yte)), num_classes, 4 * DEMO_EVAL_MIXTURES, config.seed
+        )
 
     model = build_demo_classifier(num_classes, config)
     if init_from is not None:
@@ -279,7 +280,7 @@ def train_demo_classifier(
     history_val = []
     for epoch in range(config.epochs):
         if config.multilabel:
-            mix = data.make_mixtures(
+            mix = mixtures.make_mixtures(
                 xtr, ytr, num_classes, config.mixtures_per_epoch, seed=config.seed * 1000 + epoch, keep_sources=False
             )
             ds = tf.data.Dataset.from_tensor_slices((mix["mixture"], mix["labels"]))

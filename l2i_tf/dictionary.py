@@ -201,7 +201,7 @@ def learn_from_table(
     cache_dir=None,
     on_error: str = "raise",
 ) -> Dictionary:
-    """Learn a dictionary on the clips of ``table`` (a ``data.ClipTable``).
+    """Learn a dictionary on the clips of ``table`` (a ``tables.ClipTable``).
 
     Frames come through the data pipeline (``waveform_dataset`` → :func:`l2i_tf.audio.analyze`) in
     blocks of ``config.batch_frames``. With ``streaming`` they are re-read every pass (bounded

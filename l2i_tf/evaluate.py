@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from l2i_tf import audio, batches, data, files, metrics, runs, training
+from l2i_tf import audio, batches, data, files, metrics, mixtures, runs, tables, training
 from l2i_tf import slime as slime_lib
 from l2i_tf.evaluation_report import markdown
 from l2i_tf.explainer import ExplainConfig, Explainer
@@ -25,7 +25,7 @@ __all__ = ["EvalConfig", "evaluate", "markdown"]
 
 def fold_config(config: runs.TrainConfig, fold: int, num_folds: int = 5, quick: bool = False):
     """The run's training config with ``fold`` held out for test (validation on the next fold, its own dictionary)."""
-    splits = data.Splits.holding_out(fold, num_folds)
+    splits = tables.Splits.holding_out(fold, num_folds)
     changes = dict(train_folds=splits.train, val_folds=splits.validation, test_folds=splits.test, dictionary=None)
     if quick:
         changes.update(epochs=min(config.epochs, 2), nmf_iterations=5, mixtures=min(config.mixtures, 64))
@@ -113,7 +113,7 @@ BASELINES = ("slime",)
 def test_data(config: runs.TrainConfig, sample_rate: int, num_classes: int) -> dict:
     """The run's test split: ``clips`` (waveforms, labels) and ``evaluation`` (what the classifier is scored on:
     the clips, or for a multi-label run on single-label data the same test mixtures training scored)."""
-    table = data.esc10_table() if config.data is None else data.load_table(config.data, config.layout)
+    table = tables.esc10_table() if config.data is None else tables.load_table(config.data, config.layout)
     if len(table.class_names) != num_classes:
         raise ValueError(
             f"the data set has {len(table.class_names)} classes but the classifier outputs {num_classes} "
@@ -122,18 +122,11 @@ def test_data(config: runs.TrainConfig, sample_rate: int, num_classes: int) -> d
     test = table.with_folds(config.test_folds)
     waves, labels = data.load_waveforms(test, sample_rate, int(config.clip_seconds * sample_rate))
     out = {"clips": (waves, labels), "evaluation": (waves, labels), "single_label": not table.multilabel}
-    if config.multilabel and not table.multilabel:
-        # As training.train builds its test split: count mixtures // 4, seed + 2.
-        mix = data.make_mixtures(
-            waves,
-            labels,
-            num_classes,
-            config.mixtures // 4,
-            snr_db=config.mixture_snr_db,
-            seed=config.seed + 2,
-            keep_sources=False,
-        )
-        out["evaluation"] = (mix["mixture"], mix["labels"])
+    if config.multilabel and not table.multilabel:  # the test mixtures training scored
+        splits = [None, None, (waves, labels)]
+        out["evaluation"] = mixtures.split_mixtures(
+            splits, num_classes, config.mixtures, config.seed, config.mixture_snr_db
+        )[2]
     return out
 
 

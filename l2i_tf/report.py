@@ -14,7 +14,7 @@ import numpy as np
 import soundfile
 import tensorflow as tf
 
-from l2i_tf import audio, data, explain_files, files, runs
+from l2i_tf import audio, data, explain_files, files, runs, tables
 from l2i_tf.explain_files import ExplainSource
 from l2i_tf.report_figures import plot_activations, plot_relevance, plot_spectrograms
 from l2i_tf.report_page import markdown_to_html, render
@@ -50,7 +50,7 @@ def example_inputs(n: int, folds=(5,)) -> list[ReportInput]:
     second, ...), so a few examples cover different classes."""
     if n < 1:
         raise ValueError(f"the number of examples must be >= 1, got {n!r}")
-    table = data.esc10_table().with_folds(folds)
+    table = tables.esc10_table().with_folds(folds)
     by_class = [np.flatnonzero(table.labels == c) for c in range(len(table.class_names))]
     picked: list[ReportInput] = []
     for rank in range(max(len(c) for c in by_class)):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import keras
 
-from l2i_tf import audio, data, files
+from l2i_tf import audio, files, tables
 from l2i_tf import classifier as classifier_lib
 
 CONFIG = "config.json"
@@ -102,8 +102,8 @@ class TrainConfig:
     on_error: str = "raise"
 
     @property
-    def splits(self) -> data.Splits:
-        return data.Splits(self.train_folds, self.val_folds, self.test_folds)
+    def splits(self) -> tables.Splits:
+        return tables.Splits(self.train_folds, self.val_folds, self.test_folds)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from l2i_tf import audio, batches, data, explain, metrics
+from l2i_tf import audio, batches, explain, metrics, mixtures
 
 
 class Pooled:
@@ -51,7 +51,7 @@ def gain(mask, X, domain: str):
 
 def build_mixtures(clips, labels, num_classes: int, count: int, snr_db: float, seed: int) -> dict:
     """``count`` mixtures of a target and one distractor of another class at ``snr_db``, with their sources."""
-    return data.make_mixtures(clips, labels, num_classes, count, num_sources=2, snr_db=snr_db, seed=seed)
+    return mixtures.make_mixtures(clips, labels, num_classes, count, num_sources=2, snr_db=snr_db, seed=seed)
 
 
 def source_powers(sources: np.ndarray, stft: audio.STFTConfig):

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from l2i_tf import audio, batches, checkpoints, data, files, metrics, nmf, runs
+from l2i_tf import audio, batches, checkpoints, data, files, metrics, mixtures, nmf, runs, tables
 from l2i_tf import classifier as classifier_lib
 from l2i_tf.dictionary import Dictionary, learn_from_table
 from l2i_tf.interpreter import Interpreter, tap_orders
@@ -73,28 +73,15 @@ def _datasets(config: TrainConfig, sample_rate: int, num_classes: int):
     are left out and listed (``metrics.json`` counts them); otherwise the first one stops the job, named.
     """
     if config.data is None:
-        table = data.esc10_table()
+        table = tables.esc10_table()
     else:
         names = config.class_names if config.layout == "manifest" else None
-        table = data.load_table(config.data, config.layout, class_names=names)
+        table = tables.load_table(config.data, config.layout, class_names=names)
     table, _, skipped = data.probe_table(table, on_error=config.on_error)
     clip = int(config.clip_seconds * sample_rate)
-    arrays = [data.load_waveforms(p, sample_rate, clip) for p in data.split(table, config.splits)]
+    arrays = [data.load_waveforms(p, sample_rate, clip) for p in tables.split(table, config.splits)]
     if config.multilabel and not table.multilabel:
-        counts = (config.mixtures, config.mixtures // 4, config.mixtures // 4)
-        mixed = []
-        for i, ((waves, labels), count) in enumerate(zip(arrays, counts, strict=True)):
-            mix = data.make_mixtures(
-                waves,
-                labels,
-                num_classes,
-                count,
-                snr_db=config.mixture_snr_db,
-                seed=config.seed + i,
-                keep_sources=False,
-            )
-            mixed.append((mix["mixture"], mix["labels"]))
-        arrays = mixed
+        arrays = mixtures.split_mixtures(arrays, num_classes, config.mixtures, config.seed, config.mixture_snr_db)
     return table, arrays, skipped
 
 

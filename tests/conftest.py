@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from l2i_tf import data
+from l2i_tf import data, tables
 
 SAMPLE_RATE = 16000
 ESC10_SAMPLES = 5 * SAMPLE_RATE
@@ -35,7 +35,7 @@ def decode_cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def esc10_fold5(decode_cache):
     """Bundled ESC-10 fold 5 at 16 kHz: ``(waveforms float32 [80, 80000], labels int [80], table)``."""
-    table = data.esc10_table().with_folds([5])
+    table = tables.esc10_table().with_folds([5])
     waveforms, labels = data.load_waveforms(table, SAMPLE_RATE, ESC10_SAMPLES)
     return waveforms, labels, table
 

@@ -4,7 +4,7 @@ Cases already covered elsewhere are not repeated here: empty / NaN / too-long / 
 `l2i-tf explain` (test_explain_cli.py); empty, NaN, Inf, too-long and wrong-rank waveforms and a WAV at another
 rate through the SavedModel (test_export.py); corrupt, empty and frame-less files, counted skips, manifests'
 missing columns, duplicate rows, unknown classes and escaping paths, and data sets without audio at the
-library level (test_data.py); a data set without audio through `train-classifier` (test_cli.py).
+library level (test_data.py, test_tables.py); a data set without audio through `train-classifier` (test_cli.py).
 """
 
 from __future__ import annotations

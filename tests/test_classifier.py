@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from l2i_tf import classifier, data
+from l2i_tf import classifier, tables
 from l2i_tf.classifier import ClassifierInfo, DemoConfig
 
 TINY = DemoConfig(num_mel_bins=32, channels=(4, 8, 8, 8))
@@ -104,7 +104,7 @@ def test_wrap_feature_model_makes_a_waveform_classifier():
 def test_tiny_demo_training_writes_model_sidecar_and_metrics(tmp_path, make_folders_dataset, multilabel):
     classes = ("low", "mid", "high") if multilabel else ("low", "high")
     root = make_folders_dataset(tmp_path / "set", classes=classes, clips_per_class=10, seconds=1.0)
-    table = data.folders_table(root)
+    table = tables.folders_table(root)
     config = DemoConfig(
         num_mel_bins=32,
         channels=(4, 8, 8, 8),

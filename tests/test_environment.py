@@ -9,7 +9,7 @@ import numpy as np
 import soundfile
 import tensorflow as tf
 
-from l2i_tf import data
+from l2i_tf import tables
 
 # Distributions that each install a TensorFlow build (the `tensorflow` module). Two of them side by side
 # overwrite each other's files; tensorflow-io's native ops then fail with undefined symbols.
@@ -49,7 +49,7 @@ def test_tensorflow_io_decodes_a_bundled_esc10_clip_like_soundfile():
     """Fails when tensorflow-io imports but its native ops cannot load (e.g. next to the wrong TensorFlow)."""
     import tensorflow_io as tfio
 
-    path = sorted(data.esc10_table().paths)[0]
+    path = sorted(tables.esc10_table().paths)[0]
     expected, _ = soundfile.read(path, dtype="float32", always_2d=True)
     decoded = tfio.audio.decode_vorbis(tf.io.read_file(path)).numpy()
     assert decoded.shape == expected.shape
