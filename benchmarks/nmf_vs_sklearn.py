@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 from sklearn.decomposition import NMF  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 
-from l2i_tf import audio, nmf  # noqa: E402
+from l2i_tf import audio, nmf, tables  # noqa: E402
 from l2i_tf.dictionary import frames_dataset  # noqa: E402
 
 
