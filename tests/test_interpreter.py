@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from cli.main import main
 from l2i_tf import audio, classifier, losses, runs, training
 from l2i_tf.interpreter import ClassifierContractError, Interpreter, check_classifier, tap_orders
-from l2i_tf.layers import Psi, Theta
+from l2i_tf.layers import FeatureSequences, Psi, Theta
 
 SR = 16000
 K = 8
@@ -42,51 +42,50 @@ def _clips(n=4, seconds=0.5, seed=0):
 
 
 def test_psi_outputs_nonnegative_activations_with_the_frame_count_of_x():
-    psi = Psi(K, ("btfc", "bftc", "btc"), hidden=8)
+    sequences = FeatureSequences(("btfc", "bftc", "btc"), freq_reduce="flatten")
+    psi = Psi(K, hidden=8)
     feats = [tf.random.normal([2, 25, 16, 4]), tf.random.normal([2, 8, 12, 4]), tf.random.normal([2, 7, 5])]
     for frames in (66, 13):
-        h = psi(feats, num_frames=frames)
+        h = psi([*sequences(feats), tf.zeros([2, frames, 513])])
         assert h.shape == (2, frames, K)
         assert float(tf.reduce_min(h)) >= 0.0
 
 
-def test_psi_rejects_a_feature_map_that_does_not_fit_its_order():
+def test_feature_sequences_reduce_frequency_by_mean_or_flatten():
+    x = tf.random.normal([2, 5, 3, 4])  # [batch, time, freq, channels]
+    mean, flat = FeatureSequences(("btfc",), "mean")([x])[0], FeatureSequences(("btfc",), "flatten")([x])[0]
+    np.testing.assert_allclose(mean, tf.reduce_mean(x, axis=2), rtol=1e-6)
+    np.testing.assert_allclose(flat, tf.reshape(x, [2, 5, 12]), rtol=1e-6)
+    swapped = FeatureSequences(("bftc",), "mean")([tf.transpose(x, [0, 2, 1, 3])])[0]
+    np.testing.assert_allclose(swapped, mean, rtol=1e-6)
+
+
+def test_feature_sequences_reject_a_map_that_does_not_fit_its_order():
     with pytest.raises(ValueError, match="does not fit order"):
-        Psi(K, ("btc",)).build([(None, 10, 4, 3)])
+        FeatureSequences(("btc",)).build([(None, 10, 4, 3)])
     with pytest.raises(ValueError, match="feature order"):
-        Psi(K, ("tbfc",))
+        FeatureSequences(("tbfc",))
 
 
 def test_theta_max_pooling_and_linear_logits_without_bias():
     theta = Theta(3, pooling="max")
     h = tf.constant(np.random.default_rng(1).random((2, 5, K)), tf.float32)
-    logits, z = theta(h)
+    logits, z, contributions = theta(h)
     np.testing.assert_allclose(z, tf.reduce_max(h, axis=1), rtol=1e-6)
     np.testing.assert_allclose(logits, z.numpy() @ theta.kernel.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(contributions.numpy().sum(axis=1), logits, rtol=1e-5)  # relevance decomposes logits
     assert len(theta.weights) == 1  # the kernel only: no bias
 
 
 def test_theta_attention_pooling_is_a_convex_combination_and_ignores_masked_frames():
     theta = Theta(3, pooling="attention")
     h = np.random.default_rng(2).random((1, 6, K)).astype("float32")
-    _, z = theta(h)
+    _, z, _ = theta(h)
     assert np.all(z.numpy() <= h.max(axis=1) + 1e-6) and np.all(z.numpy() >= h.min(axis=1) - 1e-6)
     # Padding a clip with extra frames and masking them gives the same z as the clip alone.
     padded = np.concatenate([h, 100 * np.ones((1, 4, K), "float32")], axis=1)
     mask = np.array([[True] * 6 + [False] * 4])
     np.testing.assert_allclose(theta.pool(padded, mask), z, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize(
-    "layer",
-    [
-        Psi(K, ("btfc", "btc"), hidden=8, freq_reduce="mean", name="psi"),
-        Theta(4, pooling="attention", attention_units=16, name="theta"),
-    ],
-)
-def test_head_layers_round_trip_their_config(layer):
-    restored = type(layer).from_config(layer.get_config())
-    assert restored.get_config() == layer.get_config()
 
 
 def test_fidelity_loss_is_minimal_when_interpreter_matches_classifier():
@@ -273,7 +272,9 @@ def test_resume_without_a_checkpoint_is_refused(tiny_job, tmp_path):
 def test_class_names_whose_count_differs_are_refused(tiny_job, tmp_path):
     import dataclasses
 
-    with pytest.raises(ValueError, match="2 class names from --class-names but the classifier outputs 3"):
+    with pytest.raises(
+        training.ClassNamesError, match="2 class names from the class_names setting but the classifier outputs 3"
+    ):
         training.train(tmp_path / "run", dataclasses.replace(tiny_job, class_names=("x", "y")))
 
 
