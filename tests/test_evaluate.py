@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from run_fixture import make_run, write_wav
 
 from cli.main import main
-from l2i_tf import audio, classifier, evaluate, explain, runs, slime
+from l2i_tf import audio, classifier, evaluate, explain, faithfulness, runs, slime
 
 SR = 16000
 STFT = audio.STFTConfig()
@@ -82,7 +82,7 @@ def test_removing_every_component_drops_the_logit_to_that_of_silence():
     logits = classify(x)
     c = logits.argmax(axis=1)
     r = explain.relevance(z, theta, c)
-    res = evaluate.removal_drops(classify, X, phase, W, H, r, logits, c, (-2.0,), x.shape[1], STFT, "log1p", (0, 0))
+    res = faithfulness.removal_drops(classify, X, phase, W, H, r, logits, c, (-2.0,), x.shape[1], STFT, "log1p", (0, 0))
     silence = classify(np.zeros_like(x))
     np.testing.assert_allclose(res[-2.0]["l2i"]["logit"], logits[[0, 1], c] - silence[[0, 1], c], atol=1e-4)
     np.testing.assert_array_equal(res[-2.0]["l2i"]["selected"], [K, K])
