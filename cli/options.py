@@ -4,17 +4,35 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
+import warnings
 
 import click
+import tensorflow as tf
 
 from l2i_tf import data
 
+# Third-party packages whose Python warnings (Keras' UserWarnings, deprecations) are for developers, not users.
+NOISY_MODULES = r"(tensorflow|tensorflow_io|keras|tf_keras|absl|h5py|google\.protobuf)(\.|$)"
+
 
 def setup(verbose: bool) -> None:
-    """Quiet TensorFlow's C++ logs; the library logs through `logging`, the CLI prints."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """Log the package's progress (INFO with -v); without -v, silence TensorFlow's, Keras' and tensorflow-io's
+    Python-side warnings too (their C++ start-up lines are silenced in cli/__init__.py, before TensorFlow loads).
+
+    The library logs through `logging`, the CLI prints.
+    """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    tf_logger = tf.get_logger()
+    if tf_logger.handlers:  # TensorFlow prints its records itself: the root handler would print them twice
+        tf_logger.propagate = False
+    if verbose:
+        return
+    # tf.function retracing, AutoGraph, tensorflow-io's "Using a while_loop for converting IO>AudioResample".
+    tf_logger.setLevel(logging.ERROR)
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    tf.autograph.set_verbosity(0)
+    for category in (UserWarning, DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category, module=NOISY_MODULES)
 
 
 def data_options(func):
