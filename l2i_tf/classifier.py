@@ -153,7 +153,11 @@ class MinFrames(keras.layers.Layer):
     def call(self, x):
         missing = tf.maximum(self.min_frames - tf.shape(x)[1], 0)
         paddings = tf.concat([[[0, 0], [0, missing]], tf.zeros([tf.rank(x) - 2, 2], tf.int32)], axis=0)
-        return tf.pad(x, paddings, constant_values=tf.reduce_min(x))
+        padded = tf.pad(x, paddings, constant_values=tf.reduce_min(x))
+        # Computed paddings lose the static shape; only time changes. Without it the next Conv2D sees unknown
+        # channels, and Keras runs it through XLA (its route for grouped convolutions): slower, and noisy.
+        padded.set_shape([x.shape[0], None, *x.shape[2:]])
+        return padded
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -292,7 +296,8 @@ def train_demo_classifier(
         ds = ds.prefetch(2)
         if epoch == 0:
             schedule = TimeCosineSchedule(config.learning_rate, steps_per_epoch * config.epochs)
-        hist = model.fit(ds, epochs=1, verbose=0, callbacks=[schedule])
+        # shuffle=False: `ds` is shuffled above (Keras ignores the flag for a dataset, and warns).
+        hist = model.fit(ds, epochs=1, verbose=0, callbacks=[schedule], shuffle=False)
         val_score = _score(model, xva, yva, config.multilabel)
         history_val.append(val_score)
         log.info(
