@@ -25,12 +25,13 @@ def setup(verbose: bool) -> None:
     tf_logger = tf.get_logger()
     if tf_logger.handlers:  # TensorFlow prints its records itself: the root handler would print them twice
         tf_logger.propagate = False
+    # Without -v: no tf.function retracing or AutoGraph warnings, no tensorflow-io "Using a while_loop for converting
+    # IO>AudioResample" (all through TensorFlow's logger). NOTSET: the root's level (INFO with -v).
+    level = logging.NOTSET if verbose else logging.ERROR
+    tf_logger.setLevel(level)
+    logging.getLogger("absl").setLevel(level)
     if verbose:
         return
-    # tf.function retracing, AutoGraph, tensorflow-io's "Using a while_loop for converting IO>AudioResample".
-    tf_logger.setLevel(logging.ERROR)
-    logging.getLogger("absl").setLevel(logging.ERROR)
-    tf.autograph.set_verbosity(0)
     for category in (UserWarning, DeprecationWarning, PendingDeprecationWarning, FutureWarning):
         warnings.filterwarnings("ignore", category=category, module=NOISY_MODULES)
 
