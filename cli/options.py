@@ -4,17 +4,36 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
+import warnings
 
 import click
+import tensorflow as tf
 
 from l2i_tf import data, tables
 
+# Third-party packages whose Python warnings (Keras' UserWarnings, deprecations) are for developers, not users.
+NOISY_MODULES = r"(tensorflow|tensorflow_io|keras|tf_keras|absl|h5py|google\.protobuf)(\.|$)"
+
 
 def setup(verbose: bool) -> None:
-    """Quiet TensorFlow's C++ logs; the library logs through `logging`, the CLI prints."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """Log the package's progress (INFO with -v); without -v, silence TensorFlow's, Keras' and tensorflow-io's
+    Python-side warnings too (their C++ start-up lines are silenced in cli/__init__.py, before TensorFlow loads).
+
+    The library logs through `logging`, the CLI prints.
+    """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    tf_logger = tf.get_logger()
+    if tf_logger.handlers:  # TensorFlow prints its records itself: the root handler would print them twice
+        tf_logger.propagate = False
+    # Without -v: no tf.function retracing or AutoGraph warnings, no tensorflow-io "Using a while_loop for converting
+    # IO>AudioResample" (all through TensorFlow's logger). NOTSET: the root's level (INFO with -v).
+    level = logging.NOTSET if verbose else logging.ERROR
+    tf_logger.setLevel(level)
+    logging.getLogger("absl").setLevel(level)
+    if verbose:
+        return
+    for category in (UserWarning, DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category, module=NOISY_MODULES)
 
 
 def data_options(func):

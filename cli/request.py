@@ -7,7 +7,12 @@ from pathlib import Path
 
 import click
 
+<<<<<<< HEAD
 from l2i_tf import serving
+=======
+from cli import options
+from l2i_tf import export as export_lib
+>>>>>>> h-quiet
 
 
 @click.command(
@@ -22,13 +27,15 @@ Examples:
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=120.0, show_default=True, help="Seconds.")
-def command(url, inputs, out, timeout):
+@click.option("-v", "--verbose", is_flag=True)
+def command(url, inputs, out, timeout, verbose):
     """Ask a TF Serving model (the explain_wav signature) to explain INPUT files; write what it returns.
 
     INPUTs must be 16-bit PCM WAV files at the model's sample rate (the server says so otherwise); they are sent
     as-is in one request, so this client needs no audio code. Writes OUT/interpretation.wav and
     OUT/response.json (OUT/<stem>/ per input when there are several).
     """
+    options.setup(verbose)
     try:
         serving.predict_url(url)
     except ValueError as e:

@@ -161,7 +161,11 @@ class MinFrames(keras.layers.Layer):
         rank = x.shape.rank
         lowest = tf.reduce_min(x, axis=list(range(1, rank)), keepdims=True)  # [batch, 1, ...]
         is_pad = tf.reshape(tf.range(tf.shape(padded)[1]) >= frames, [1, -1] + [1] * (rank - 2))
-        return tf.where(is_pad, lowest, padded)
+        padded = tf.where(is_pad, lowest, padded)
+        # Computed paddings lose the static shape; only time changes. Without it the next Conv2D sees unknown
+        # channels, and Keras runs it through XLA (its route for grouped convolutions): slower, and noisy.
+        padded.set_shape([x.shape[0], None, *x.shape[2:]])
+        return padded
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -293,7 +297,8 @@ def train_demo_classifier(
         ds = ds.prefetch(2)
         if epoch == 0:
             schedule = TimeCosineSchedule(config.learning_rate, steps_per_epoch * config.epochs)
-        hist = model.fit(ds, epochs=1, verbose=0, callbacks=[schedule])
+        # shuffle=False: `ds` is shuffled above (Keras ignores the flag for a dataset, and warns).
+        hist = model.fit(ds, epochs=1, verbose=0, callbacks=[schedule], shuffle=False)
         val_score = _score(model, xva, yva, config.multilabel)
         history_val.append(val_score)
         log.info(

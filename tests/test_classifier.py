@@ -7,6 +7,7 @@ import json
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from l2i_tf import classifier, tables
 from l2i_tf.classifier import ClassifierInfo, DemoConfig
@@ -48,6 +49,19 @@ def test_min_frames_pads_each_clip_with_its_own_lowest_value():
     np.testing.assert_array_equal(padded[:, :, 0], [[1.0, 2.0, 1.0, 1.0], [-5.0, 3.0, -5.0, -5.0]])
     long_enough = np.arange(10, dtype="float32").reshape(1, 5, 2)
     np.testing.assert_array_equal(classifier.MinFrames(4)(long_enough).numpy(), long_enough)
+
+
+def test_min_frames_pads_time_only_and_keeps_the_static_shape_in_a_graph():
+    """Unknown channels after MinFrames would send the next Conv2D through XLA (Keras' grouped-convolution route)."""
+    layer = classifier.MinFrames(4)
+    pad = tf.function(layer.call, input_signature=[tf.TensorSpec([None, None, 3, 1])])
+    assert pad.get_concrete_function().structured_outputs.shape.as_list() == [None, None, 3, 1]
+    x = np.arange(2 * 2 * 3, dtype="float32").reshape(2, 2, 3, 1) - 5
+    out = pad(x).numpy()
+    assert out.shape == (2, 4, 3, 1)
+    np.testing.assert_array_equal(out[:, :2], x)
+    np.testing.assert_array_equal(out[:, 2:], np.full((2, 2, 3, 1), -5.0))  # the lowest value of the batch
+    assert pad(np.ones((1, 6, 3, 1), "float32")).shape == (1, 6, 3, 1)  # long enough: unchanged
 
 
 def test_demo_classifier_has_the_named_layers_to_tap(tiny_model):
