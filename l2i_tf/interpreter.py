@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 
 import keras
 import numpy as np
@@ -83,6 +84,11 @@ class _Stages:
     sequences: keras.layers.Layer
     analysis: keras.layers.Layer
     heads: keras.Model
+
+    @functools.cached_property
+    def features_function(self):
+        """:meth:`features` as one ``tf.function`` for any batch size and length (traced once)."""
+        return tf.function(self.features, input_signature=[tf.TensorSpec([None, None], tf.float32)])
 
     def features(self, waveform) -> dict:
         """Waveform -> the classifier's part: ``waveform`` (prepared), ``sequences`` (Ψ's cacheable first step),
@@ -240,7 +246,7 @@ class Interpreter(keras.Model):
         (:class:`~l2i_tf.layers.FeatureSequences`) rather than the raw maps, and the prepared waveform rather than
         X (the STFT is cheap; X is 2x the waveform's size). ``fit`` accepts batches of these.
         """
-        run = tf.function(self.stages.features, reduce_retracing=True)
+        run = self.stages.features_function
         out = batches.map_batches(lambda w: run(tf.constant(w)), np.asarray(waveforms, "float32"), batch_size)
         out["sequences"] = tuple(out["sequences"])
         return out
