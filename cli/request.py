@@ -7,12 +7,8 @@ from pathlib import Path
 
 import click
 
-<<<<<<< HEAD
-from l2i_tf import serving
-=======
 from cli import options
-from l2i_tf import export as export_lib
->>>>>>> h-quiet
+from l2i_tf import serving
 
 
 @click.command(
