@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from l2i_tf import runs
+from l2i_tf.explain_files import FixedByExportError, UnknownClassError
 
 RUN_FOLDER_HINTS = {
     "exists": "pass --resume to continue it or --overwrite to replace it",
@@ -35,3 +36,20 @@ def fixed_by_export(error) -> click.BadParameter:
         f"{option} {error.value} or explain from the run folder",
         param_hint=option,
     )
+
+
+SOURCE_ERRORS = (runs.UnsafeModelError, runs.RunFolderError, FileNotFoundError, FixedByExportError, UnknownClassError)
+"""What opening a run folder or an export for explaining can raise (l2i-tf explain, l2i-tf report)."""
+
+
+def source_error(error: Exception, param_hint: str = "SOURCE") -> click.BadParameter:
+    """One of :data:`SOURCE_ERRORS` as a click error with its flag."""
+    if isinstance(error, runs.UnsafeModelError):
+        return unsafe_model(error, param_hint)
+    if isinstance(error, runs.RunFolderError):
+        return run_folder(error, param_hint)
+    if isinstance(error, FixedByExportError):
+        return fixed_by_export(error)
+    if isinstance(error, UnknownClassError):
+        return click.BadParameter(str(error), param_hint="--class")
+    return click.BadParameter(str(error), param_hint=param_hint)

@@ -9,7 +9,7 @@ import click
 import tensorflow as tf
 
 from cli import errors, options
-from l2i_tf import audio, data, explain_files, runs
+from l2i_tf import audio, data, explain_files
 
 
 def _folders(inputs, out: Path) -> list[Path]:
@@ -56,8 +56,8 @@ def command(source, inputs, class_name, threshold, top, domain, out, unsafe_load
     src = open_source(source, threshold, top, domain, unsafe_load)
     try:
         src.class_index(class_name)
-    except explain_files.UnknownClassError as e:
-        raise click.BadParameter(str(e), param_hint="--class") from None
+    except errors.SOURCE_ERRORS as e:
+        raise errors.source_error(e) from None
     for path, folder in zip(inputs, _folders(inputs, Path(out)), strict=True):
         try:
             report = explain_files.explain_file(src, path, folder, class_name)
@@ -81,14 +81,8 @@ def open_source(source, threshold, top, domain, unsafe_load) -> explain_files.Ex
         return explain_files.ExplainSource(
             source, threshold=threshold, top_n=top, domain=domain, safe_mode=not unsafe_load
         )
-    except runs.UnsafeModelError as e:
-        raise errors.unsafe_model(e, "SOURCE") from None
-    except runs.RunFolderError as e:
-        raise errors.run_folder(e, "SOURCE") from None
-    except FileNotFoundError as e:
-        raise click.BadParameter(str(e), param_hint="SOURCE") from None
-    except explain_files.FixedByExportError as e:
-        raise errors.fixed_by_export(e) from None
+    except errors.SOURCE_ERRORS as e:
+        raise errors.source_error(e) from None
 
 
 def graph_error(path, error) -> str:

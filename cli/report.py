@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from cli import errors, options
-from l2i_tf import audio, data, explain_files, runs
+from l2i_tf import audio, data
 from l2i_tf import report as report_lib
 
 
@@ -64,18 +64,10 @@ def command(source, inputs, out, examples, overwrite, class_name, threshold, top
     except report_lib.ReportError as e:
         message = f"{e}; pass --overwrite to replace it" if e.reason == "exists" else str(e)
         raise click.BadParameter(message, param_hint="--out") from None
-    except runs.UnsafeModelError as e:
-        raise errors.unsafe_model(e, "SOURCE") from None
-    except runs.RunFolderError as e:
-        raise errors.run_folder(e, "SOURCE") from None
-    except FileNotFoundError as e:
-        raise click.BadParameter(str(e), param_hint="SOURCE") from None
+    except errors.SOURCE_ERRORS as e:
+        raise errors.source_error(e) from None
     except data.AudioDataError as e:
         raise click.BadParameter(str(e), param_hint="--examples") from None
-    except explain_files.UnknownClassError as e:
-        raise click.BadParameter(str(e), param_hint="--class") from None
-    except explain_files.FixedByExportError as e:
-        raise errors.fixed_by_export(e) from None
     for entry in page["inputs"]:
         if "error" in entry:
             click.echo(f"{entry['input']}: not explained: {entry['error']}")

@@ -72,34 +72,7 @@ Examples:
 @click.option("--overwrite", is_flag=True, help="Replace the run in --out.")
 @options.unsafe_load_option
 @click.option("-v", "--verbose", is_flag=True)
-def command(
-    out,
-    classifier_path,
-    custom_objects,
-    layers,
-    class_names,
-    multilabel,
-    data_path,
-    layout,
-    on_error,
-    splits,
-    dictionary,
-    k,
-    nmf_iterations,
-    hidden,
-    clip_seconds,
-    alpha,
-    temperature,
-    beta,
-    pooling,
-    epochs,
-    batch_size,
-    seed,
-    resume,
-    overwrite,
-    unsafe_load,
-    verbose,
-):
+def command(out, classifier_path, multilabel, resume, overwrite, unsafe_load, verbose, **settings):
     """Train an L2I interpreter for a classifier and print its test-fold fidelity.
 
     Learns the NMF dictionary on the training folds (or reuses --dictionary), trains
@@ -114,47 +87,49 @@ def command(
         out = "runs/esc10_ml" if multilabel else "runs/esc10"
     if classifier_path is None:
         classifier_path = str(classifier_lib.DEMO_MULTILABEL if multilabel else classifier_lib.DEMO_MULTICLASS)
-    config = dataclasses.replace(
+    config = train_config(classifier_path, multilabel, **settings)
+    start = time.perf_counter()
+    results = run(out, config, resume, overwrite, unsafe_load)
+    report(results, out, time.perf_counter() - start)
+
+
+def train_config(classifier_path, multilabel, layers, class_names, data_path, splits, **settings) -> runs.TrainConfig:
+    """The options as the run's settings (the rest keep their defaults)."""
+    return dataclasses.replace(
         DEFAULTS,
         classifier=classifier_path,
-        custom_objects=custom_objects,
+        multilabel=multilabel,
         layers=tuple(s.strip() for s in layers.split(",") if s.strip()) if layers else (),
         class_names=tuple(s.strip() for s in class_names.split(",")) if class_names else None,
-        multilabel=multilabel,
         data=data_path,
-        layout=layout,
         train_folds=splits.train,
         val_folds=splits.validation,
         test_folds=splits.test,
-        dictionary=dictionary,
-        k=k,
-        nmf_iterations=nmf_iterations,
-        hidden=hidden,
-        clip_seconds=clip_seconds,
-        alpha=alpha,
-        temperature=temperature,
-        beta=beta,
-        pooling=pooling,
-        epochs=epochs,
-        batch_size=batch_size,
-        seed=seed,
-        on_error=on_error,
+        **settings,
     )
-    start = time.perf_counter()
+
+
+def run(out, config: runs.TrainConfig, resume: bool, overwrite: bool, unsafe_load: bool) -> dict:
+    """The job; library errors become click errors naming the flag that fixes them."""
     try:
-        results = training.train(out, config, resume=resume, overwrite=overwrite, safe_mode=not unsafe_load)
+        return training.train(out, config, resume=resume, overwrite=overwrite, safe_mode=not unsafe_load)
     except runs.UnsafeModelError as e:
         raise errors.unsafe_model(e, "--classifier" if e.path == Path(config.classifier) else "--out") from None
     except runs.RunFolderError as e:
         raise errors.run_folder(e, "--out") from None
     except training.ClassNamesError as e:
-        hint = "--class-names" if e.source == "class_names" else "--classifier"
-        raise click.BadParameter(str(e).replace("the class_names setting", "--class-names"), param_hint=hint) from None
+        if e.source != "class_names":
+            raise click.BadParameter(str(e), param_hint="--classifier") from None
+        message = f"{e.count} class names from --class-names but the classifier outputs {e.num_classes} classes"
+        raise click.BadParameter(message, param_hint="--class-names") from None
     except ClassifierContractError as e:
         raise click.BadParameter(str(e), param_hint="--classifier/--layers") from None
     except (data.AudioDataError, ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from None
-    seconds = time.perf_counter() - start
+
+
+def report(results: dict, out, seconds: float) -> None:
+    """Fidelity on both splits, skipped clips, time and peak memory."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     test = results["test"]
     click.echo(json.dumps({"validation": results["validation"], "test": test}, indent=2))

@@ -21,6 +21,9 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from l2i_tf import files
+from l2i_tf.settings import Settings
+
 DOMAINS = ("log1p", "linear")
 """Where a mask is applied: ``"log1p"`` masks ``X = log1p|S|`` (the paper's ``expm1(M ⊙ X)``, which squashes
 magnitudes for fractional masks); ``"linear"`` masks ``|S| = expm1(X)`` (``M ⊙ |S|``, a ratio mask)."""
@@ -32,7 +35,7 @@ WINDOWS = {
 
 
 @dataclasses.dataclass(frozen=True)
-class STFTConfig:
+class STFTConfig(Settings):
     """One STFT configuration.
 
     Attributes:
@@ -76,18 +79,8 @@ class STFTConfig:
         """Frame count T of the STFT of a clip of ``num_samples`` samples."""
         return -(-(num_samples + self.front_pad) // self.frame_step)
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> STFTConfig:
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown STFTConfig fields {sorted(unknown)}")
-        return cls(**d)
-
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+        files.write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> STFTConfig:

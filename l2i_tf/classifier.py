@@ -235,6 +235,41 @@ def _mixup(alpha: float):
     return fn
 
 
+def _compiled_model(num_classes: int, config: DemoConfig, init_from) -> keras.Model:
+    """The demo architecture (weights from ``init_from`` if given), compiled with AdamW and a logits loss."""
+    model = build_demo_classifier(num_classes, config)
+    if init_from is not None:
+        source = keras.saving.load_model(init_from, compile=False)
+        try:
+            model.set_weights(source.get_weights())
+        except ValueError as e:
+            raise ValueError(f"cannot start from {str(init_from)!r}: its architecture differs ({e})") from None
+    model.compile(
+        optimizer=keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay),
+        loss=keras.losses.BinaryCrossentropy(from_logits=True)
+        if config.multilabel
+        else keras.losses.CategoricalCrossentropy(from_logits=True),
+        metrics=[] if config.multilabel else ["accuracy"],
+    )
+    return model
+
+
+def _epoch_dataset(xtr, ytr, num_classes: int, config: DemoConfig, crop: int, epoch: int) -> tf.data.Dataset:
+    """One epoch of training batches: shuffled, cropped and augmented clips (fresh mixtures when multi-label)."""
+    if config.multilabel:
+        mix = mixtures.make_mixtures(
+            xtr, ytr, num_classes, config.mixtures_per_epoch, seed=config.seed * 1000 + epoch, keep_sources=False
+        )
+        ds = tf.data.Dataset.from_tensor_slices((mix["mixture"], mix["labels"]))
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((xtr, np.eye(num_classes, dtype="float32")[ytr]))
+    ds = ds.shuffle(len(ds), seed=config.seed + epoch).map(_augment(config, crop), num_parallel_calls=2)
+    ds = ds.batch(config.batch_size, drop_remainder=True)
+    if config.mixup > 0 and not config.multilabel:
+        ds = ds.map(_mixup(config.mixup))
+    return ds.prefetch(2)
+
+
 def train_demo_classifier(
     out: str | Path,
     config: DemoConfig = DemoConfig(),
@@ -266,35 +301,11 @@ def train_demo_classifier(
             (None, (xva, yva), (xte, yte)), num_classes, 4 * DEMO_EVAL_MIXTURES, config.seed
         )
 
-    model = build_demo_classifier(num_classes, config)
-    if init_from is not None:
-        source = keras.saving.load_model(init_from, compile=False)
-        try:
-            model.set_weights(source.get_weights())
-        except ValueError as e:
-            raise ValueError(f"cannot start from {str(init_from)!r}: its architecture differs ({e})") from None
+    model = _compiled_model(num_classes, config, init_from)
     steps_per_epoch = (config.mixtures_per_epoch if config.multilabel else len(xtr)) // config.batch_size
-    model.compile(
-        optimizer=keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay),
-        loss=keras.losses.BinaryCrossentropy(from_logits=True)
-        if config.multilabel
-        else keras.losses.CategoricalCrossentropy(from_logits=True),
-        metrics=[] if config.multilabel else ["accuracy"],
-    )
     history_val = []
     for epoch in range(config.epochs):
-        if config.multilabel:
-            mix = mixtures.make_mixtures(
-                xtr, ytr, num_classes, config.mixtures_per_epoch, seed=config.seed * 1000 + epoch, keep_sources=False
-            )
-            ds = tf.data.Dataset.from_tensor_slices((mix["mixture"], mix["labels"]))
-        else:
-            ds = tf.data.Dataset.from_tensor_slices((xtr, np.eye(num_classes, dtype="float32")[ytr]))
-        ds = ds.shuffle(len(ds), seed=config.seed + epoch).map(_augment(config, crop), num_parallel_calls=2)
-        ds = ds.batch(config.batch_size, drop_remainder=True)
-        if config.mixup > 0 and not config.multilabel:
-            ds = ds.map(_mixup(config.mixup))
-        ds = ds.prefetch(2)
+        ds = _epoch_dataset(xtr, ytr, num_classes, config, crop, epoch)
         if epoch == 0:
             schedule = TimeCosineSchedule(config.learning_rate, steps_per_epoch * config.epochs)
         # shuffle=False: `ds` is shuffled above (Keras ignores the flag for a dataset, and warns).

@@ -15,6 +15,7 @@ from l2i_tf.evaluation_report import markdown
 from l2i_tf.explainer import ExplainConfig, Explainer
 from l2i_tf.faithfulness import faithfulness
 from l2i_tf.separation import build_mixtures, mixture_separation
+from l2i_tf.settings import Settings
 from l2i_tf.slime_evaluation import slime_evaluation
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def train_fold(
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(Settings):
     """What `l2i-tf evaluate` measures and how; saved in ``report.json``.
 
     Attributes:

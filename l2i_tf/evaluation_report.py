@@ -21,48 +21,49 @@ def markdown(report: dict) -> str:
     """The report as Markdown tables shaped like the paper's."""
     lines = [f"# L2I evaluation of `{report['run']}`", ""]
     lines += [f"K = {report['k']}, {report['test_clips']} test clips, multi-label: {report['multilabel']}.", ""]
-    fid = report["fidelity"]
-    lines += ["## Fidelity (test split)", ""]
-    if report["multilabel"]:
-        lines += [
-            "| macro-AUPRC | micro-AUPRC | max-F1 |",
-            "|---|---|---|",
-            f"| {_f(fid['macro_auprc'], 3)} | {_f(fid['micro_auprc'], 3)} | {_f(fid['max_f1'], 3)} |",
-            "",
-        ]
-    else:
-        keys = list(fid)
-        lines += [
-            "| " + " | ".join(f"top-{k[3:]}" for k in keys) + " |",
-            "|" + "---|" * len(keys),
-            "| " + " | ".join(_f(fid[k], 2, pct=True) for k in keys) + " |",
-            "",
-        ]
+    lines += _fidelity(report["fidelity"], report["multilabel"])
     if "cv" in report:
-        s = report["cv"]["summary"]
-        n = len(report["cv"]["folds"])
-        lines += [f"### {n}-fold cross-validation (mean ± std over folds)", ""]
-        keys = list(s["fidelity"])
-        lines += [
-            "| " + " | ".join(keys) + " |",
-            "|" + "---|" * len(keys),
-            "| " + " | ".join(_pm(s["fidelity"][k], pct=not report["multilabel"]) for k in keys) + " |",
-            "",
-        ]
-        lines += ["| τ | L2I median logit drop | random | L2I median prob. drop | random |", "|---|---|---|---|---|"]
-        for t, v in s["faithfulness_median_logit_drop"].items():
-            p = s["faithfulness_median_probability_drop"][t]
-            lines.append(f"| {t} | {_pm(v['l2i'])} | {_pm(v['random'])} | {_pm(p['l2i'])} | {_pm(p['random'])} |")
-        lines.append("")
-    lines += ["## Faithfulness: median drop of the explained class after removing the selected components", ""]
-    slime = report.get("slime")
+        lines += _cross_validation(report["cv"], report["multilabel"])
+    lines += _faithfulness(report["faithfulness"], report.get("slime"))
+    if "mixtures" in report:
+        lines += _mixtures(report["mixtures"], report.get("slime"))
+    lines += _wall_time(report)
+    return "\n".join(lines)
+
+
+def _table(header: list[str], cells: list[str]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), "| " + " | ".join(cells) + " |", ""]
+
+
+def _fidelity(fid: dict, multilabel: bool) -> list[str]:
+    lines = ["## Fidelity (test split)", ""]
+    if multilabel:
+        return lines + _table(
+            ["macro-AUPRC", "micro-AUPRC", "max-F1"], [_f(fid[k], 3) for k in ("macro_auprc", "micro_auprc", "max_f1")]
+        )
+    return lines + _table([f"top-{k[3:]}" for k in fid], [_f(fid[k], 2, pct=True) for k in fid])
+
+
+def _cross_validation(cv: dict, multilabel: bool) -> list[str]:
+    s = cv["summary"]
+    lines = [f"### {len(cv['folds'])}-fold cross-validation (mean ± std over folds)", ""]
+    lines += _table(list(s["fidelity"]), [_pm(v, pct=not multilabel) for v in s["fidelity"].values()])
+    lines += ["| τ | L2I median logit drop | random | L2I median prob. drop | random |", "|---|---|---|---|---|"]
+    for t, v in s["faithfulness_median_logit_drop"].items():
+        p = s["faithfulness_median_probability_drop"][t]
+        lines.append(f"| {t} | {_pm(v['l2i'])} | {_pm(v['random'])} | {_pm(p['l2i'])} | {_pm(p['random'])} |")
+    return lines + [""]
+
+
+def _faithfulness(faithfulness: dict, slime: dict | None) -> list[str]:
+    lines = ["## Faithfulness: median drop of the explained class after removing the selected components", ""]
     head = "| τ | L2I logit | random logit | L2I prob. | random prob. | L2I #comp. |"
     rule = "|---|---|---|---|---|---|"
     if slime:
         head += f" SLIME logit ({slime['clips']} clips) | SLIME random | SLIME prob. | SLIME #seg. |"
         rule += "---|---|---|---|"
     lines += [head, rule]
-    for t, v in report["faithfulness"].items():
+    for t, v in faithfulness.items():
         row = (
             f"| {t} | {_f(v['l2i']['logit_drop']['median'])} | {_f(v['random']['logit_drop']['median'])} | "
             f"{_f(v['l2i']['probability_drop']['median'], 3)} | {_f(v['random']['probability_drop']['median'], 3)} "
@@ -75,40 +76,42 @@ def markdown(report: dict) -> str:
                 f"{_f(s['slime']['probability_drop']['median'], 3)} | {_f(s['slime']['selected_mean'], 1)} |"
             )
         lines.append(row)
-    lines.append("")
-    if "mixtures" in report:
-        m = report["mixtures"]
-        lines += [
-            f"## Mixtures: target + distractor at {m['snr_db']} dB ({m['counted']} of {m['mixtures']} "
-            f"mixtures the classifier gets right)",
-            "",
-        ]
-        lines += [
-            "| method | mask domain | τ | median SI-SDRi (dB) | mean SI-SDRi (dB) | median target energy share "
-            "| mean #comp. | empty |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        rows = list(m["rows"])
-        if slime and "mixtures" in slime:
-            rows += slime["mixtures"]["rows"]
-        for r in rows:
-            tau = "–" if r["threshold"] is None else r["threshold"]
-            name = r["method"] + (" (oracle)" if r["method"].startswith("oracle") else "")
-            if r["method"] == "SLIME":
-                name += f" ({slime['mixtures']['counted_used']} mixtures)"
-            lines.append(
-                f"| {name} | {r['domain']} | {tau} | {_f(r['si_sdri_db']['median'])} | {_f(r['si_sdri_db']['mean'])} "
-                f"| {_f(r['target_energy_share']['median'], 3)} | {_f(r['selected_mean'], 1)} "
-                f"| {_f(r['empty_share'], 2, pct=True)} |"
-            )
-        lines += [
-            "",
-            "Oracle rows use the true sources and are references only; L2I and random rows select from the "
-            "interpreter's relevance for the predicted class.",
-            "",
-        ]
+    return lines + [""]
+
+
+def _mixtures(m: dict, slime: dict | None) -> list[str]:
+    lines = [
+        f"## Mixtures: target + distractor at {m['snr_db']} dB ({m['counted']} of {m['mixtures']} "
+        f"mixtures the classifier gets right)",
+        "",
+        "| method | mask domain | τ | median SI-SDRi (dB) | mean SI-SDRi (dB) | median target energy share "
+        "| mean #comp. | empty |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    rows = list(m["rows"])
+    if slime and "mixtures" in slime:
+        rows += slime["mixtures"]["rows"]
+    for r in rows:
+        tau = "–" if r["threshold"] is None else r["threshold"]
+        name = r["method"] + (" (oracle)" if r["method"].startswith("oracle") else "")
+        if r["method"] == "SLIME":
+            name += f" ({slime['mixtures']['counted_used']} mixtures)"
+        lines.append(
+            f"| {name} | {r['domain']} | {tau} | {_f(r['si_sdri_db']['median'])} | {_f(r['si_sdri_db']['mean'])} "
+            f"| {_f(r['target_energy_share']['median'], 3)} | {_f(r['selected_mean'], 1)} "
+            f"| {_f(r['empty_share'], 2, pct=True)} |"
+        )
+    return lines + [
+        "",
+        "Oracle rows use the true sources and are references only; L2I and random rows select from the "
+        "interpreter's relevance for the predicted class.",
+        "",
+    ]
+
+
+def _wall_time(report: dict) -> list[str]:
     wt = report["wall_time"]
-    lines += [
+    lines = [
         "## Wall time per clip",
         "",
         "| method | seconds per clip |",
@@ -119,9 +122,8 @@ def markdown(report: dict) -> str:
         n = report["slime"]["config"]["num_samples"]
         ratio = wt["slime_seconds_per_clip"] / max(wt["l2i_seconds_per_clip"], 1e-12)
         lines.append(f"| SLIME ({n} masks) | {wt['slime_seconds_per_clip']:.3f} ({ratio:.0f}× L2I) |")
-    lines += [
+    return lines + [
         "",
         f"Total evaluation time: {report['seconds']:.0f} s. Every figure and the exact configuration: `report.json`.",
         "",
     ]
-    return "\n".join(lines)

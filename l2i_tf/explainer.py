@@ -35,6 +35,7 @@ from l2i_tf.explain_layers import (
     TargetClass,
     WaveformGuard,
 )
+from l2i_tf.settings import Settings
 
 SERVING_OUTPUTS = (
     "interpretation",
@@ -56,7 +57,7 @@ CLASSIFY_OUTPUTS = ("class_probabilities", "predicted_class", "predicted_class_n
 
 
 @dataclasses.dataclass(frozen=True)
-class ExplainConfig:
+class ExplainConfig(Settings):
     """What an Explainer (and an export of it) fixes.
 
     Attributes:

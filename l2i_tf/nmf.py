@@ -39,6 +39,8 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
+from l2i_tf.settings import Settings
+
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("float32", "bfloat16")
@@ -47,7 +49,7 @@ Callback = Callable[[int, float], None]
 
 
 @dataclasses.dataclass(frozen=True)
-class NMFConfig:
+class NMFConfig(Settings):
     """Sparse NMF settings.
 
     Attributes:
@@ -98,16 +100,6 @@ class NMFConfig:
             raise ValueError(f"NMFConfig.beta must be in [1, 2] (2 = Euclidean, 1 = KL), got {self.beta!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"NMFConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> NMFConfig:
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown NMFConfig fields {sorted(unknown)}")
-        return cls(**d)
 
 
 # ---------------------------------------------------------------- input checks

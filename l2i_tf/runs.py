@@ -25,6 +25,7 @@ import keras
 
 from l2i_tf import audio, files, tables
 from l2i_tf import classifier as classifier_lib
+from l2i_tf.settings import Settings
 
 CONFIG = "config.json"
 STFT = "stft.json"
@@ -61,7 +62,7 @@ class UnsafeModelError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Settings):
     """Everything `l2i-tf train` needs; saved as ``config.json`` in the run folder."""
 
     classifier: str = str(classifier_lib.DEMO_MULTICLASS)
@@ -104,17 +105,6 @@ class TrainConfig:
     @property
     def splits(self) -> tables.Splits:
         return tables.Splits(self.train_folds, self.val_folds, self.test_folds)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - fields
-        if unknown:
-            raise ValueError(f"unknown training settings {sorted(unknown)}")
-        return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in d.items()})
 
 
 def environment() -> dict:

@@ -11,10 +11,11 @@ import tensorflow as tf
 from sklearn.linear_model import Ridge
 
 from l2i_tf import audio, metrics
+from l2i_tf.settings import Settings
 
 
 @dataclasses.dataclass(frozen=True)
-class SlimeConfig:
+class SlimeConfig(Settings):
     """SLIME settings.
 
     Attributes:

@@ -1,4 +1,5 @@
-"""Test helpers: a tiny, untrained run folder (demo classifier + random dictionary) as `l2i-tf train` writes it."""
+"""Test helpers: a tiny, untrained run folder (demo classifier + random dictionary) as `l2i-tf train` writes it, a tiny
+tone data set with its training settings, and audio files."""
 
 from __future__ import annotations
 
@@ -98,3 +99,53 @@ def assert_clean_error(result, code, *fragments):
     assert "Traceback" not in result.output
     for fragment in fragments:
         assert fragment in result.output, result.output
+
+
+def make_tone_job(root: str | Path, **changes):
+    """A 3-class `folders` data set of tones (440 / 1200 / 3000 Hz, 5 half-second clips a class) in ``root/data``, a
+    tiny untrained demo classifier (seed 0) with its sidecar, and the ``TrainConfig`` of a short run on them."""
+    import keras
+    import soundfile
+
+    from l2i_tf import classifier, runs
+
+    root = Path(root)
+    rng = np.random.default_rng(0)
+    t = np.arange(int(0.5 * SAMPLE_RATE)) / SAMPLE_RATE
+    for c, freq in enumerate((440, 1200, 3000)):
+        (root / "data" / f"tone{c}").mkdir(parents=True)
+        for i in range(5):
+            x = 0.3 * np.sin(2 * np.pi * freq * (1 + 0.02 * i) * t) + 0.01 * rng.standard_normal(len(t))
+            soundfile.write(root / "data" / f"tone{c}" / f"{i}.wav", x.astype("float32"), SAMPLE_RATE)
+    keras.utils.set_random_seed(0)
+    path = root / "tiny_classifier.keras"
+    info = classifier.ClassifierInfo(("a", "b", "c"), SAMPLE_RATE, False, classifier.DEMO_LAYERS)
+    model = classifier.build_demo_classifier(3, classifier.DemoConfig(channels=(4, 8, 8, 8)))
+    classifier.save_classifier(model, info, path)
+    settings = dict(
+        classifier=str(path),
+        data=str(root / "data"),
+        layout="folders",
+        clip_seconds=0.5,
+        k=K,
+        nmf_iterations=10,
+        hidden=8,
+        epochs=2,
+        batch_size=4,
+    )
+    return runs.TrainConfig(**{**settings, **changes})
+
+
+def write(path: Path, samples, rate: int = SAMPLE_RATE, subtype: str | None = None, format: str | None = None) -> Path:
+    """Write ``samples`` with soundfile in any subtype/format, making parent folders."""
+    import soundfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(path, samples, rate, subtype=subtype, format=format)
+    return path
+
+
+def noise(n: int, seed: int = 0, channels: int | None = None) -> np.ndarray:
+    """Seeded uniform noise in [-0.5, 0.5], float32 [n] or [n, channels]."""
+    shape = (n,) if channels is None else (n, channels)
+    return (0.5 * np.random.default_rng(seed).uniform(-1, 1, shape)).astype("float32")

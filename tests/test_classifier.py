@@ -60,7 +60,9 @@ def test_min_frames_pads_time_only_and_keeps_the_static_shape_in_a_graph():
     out = pad(x).numpy()
     assert out.shape == (2, 4, 3, 1)
     np.testing.assert_array_equal(out[:, :2], x)
-    np.testing.assert_array_equal(out[:, 2:], np.full((2, 2, 3, 1), -5.0))  # the lowest value of the batch
+    # Each clip is padded with its own lowest value (clip 0: -5, clip 1: 1), not the batch's.
+    np.testing.assert_array_equal(out[0, 2:], np.full((2, 3, 1), -5.0))
+    np.testing.assert_array_equal(out[1, 2:], np.full((2, 3, 1), 1.0))
     assert pad(np.ones((1, 6, 3, 1), "float32")).shape == (1, 6, 3, 1)  # long enough: unchanged
 
 

@@ -11,23 +11,13 @@ import numpy as np
 import pytest
 import soundfile
 import tensorflow as tf
+from run_fixture import noise, write
 from scipy.signal import butter, resample_poly, sosfiltfilt
 
 from l2i_tf import data, tables
 from l2i_tf.data import AudioDataError
 
 RATE = 16000
-
-
-def write(path: Path, samples, rate: int = RATE, subtype: str | None = None, format: str | None = None) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    soundfile.write(path, samples, rate, subtype=subtype, format=format)
-    return path
-
-
-def noise(n: int, seed: int = 0, channels: int | None = None) -> np.ndarray:
-    shape = (n,) if channels is None else (n, channels)
-    return (0.5 * np.random.default_rng(seed).uniform(-1, 1, shape)).astype("float32")
 
 
 def band_limited(n: int, rate: int, seed: int = 0) -> np.ndarray:

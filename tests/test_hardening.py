@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import tensorflow as tf
-from run_fixture import assert_clean_error, chirp, invoke, make_run
+from run_fixture import assert_clean_error, chirp, invoke, make_run, make_tone_job
 
 from l2i_tf import classifier, export, runs, training
 from l2i_tf.explainer import ExplainConfig
@@ -31,34 +31,26 @@ TIMING = ("data_seconds", "dictionary_seconds", "features_seconds", "train_secon
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
-    """tests/test_interpreter.py's tiny job: 3 classes of tones (`folders`, 5 clips each), a tiny classifier."""
+    """The tiny tone job of tests/run_fixture.py, 5 epochs, no early stop."""
     root = tmp_path_factory.mktemp("hardening")
-    rng = np.random.default_rng(0)
-    t = np.arange(int(0.5 * SR)) / SR
-    for c, freq in enumerate((440, 1200, 3000)):
-        (root / "data" / f"tone{c}").mkdir(parents=True)
-        for i in range(5):
-            x = 0.3 * np.sin(2 * np.pi * freq * (1 + 0.02 * i) * t) + 0.01 * rng.standard_normal(len(t))
-            sf.write(root / "data" / f"tone{c}" / f"{i}.wav", x.astype("float32"), SR)
-    keras.utils.set_random_seed(0)
-    path = root / "tiny_classifier.keras"
-    info = classifier.ClassifierInfo(("a", "b", "c"), SR, False, classifier.DEMO_LAYERS)
-    classifier.save_classifier(classifier.build_demo_classifier(3, TINY), info, path)
-    config = runs.TrainConfig(
-        classifier=str(path),
-        data=str(root / "data"),
-        layout="folders",
-        clip_seconds=0.5,
-        k=8,
-        nmf_iterations=10,
-        hidden=8,
-        epochs=5,
-        batch_size=4,
-        augment_copies=0,
-        mix_inputs=0,
-        patience=50,
-    )
-    return root, config
+    return root, make_tone_job(root, epochs=5, augment_copies=0, mix_inputs=0, patience=50)
+
+
+def kill_when(command: list[str], ready, what: str, timeout: float = 300) -> None:
+    """Start ``command`` and SIGKILL it as soon as ``ready()``; fails if it ends first or never gets there."""
+    proc = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert proc.poll() is None, f"{what}: it ended first: {proc.stderr.read().decode()[-3000:]}"
+            assert time.monotonic() < deadline, what
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(60) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def _weights(path: Path) -> list[np.ndarray]:
@@ -80,7 +72,7 @@ KILLED_RUN = textwrap.dedent(
     import json, sys, time
     from pathlib import Path
     import keras
-    from l2i_tf import training
+    from l2i_tf import runs, training
 
     out, config_file, marker = sys.argv[1:]
     config = runs.TrainConfig.from_dict(json.loads(Path(config_file).read_text()))
@@ -109,19 +101,7 @@ def test_training_killed_mid_epoch_resumes_to_the_metrics_and_weights_of_an_unin
     (tmp_path / "run.py").write_text(KILLED_RUN)
     marker = tmp_path / "mid-epoch"
     argv = [str(tmp_path / "run.py"), str(killed), str(tmp_path / "config.json"), str(marker)]
-    proc = subprocess.Popen([sys.executable, *argv], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 300
-        while not marker.exists():
-            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "the training process never reached its third epoch"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(60) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    kill_when([sys.executable, *argv], marker.exists, "the training process never reached its third epoch")
     assert not (killed / "metrics.json").exists()
     assert json.loads((killed / "checkpoints" / "state.json").read_text())["epochs_done"] == 2
     # The run folder records the full command line, the seed and the package versions.
@@ -183,23 +163,13 @@ def test_an_export_killed_while_writing_leaves_no_version_and_the_next_export_wo
     run = make_run(tmp_path / "run")
     base = tmp_path / "savedmodels" / "l2i"
     command = [sys.executable, "-c", KILLED_EXPORT, "export", str(run), "--out", str(tmp_path / "savedmodels")]
-    proc = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 300
-        written = []
-        while not written:  # wait until the export is writing files into its temporary folder
-            assert proc.poll() is None, f"the export finished before it was killed: {proc.stderr.read()[-2000:]}"
-            assert time.monotonic() < deadline
-            written = [p for t in base.glob(".tmp-*") for p in t.rglob("*") if p.is_file()] if base.is_dir() else []
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(60) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+
+    def writing() -> bool:  # the export is writing files into its temporary folder
+        return base.is_dir() and any(p.is_file() for t in base.glob(".*.tmp-*") for p in t.rglob("*"))
+
+    kill_when(command, writing, "the export never started writing")
     leftovers = [p.name for p in base.iterdir()]
-    assert leftovers and all(name.startswith(".tmp-") for name in leftovers), leftovers
+    assert leftovers and all(name.startswith(".1.tmp-") for name in leftovers), leftovers
     assert export.versions(base) == []  # TF Serving loads integer folders only: it sees nothing
     with pytest.raises(FileNotFoundError, match="holds no SavedModel"):
         export.resolve_saved_model(base)
@@ -236,8 +206,9 @@ def _lambda_classifier(path: Path) -> Path:
 def test_a_lambda_layer_is_refused_naming_unsafe_load_which_opts_in(job, tmp_path):
     root, config = job
     model = _lambda_classifier(tmp_path / "lambda.keras")
-    with pytest.raises(runs.UnsafeModelError, match="--unsafe-load"):
+    with pytest.raises(runs.UnsafeModelError, match="holds Python code .* safe mode") as refused:
         runs.load_classifier(str(model))
+    assert refused.value.path == model  # the error carries the file; the CLI adds the flag
     assert runs.load_classifier(str(model), safe_mode=False).output.shape[-1] == 3
 
     args = ["train", "--classifier", model, "--layers", "conv:btc", "--data", config.data, "--layout", "folders"]

@@ -10,9 +10,9 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-import soundfile as sf
 import tensorflow as tf
 from click.testing import CliRunner
+from run_fixture import make_tone_job
 
 from cli.main import main
 from l2i_tf import audio, classifier, losses, runs, training
@@ -205,30 +205,7 @@ def test_a_feature_model_wrapped_with_the_front_end_is_accepted():
 @pytest.fixture(scope="module")
 def tiny_job(tmp_path_factory):
     """A 3-class data set of tones in the `folders` layout (5 clips a class) and a tiny classifier."""
-    root = tmp_path_factory.mktemp("tones")
-    rng = np.random.default_rng(0)
-    t = np.arange(int(0.5 * SR)) / SR
-    for c, freq in enumerate((440, 1200, 3000)):
-        (root / f"tone{c}").mkdir()
-        for i in range(5):
-            x = 0.3 * np.sin(2 * np.pi * freq * (1 + 0.02 * i) * t) + 0.01 * rng.standard_normal(len(t))
-            sf.write(root / f"tone{c}" / f"{i}.wav", x.astype("float32"), SR)
-    model = classifier.build_demo_classifier(3, TINY)
-    path = root.parent / "tiny_classifier.keras"
-    info = classifier.ClassifierInfo(("a", "b", "c"), SR, False, classifier.DEMO_LAYERS)
-    classifier.save_classifier(model, info, path)
-    config = runs.TrainConfig(
-        classifier=str(path),
-        data=str(root),
-        layout="folders",
-        clip_seconds=0.5,
-        k=K,
-        nmf_iterations=10,
-        hidden=8,
-        epochs=2,
-        batch_size=4,
-    )
-    return config
+    return make_tone_job(tmp_path_factory.mktemp("tones"))
 
 
 def test_train_writes_a_complete_run_folder(tiny_job, tmp_path):

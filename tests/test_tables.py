@@ -7,23 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile
+from run_fixture import noise, write
 
 from l2i_tf import tables
 from l2i_tf.data import AudioDataError
 
 RATE = 16000
-
-
-def write(path: Path, samples, rate: int = RATE, subtype: str | None = None, format: str | None = None) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    soundfile.write(path, samples, rate, subtype=subtype, format=format)
-    return path
-
-
-def noise(n: int, seed: int = 0, channels: int | None = None) -> np.ndarray:
-    shape = (n,) if channels is None else (n, channels)
-    return (0.5 * np.random.default_rng(seed).uniform(-1, 1, shape)).astype("float32")
 
 
 def write_csv(path: Path, header, rows) -> Path:
