@@ -69,7 +69,7 @@ def tap_orders(classifier: keras.Model, layers) -> tuple[tuple[str, ...], tuple[
         names.append(name)
         orders.append(order)
     if not names:
-        raise ClassifierContractError("no layers to tap; name at least one (e.g. --layers block3_pool,block4_relu)")
+        raise ClassifierContractError("no layers to tap: name at least one (e.g. block3_pool, block4_relu)")
     return tuple(names), tuple(orders)
 
 

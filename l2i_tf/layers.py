@@ -104,22 +104,24 @@ class Psi(keras.layers.Layer):
         self.kernel_size = kernel_size
         self.dropout = dropout
         self.branches = []
-        self.merge = keras.layers.Conv1D(hidden, kernel_size, padding="same", activation="relu", name="merge")
-        self.drop = keras.layers.Dropout(dropout)
-        self.to_k = keras.layers.Conv1D(k, 1, name="to_k")
 
     def build(self, input_shapes):
         sequences = input_shapes[:-1]
         if not sequences:
             raise ValueError("Psi needs at least one feature sequence before the spectrogram")
+        # Sub-layers are made here, in this order (branches, merge, dropout, to_k): initializers draw their seeds
+        # when made, so a fixed seed gives the same initial Ψ for the same tapped layers.
         for i, shape in enumerate(sequences):
             if len(shape) != 3:
                 raise ValueError(f"Psi's input {i} must be a sequence [batch, time, width], got shape {tuple(shape)}")
-            branch = keras.layers.Conv1D(
-                self.hidden, self.kernel_size, padding="same", activation="relu", name=f"branch{i}"
+            self.branches.append(
+                keras.layers.Conv1D(self.hidden, self.kernel_size, padding="same", activation="relu", name=f"branch{i}")
             )
+        self.merge = keras.layers.Conv1D(self.hidden, self.kernel_size, padding="same", activation="relu", name="merge")
+        self.drop = keras.layers.Dropout(self.dropout)
+        self.to_k = keras.layers.Conv1D(self.k, 1, name="to_k")
+        for branch, shape in zip(self.branches, sequences):
             branch.build((None, None, shape[2]))
-            self.branches.append(branch)
         self.merge.build((None, None, self.hidden * len(sequences)))
         self.to_k.build((None, None, self.hidden))
 
