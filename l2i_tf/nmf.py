@@ -5,28 +5,25 @@ Model: ``X ≈ H W̄ᵀ`` with ``X [frames, F] >= 0`` (log1p magnitudes), ``H [f
 
     C(W, H) = D_β(X | H W̄ᵀ) + sparsity · Σ H
 
-with ``D_2 = ½‖·‖²_F`` (Euclidean, the default) and ``D_1`` the generalised KL divergence. The
-updates are the multiplicative ones of "Sparse NMF – half-baked or well done?" (Le Roux et al.
-2015, eqs. 20-21): the H update is the usual one with ``sparsity`` added to its denominator, the W
-update uses the gradient of C through the normalisation, ``W ← W̄ ⊙ (P + W̄ ⊙ 1ᵀ(Q ⊙ W̄)) / (Q + W̄ ⊙
-1ᵀ(P ⊙ W̄))`` with ``P = (X ⊙ Λ^{β-2})ᵀ H`` and ``Q = (Λ^{β-1})ᵀ H``, ``Λ = H W̄ᵀ``, then ``W`` is
-renormalised.
+with ``D_2 = ½‖·‖²_F`` (Euclidean, the default) and ``D_1`` the generalised KL divergence. The updates are the
+multiplicative ones of "Sparse NMF – half-baked or well done?" (Le Roux et al. 2015, eqs. 20-21): the H update is the
+usual one with ``sparsity`` added to its denominator, the W update uses the gradient of C through the normalisation,
+``W ← W̄ ⊙ (P + W̄ ⊙ 1ᵀ(Q ⊙ W̄)) / (Q + W̄ ⊙ 1ᵀ(P ⊙ W̄))`` with ``P = (X ⊙ Λ^{β-2})ᵀ H`` and ``Q = (Λ^{β-1})ᵀ H``,
+``Λ = H W̄ᵀ``, then ``W`` is renormalised.
 
-For β = 2 nothing of size frames × F is ever formed: ``Q = W̄ (HᵀH)``, the H denominator is
-``H (W̄ᵀW̄)``, and the objective is ``½‖X‖² - Σ W̄ ⊙ XᵀH + ½ Σ (W̄ᵀW̄) ⊙ (HᵀH)``, read off products
-the updates need anyway. An iteration therefore costs two frames × F × K products (``X W̄`` and
-``Xᵀ H``), which are then reused by ``h_steps`` H updates and ``w_steps`` W updates (reusing the
-products is the acceleration of Gillis & Glineur 2012, "Accelerated multiplicative updates and
-hierarchical ALS algorithms for NMF"). The H steps provably never increase the objective; the
-normalised W step is a heuristic MU step (Le Roux et al.) that has not increased it in any of our
-runs (the tests check it). All-zero frames (digital silence) are dropped before factorising: their
-optimal activations are exactly 0 for any W, and with the H-then-W update order the first H update
-sets them to 0, so dropping them changes no iterate on the other frames.
+For β = 2 nothing of size frames × F is ever formed: ``Q = W̄ (HᵀH)``, the H denominator is ``H (W̄ᵀW̄)``, and the
+objective is ``½‖X‖² - Σ W̄ ⊙ XᵀH + ½ Σ (W̄ᵀW̄) ⊙ (HᵀH)``, read off products the updates need anyway. An iteration
+therefore costs two frames × F × K products (``X W̄`` and ``Xᵀ H``), which are then reused by ``h_steps`` H updates
+and ``w_steps`` W updates (reusing the products is the acceleration of Gillis & Glineur 2012, "Accelerated
+multiplicative updates and hierarchical ALS algorithms for NMF"). The H steps provably never increase the objective;
+the normalised W step is a heuristic MU step (Le Roux et al.) that has not increased it in any of our runs (the tests
+check it). All-zero frames (digital silence) are dropped before factorising: their optimal activations are exactly 0
+for any W, and with the H-then-W update order the first H update sets them to 0, so dropping them changes no iterate
+on the other frames.
 
-Internally the matrices are held transposed (``V = Xᵀ [F, frames]``, ``H [K, frames]``), the
-layout whose products were fastest on the 2-core CPU we measured (TF 2.17, oneDNN). The learnt
-dictionary as a saved artefact, and its Keras decoder, live in :mod:`l2i_tf.dictionary`.
-"""
+Internally the matrices are held transposed (``V = Xᵀ [F, frames]``, ``H [K, frames]``), the layout whose products
+were fastest on the 2-core CPU we measured (TF 2.17, oneDNN). The learnt dictionary as a saved artefact, and its Keras
+decoder, live in :mod:`l2i_tf.dictionary`."""
 
 from __future__ import annotations
 
