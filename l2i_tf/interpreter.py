@@ -202,7 +202,9 @@ class Interpreter(keras.Model):
         if classifier_rank == 3:
             add_channel = keras.layers.Reshape((clip_samples or -1, 1), name="add_channel")
         sequences = FeatureSequences(orders, psi_kwargs.get("freq_reduce", "flatten"), name="feature_sequences")
-        partial = _Stages(prepare, add_channel, extractor, sequences, audio.Analysis(stft_config.to_dict()), None)
+        partial = _Stages(
+            prepare, add_channel, extractor, sequences, audio.Analysis(stft_config.to_dict(), name="analysis"), None
+        )
         feats = partial.features(waveform)
         heads = _heads(feats["sequences"], int(num_bins), int(k), num_classes, head_psi, dict(theta or {}))
         stages = dataclasses.replace(partial, heads=heads)
