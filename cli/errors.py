@@ -11,6 +11,7 @@ RUN_FOLDER_HINTS = {
     "exists": "pass --resume to continue it or --overwrite to replace it",
     "no_checkpoint": "train it first, without --resume",
     "incomplete": "point at the folder `l2i-tf train --out` wrote",
+    "incompatible": "retrain it with `l2i-tf train --overwrite` and the same settings",
 }
 OPTION_FLAGS = {"top_n": "--top", "domain": "--domain", "class_names": "--class-names", "max_seconds": "--max-seconds"}
 

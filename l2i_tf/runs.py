@@ -40,7 +40,8 @@ RUN_FILES = (CONFIG, INTERPRETER, METRICS)
 
 class RunFolderError(ValueError):
     """A run folder that cannot be used as asked. ``folder`` is the folder, ``reason`` one of ``"exists"``
-    (it holds a run), ``"no_checkpoint"`` (nothing to resume), ``"incomplete"`` (``missing`` names the file)."""
+    (it holds a run), ``"no_checkpoint"`` (nothing to resume), ``"incomplete"`` (``missing`` names the file),
+    ``"incompatible"`` (its interpreter was written by an earlier version)."""
 
     def __init__(self, message: str, folder: Path, reason: str, missing: str | None = None):
         super().__init__(message)
@@ -216,7 +217,18 @@ def load_run(folder: str | Path, safe_mode: bool = True) -> Run:
             )
     config = read_config(folder)
     import_custom_objects(config.custom_objects)
-    interpreter = load_keras(folder / INTERPRETER, safe_mode, compile=False)
+    try:
+        interpreter = load_keras(folder / INTERPRETER, safe_mode, compile=False)
+    except ValueError as e:
+        if "could not be loaded" not in str(e):  # Keras: the file's weights do not fit the Interpreter's graph
+            raise
+        raise RunFolderError(
+            f"{str(folder / INTERPRETER)!r} does not fit this version's Interpreter (it was written by an earlier "
+            "l2i_tf, before the functional graph): retrain the run; exports made from it still work",
+            folder,
+            "incompatible",
+            missing=INTERPRETER,
+        ) from None
     if (folder / STFT).is_file():
         audio.STFTConfig.load(folder / STFT).check_same(interpreter.stft_config, f"{folder / INTERPRETER}")
     metrics_path = folder / METRICS

@@ -126,3 +126,36 @@ def test_explain_rejects_bad_options_naming_the_value(setup, tmp_path, args, cod
 def test_explain_rejects_bad_audio_with_a_clear_error(setup, tmp_path, name, code, message):
     result = invoke("explain", setup["export"], setup["files"][name], "--out", tmp_path)
     assert result.exit_code == code and message in result.output, result.output
+
+
+def test_a_run_whose_interpreter_does_not_fit_this_version_is_named_with_what_to_do(tmp_path):
+    """An interpreter.keras whose weights do not fit the graph (as one written before the functional Interpreter)."""
+    import zipfile
+
+    import h5py
+
+    from l2i_tf import runs
+
+    run = make_run(tmp_path / "run")
+    original = run / "interpreter.keras"
+    with zipfile.ZipFile(original) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    weights = tmp_path / "model.weights.h5"
+    weights.write_bytes(files["model.weights.h5"])
+    with h5py.File(weights, "r+") as h5:
+        heads = []
+        h5.visititems(lambda name, obj: heads.append(name) if name.endswith("/psi") else None)
+        assert heads, "the test expects Ψ's weights in the file"
+        for name in heads:
+            del h5[name]
+    files["model.weights.h5"] = weights.read_bytes()
+    with zipfile.ZipFile(original, "w") as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+
+    with pytest.raises(runs.RunFolderError, match="earlier l2i_tf") as refused:
+        runs.load_run(run)
+    assert refused.value.reason == "incompatible"
+    clip = write_wav(tmp_path / "clip.wav", chirp(0.3))
+    result = invoke("explain", run, clip, "--out", tmp_path / "out")
+    assert result.exit_code == 2 and "retrain it with `l2i-tf train --overwrite`" in result.output, result.output
