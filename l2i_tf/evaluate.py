@@ -38,7 +38,7 @@ def train_fold(
 ) -> Path:
     """Train (once) the interpreter holding out ``fold`` into ``run_dir/cv/fold{fold}``; a finished fold is reused."""
     out = Path(run_dir) / "cv" / f"fold{fold}"
-    if (out / "interpreter.keras").is_file() and (out / "metrics.json").is_file():
+    if runs.is_run(out) and (out / runs.METRICS).is_file():
         log.info("fold %d: reusing %s", fold, out)
         return out
     log.info("fold %d: training into %s", fold, out)

@@ -65,7 +65,7 @@ def example_inputs(n: int, folds=(5,)) -> list[ReportInput]:
 def _test_folds(run_folder: Path | None) -> tuple[int, ...]:
     """The run's test folds if it trained on the bundled ESC-10, else fold 5."""
     try:
-        train = json.loads((run_folder / "config.json").read_text())["train"]
+        train = json.loads((run_folder / runs.CONFIG).read_text())["train"]
     except (TypeError, OSError, ValueError, KeyError):
         return (5,)
     if train.get("data") is None and train.get("layout", "esc10") == "esc10":
@@ -93,7 +93,7 @@ def _run_folder(source: ExplainSource) -> Path | None:
     if source.kind == "run":
         return Path(source.path)
     run = source.metadata.get("run")
-    if run and (Path(run) / "interpreter.keras").is_file() and (Path(run) / "config.json").is_file():
+    if run and runs.is_run(run):
         return Path(run)
     return None
 
@@ -101,7 +101,7 @@ def _run_folder(source: ExplainSource) -> Path | None:
 def describe(source: ExplainSource, run_folder: Path | None) -> dict:
     """Model, dictionary and STFT configuration, training metrics and evaluation files, for the page header."""
     meta = source.metadata
-    train = (_read_json(run_folder / "config.json") or {}).get("train", {}) if run_folder else {}
+    train = (_read_json(run_folder / runs.CONFIG) or {}).get("train", {}) if run_folder else {}
     model = {
         "source": str(source.path),
         "kind": "run folder" if source.kind == "run" else "SavedModel export",
@@ -117,7 +117,7 @@ def describe(source: ExplainSource, run_folder: Path | None) -> dict:
     if source.kind == "savedmodel":
         model.update(version=meta.get("version"), exported=meta.get("created"), run=meta.get("run"))
     dictionary = {"K (components)": meta.get("k")}
-    saved = _read_json(run_folder / "dictionary" / "dictionary.json") if run_folder else None
+    saved = _read_json(run_folder / runs.DICTIONARY / "dictionary.json") if run_folder else None
     if saved is None and train.get("dictionary"):
         saved = _read_json(Path(train["dictionary"]) / "dictionary.json")
     if saved:
@@ -135,7 +135,7 @@ def describe(source: ExplainSource, run_folder: Path | None) -> dict:
         "window": stft.window,
         "bins F": stft.num_bins,
     }
-    metrics = (_read_json(run_folder / "metrics.json") or {}) if run_folder else {}
+    metrics = (_read_json(run_folder / runs.METRICS) or {}) if run_folder else {}
     fidelity = {}
     for split in ("validation", "test"):
         for key, value in (metrics.get(split) or {}).items():
@@ -163,7 +163,7 @@ def find_evaluation(run_folder: Path) -> list[dict]:
     """
     found, stems = [], set()
     for path in sorted(run_folder.rglob("*.md")):
-        if "checkpoints" in path.parts or "logs" in path.parts:
+        if runs.CHECKPOINTS in path.parts or runs.LOGS in path.parts:
             continue
         found.append({"file": str(path.relative_to(run_folder)), "markdown": path.read_text(errors="replace")})
         stems.add((path.parent, path.stem))
