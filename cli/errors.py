@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from l2i_tf import runs
+from l2i_tf import audio, runs, training
+from l2i_tf.dictionary import DictionaryMismatchError
 from l2i_tf.explain_files import FixedByExportError, UnknownClassError
 
 RUN_FOLDER_HINTS = {
@@ -37,6 +38,38 @@ def fixed_by_export(error) -> click.BadParameter:
         f"{option} {error.value} or explain from the run folder",
         param_hint=option,
     )
+
+
+def audio_setting(error: audio.AudioSettingError) -> click.BadParameter:
+    """A sample rate or STFT size that cannot be used, named by its flag."""
+    if error.limit is None:
+        message = f"must be a positive integer, got {error.value!r}"
+    else:
+        other, bound = error.limit
+        relation = "must not exceed" if error.field == "frame_step" else "must be at least"
+        message = f"{error.value} {relation} the frame length {bound} ({flag(other)})"
+    return click.BadParameter(message, param_hint=flag(error.field))
+
+
+def sample_rate_mismatch(error: training.SampleRateMismatchError) -> click.BadParameter:
+    """A rate that contradicts the classifier's sidecar: --sample-rate's, or a resumed run's."""
+    if error.source == "sample_rate":
+        message = (
+            f"{error.given} Hz but the classifier expects {error.expected} Hz (its sidecar {error.sidecar}); "
+            "leave out --sample-rate to take the sidecar's"
+        )
+        return click.BadParameter(message, param_hint="--sample-rate")
+    return click.BadParameter(str(error), param_hint="--classifier")
+
+
+def dictionary_mismatch(error: DictionaryMismatchError, given: bool) -> click.BadParameter:
+    """A dictionary learnt on another STFT (or K): --dictionary's when ``given``, else a resumed run's own (named
+    by the flags whose values differ)."""
+    if given:
+        hint = "--dictionary"
+    else:
+        hint = "/".join(flag(name) for name in error.differences if name != "window") or "--resume"
+    return click.BadParameter(str(error), param_hint=hint)
 
 
 SOURCE_ERRORS = (runs.UnsafeModelError, runs.RunFolderError, FileNotFoundError, FixedByExportError, UnknownClassError)

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from cli import options
-from l2i_tf import audio, data, nmf
+from l2i_tf import data, nmf
 from l2i_tf.dictionary import learn_from_table
 
 _DEFAULTS = nmf.NMFConfig()
@@ -23,10 +23,13 @@ Examples:
   l2i-tf learn-dictionary --k 64 --sparsity 1.0 --iterations 100 --out runs/dict_k64
   l2i-tf learn-dictionary --beta 1 --out runs/dict_kl --overwrite
   l2i-tf learn-dictionary --data ESC-50-master --layout esc50 --streaming --out runs/esc50_dictionary
+  l2i-tf learn-dictionary --data my_clips --layout folders --sample-rate 44100 --out runs/dict_44k
 """,
 )
 @options.data_options
 @options.split_options
+@options.sample_rate_option("Default: 16000.")
+@options.stft_options
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder to write the dictionary to.")
 @click.option("--k", type=click.IntRange(min=1), default=_DEFAULTS.k, show_default=True, help="Number of components K.")
 @click.option(
@@ -68,10 +71,12 @@ def command(
     streaming,
     overwrite,
     verbose,
+    **stft_settings,
 ):
     """Learn a sparse NMF dictionary (Le Roux et al. 2015) on the log1p-magnitude STFT frames of the
     training folds, and write OUT/dictionary.npz + OUT/dictionary.json (STFT and NMF settings,
-    provenance, objective history).
+    provenance, objective history). The STFT sizes scale with --sample-rate unless given; use the
+    classifier's rate for a dictionary that `l2i-tf train --dictionary` will take.
     """
     options.setup(verbose)
     out_path = Path(out)
@@ -81,17 +86,17 @@ def command(
         config = nmf.NMFConfig(k=k, sparsity=sparsity, beta=beta, iterations=iterations, seed=seed, precision=precision)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
+    stft = options.stft_config(**stft_settings)
     table = options.load_table(data_path, layout)
     try:
         train = table.with_folds(splits.train)
     except data.AudioDataError as e:
         raise click.BadParameter(str(e), param_hint="--train-folds") from None
-    stft = audio.STFTConfig()
     start = time.perf_counter()
     latest = {"objective": float("nan")}
     with click.progressbar(
         length=iterations,
-        label=f"sparse NMF K={k} on {len(train)} clips",
+        label=f"sparse NMF K={k} on {len(train)} clips at {stft.sample_rate} Hz",
         item_show_func=lambda _: f"objective {latest['objective']:.6g}",
         file=click.get_text_stream("stderr"),
     ) as bar:
@@ -113,6 +118,7 @@ def command(
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     provenance = dictionary.provenance
     click.echo(
-        f"K={dictionary.k} F={dictionary.num_bins} from {provenance['clips']} clips / {provenance['frames']} frames  "
+        f"K={dictionary.k} F={dictionary.num_bins} at {stft.sample_rate} Hz from {provenance['clips']} clips / "
+        f"{provenance['frames']} frames  "
         f"objective {dictionary.history[-1]:.6g}  time: {seconds:.1f} s  peak memory: {peak_gb:.2f} GB  -> {out_path}"
     )

@@ -9,7 +9,8 @@ import warnings
 import click
 import tensorflow as tf
 
-from l2i_tf import data, tables
+from cli import errors
+from l2i_tf import audio, data, tables
 
 # Third-party packages whose Python warnings (Keras' UserWarnings, deprecations) are for developers, not users.
 NOISY_MODULES = r"(tensorflow|tensorflow_io|keras|tf_keras|absl|h5py|google\.protobuf)(\.|$)"
@@ -59,6 +60,40 @@ def data_options(func):
         return func(*args, **kwargs)
 
     return wrapper
+
+
+def sample_rate_option(default_help: str):
+    """--sample-rate (Hz, a positive integer; None when not given): audio is resampled to it on load and the STFT
+    runs at it."""
+    return click.option(
+        "--sample-rate",
+        type=click.IntRange(min=1),
+        default=None,
+        help=f"Hz: audio is resampled to it on load. {default_help}",
+    )
+
+
+def stft_options(func):
+    """--frame-length, --frame-step, --fft-length (None when not given: scaled with the rate, see
+    l2i_tf.audio.STFTConfig.for_rate)."""
+    sizes = {
+        "--frame-length": "STFT frame, samples [>= 64 ms, a power of two: 1024 at 16 kHz, 2048 at 22.05 kHz].",
+        "--frame-step": "STFT hop, samples [a quarter frame].",
+        "--fft-length": "FFT size, samples, >= the frame [the frame rounded up to a power of two].",
+    }
+    for name, help_text in reversed(sizes.items()):
+        func = click.option(name, type=click.IntRange(min=1), default=None, help=help_text)(func)
+    return func
+
+
+def stft_config(sample_rate, frame_length, frame_step, fft_length) -> audio.STFTConfig:
+    """The STFT of the options (16 kHz when no rate is given); a size that does not fit is a click error naming its
+    flag."""
+    rate = audio.DEFAULT_SAMPLE_RATE if sample_rate is None else sample_rate
+    try:
+        return audio.STFTConfig.for_rate(rate, frame_length, frame_step, fft_length)
+    except audio.AudioSettingError as e:
+        raise errors.audio_setting(e) from None
 
 
 def unsafe_load_option(func):

@@ -11,9 +11,10 @@ from pathlib import Path
 import click
 
 from cli import errors, options
+from l2i_tf import audio, data, runs, training
 from l2i_tf import classifier as classifier_lib
-from l2i_tf import data, runs, training
 from l2i_tf import layers as layers_lib
+from l2i_tf.dictionary import DictionaryMismatchError
 from l2i_tf.interpreter import ClassifierContractError
 
 DEFAULTS = runs.TrainConfig()
@@ -26,6 +27,8 @@ Examples:
   l2i-tf train                                   # bundled ESC-10 + demo classifier -> runs/esc10
   l2i-tf train --multilabel --out runs/esc10_ml  # ESC-10 mixtures + multi-label demo classifier
   l2i-tf train --classifier my.keras --layers conv3,conv4 --data my_clips --layout folders --out runs/mine
+  l2i-tf train --classifier my44k.keras --data my_clips --layout folders --out runs/44k  # rate from my44k.json
+  l2i-tf train --classifier plain.keras --sample-rate 22050 --frame-step 256 --data my_clips --layout folders
   l2i-tf train --out runs/esc10 --resume --epochs 60
 """,
 )
@@ -43,6 +46,8 @@ Examples:
 @click.option("--multilabel", is_flag=True, help="Sigmoid classifier; default data: mixtures of ESC-10 clips.")
 @options.data_options
 @options.split_options
+@options.sample_rate_option("Default: the classifier's sidecar, else 16000.")
+@options.stft_options
 @click.option("--dictionary", type=click.Path(exists=True, file_okay=False), default=None, help="Reuse a dictionary.")
 @click.option("-k", "--k", "k", type=click.IntRange(min=2), default=DEFAULTS.k, show_default=True)
 @click.option("--nmf-iterations", type=click.IntRange(min=1), default=None, help="Sparse NMF iterations.")
@@ -78,7 +83,9 @@ def command(out, classifier_path, multilabel, resume, overwrite, unsafe_load, ve
     Learns the NMF dictionary on the training folds (or reuses --dictionary), trains
     Ψ and Θ on the classifier's hidden layers with early stopping on the validation
     folds, and writes the run folder: interpreter.keras, dictionary/, config.json,
-    stft.json, metrics.json, logs/ (TensorBoard), checkpoints/.
+    stft.json, metrics.json, logs/ (TensorBoard), checkpoints/. The sample rate is the
+    classifier's (its sidecar) unless --sample-rate says otherwise; the STFT sizes scale
+    with it unless given.
     """
     options.setup(verbose)
     if resume and overwrite:
@@ -124,6 +131,12 @@ def run(out, config: runs.TrainConfig, resume: bool, overwrite: bool, unsafe_loa
         raise click.BadParameter(message, param_hint="--class-names") from None
     except ClassifierContractError as e:
         raise click.BadParameter(str(e), param_hint="--classifier/--layers") from None
+    except audio.AudioSettingError as e:
+        raise errors.audio_setting(e) from None
+    except training.SampleRateMismatchError as e:
+        raise errors.sample_rate_mismatch(e) from None
+    except DictionaryMismatchError as e:
+        raise errors.dictionary_mismatch(e, given=bool(config.dictionary)) from None
     except (data.AudioDataError, ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from None
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from cli import options
-from l2i_tf import classifier, data
+from l2i_tf import audio, classifier, data
 
 
 @click.command(
@@ -21,10 +21,12 @@ Examples:
   l2i-tf train-classifier --out runs/esc10_classifier.keras
   l2i-tf train-classifier --multilabel --init-from l2i_tf/demo/esc10_classifier.keras --out runs/ml.keras
   l2i-tf train-classifier --data ESC-50-master --layout esc50 --epochs 60 --out runs/esc50.keras
+  l2i-tf train-classifier --data my_clips --layout folders --sample-rate 44100 --out runs/clf_44k.keras
 """,
 )
 @options.data_options
 @options.split_options
+@options.sample_rate_option("Default: 16000.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Where to write the .keras file.")
 @click.option("--multilabel", is_flag=True, help="Train a sigmoid classifier on mixtures of 2-3 clips.")
 @click.option("--epochs", type=click.IntRange(min=1), default=classifier.DemoConfig.epochs, show_default=True)
@@ -53,12 +55,14 @@ def command(
     mixtures_per_epoch,
     overwrite,
     verbose,
+    sample_rate,
 ):
     """Train the demo classifier (waveform -> log-mel -> VGG blocks -> logits).
 
     Trains on the training folds, reports the validation folds each epoch and the
     test folds once at the end, and writes OUT plus a sidecar OUT.json with class
-    names, sample rate, default layers to tap and the metrics.
+    names, sample rate (--sample-rate: clips are resampled to it, the log-mel front
+    end keeps 25 ms / 10 ms frames), default layers to tap and the metrics.
     """
     options.setup(verbose)
     out_path = Path(out)
@@ -78,6 +82,7 @@ def command(
         seed=seed,
         multilabel=multilabel,
         mixtures_per_epoch=mixtures_per_epoch,
+        sample_rate=audio.DEFAULT_SAMPLE_RATE if sample_rate is None else sample_rate,
     )
     start = time.perf_counter()
     try:

@@ -34,6 +34,34 @@ WINDOWS = {
 }
 
 
+DEFAULT_SAMPLE_RATE = 16000
+REFERENCE_FRAME = 1024
+"""The default frame at :data:`DEFAULT_SAMPLE_RATE` (64 ms); other rates keep its duration (`STFTConfig.for_rate`)."""
+SIZES = ("frame_length", "frame_step", "fft_length")
+
+
+class AudioSettingError(ValueError):
+    """A sample rate or STFT size that cannot be used. ``field`` is the :class:`STFTConfig` field, ``value`` its
+    value; for a size that does not fit another, ``limit`` is ``(other field, its value)`` (``frame_step`` must not
+    exceed ``frame_length``, ``fft_length`` must not be below it), else ``None`` (not a positive integer)."""
+
+    def __init__(self, message: str, field: str, value, limit: tuple[str, int] | None = None):
+        super().__init__(message)
+        self.field, self.value, self.limit = field, value, limit
+
+
+def check_positive_int(value, field: str = "sample_rate") -> int:
+    """``value`` if it is a positive integer (not a bool, not a float), else an :class:`AudioSettingError`."""
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise AudioSettingError(f"STFTConfig.{field} must be a positive integer, got {value!r}", field, value)
+    return value
+
+
+def power_of_two_at_least(n: int) -> int:
+    """The smallest power of two >= ``n`` (a positive integer)."""
+    return 1 << (n - 1).bit_length()
+
+
 @dataclasses.dataclass(frozen=True)
 class STFTConfig(Settings):
     """One STFT configuration.
@@ -46,26 +74,70 @@ class STFTConfig(Settings):
         window: one of ``WINDOWS``.
     """
 
-    sample_rate: int = 16000
-    frame_length: int = 1024
-    frame_step: int = 256
-    fft_length: int = 1024
+    sample_rate: int = DEFAULT_SAMPLE_RATE
+    frame_length: int = REFERENCE_FRAME
+    frame_step: int = REFERENCE_FRAME // 4
+    fft_length: int = REFERENCE_FRAME
     window: str = "hann"
 
     def __post_init__(self):
-        for name in ("sample_rate", "frame_length", "frame_step", "fft_length"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"STFTConfig.{name} must be a positive integer, got {value!r}")
+        for name in ("sample_rate", *SIZES):
+            check_positive_int(getattr(self, name), name)
         if self.frame_step > self.frame_length:
-            raise ValueError(
+            raise AudioSettingError(
                 f"STFTConfig.frame_step ({self.frame_step}) must not exceed "
-                f"frame_length ({self.frame_length}): samples would be skipped"
+                f"frame_length ({self.frame_length}): samples would be skipped",
+                "frame_step",
+                self.frame_step,
+                ("frame_length", self.frame_length),
             )
         if self.fft_length < self.frame_length:
-            raise ValueError(f"STFTConfig.fft_length ({self.fft_length}) must be >= frame_length ({self.frame_length})")
+            raise AudioSettingError(
+                f"STFTConfig.fft_length ({self.fft_length}) must be >= frame_length ({self.frame_length})",
+                "fft_length",
+                self.fft_length,
+                ("frame_length", self.frame_length),
+            )
         if self.window not in WINDOWS:
             raise ValueError(f"STFTConfig.window must be one of {sorted(WINDOWS)}, got {self.window!r}")
+
+    @classmethod
+    def for_rate(
+        cls,
+        sample_rate: int = DEFAULT_SAMPLE_RATE,
+        frame_length: int | None = None,
+        frame_step: int | None = None,
+        fft_length: int | None = None,
+        window: str = "hann",
+    ) -> STFTConfig:
+        """The default STFT at ``sample_rate``: a frame at least as long as 1024 samples at 16 kHz (64 ms), rounded
+        up to a power of two (``2^ceil(log2(1024 · rate / 16000))``: 512 at 8 kHz, 2048 at 22.05 kHz, 4096 at 44.1
+        and 48 kHz), a hop of a quarter frame and an FFT of one frame; at 16 kHz exactly ``STFTConfig()``. Rounding
+        up keeps the frequency resolution at least that of 16 kHz.
+
+        Sizes given replace the defaults and the others follow them: hop = frame // 4, FFT = frame rounded up to a
+        power of two. Raises :class:`AudioSettingError` for a rate or size that is not a positive integer, a hop
+        longer than the frame or an FFT shorter than it.
+        """
+        check_positive_int(sample_rate, "sample_rate")
+        for name, value in zip(SIZES, (frame_length, frame_step, fft_length), strict=True):
+            if value is not None:
+                check_positive_int(value, name)
+        if frame_length is None:  # integer arithmetic: exact at every rate
+            frame_length = max(4, power_of_two_at_least(-(-REFERENCE_FRAME * sample_rate // DEFAULT_SAMPLE_RATE)))
+        if frame_step is None:
+            frame_step = max(1, frame_length // 4)
+        if fft_length is None:
+            fft_length = power_of_two_at_least(frame_length)
+        return cls(sample_rate, frame_length, frame_step, fft_length, window)
+
+    def differences(self, other: STFTConfig) -> dict:
+        """``{field: (self's value, other's value)}`` for every field that differs."""
+        return {
+            f.name: (getattr(self, f.name), getattr(other, f.name))
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != getattr(other, f.name)
+        }
 
     @property
     def num_bins(self) -> int:
@@ -89,11 +161,7 @@ class STFTConfig(Settings):
     def check_same(self, other: STFTConfig, what: str = "") -> None:
         """Raise if ``other`` is a different configuration (naming each field that differs)."""
         if self != other:
-            diff = {
-                f.name: (getattr(self, f.name), getattr(other, f.name))
-                for f in dataclasses.fields(self)
-                if getattr(self, f.name) != getattr(other, f.name)
-            }
+            diff = self.differences(other)
             where = f" for {what}" if what else ""
             raise ValueError(f"STFT configuration mismatch{where} (in use vs given): {diff}")
 
@@ -255,6 +323,15 @@ class LogMelSpectrogram(keras.layers.Layer):
             fmin,
             fmax if fmax is not None else sample_rate / 2,
         )
+
+    @classmethod
+    def for_rate(cls, sample_rate: int = DEFAULT_SAMPLE_RATE, **kwargs) -> LogMelSpectrogram:
+        """The front end at ``sample_rate`` with 25 ms frames, a 10 ms hop and an FFT of the frame rounded up to a
+        power of two (400 / 160 / 512 at 16 kHz, the defaults)."""
+        check_positive_int(sample_rate, "sample_rate")
+        frame = max(1, round(0.025 * sample_rate))
+        step = max(1, round(0.010 * sample_rate))
+        return cls(sample_rate, frame, step, power_of_two_at_least(frame), **kwargs)
 
     def call(self, waveform):
         waveform = tf.convert_to_tensor(waveform)

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from l2i_tf import data, mixtures, tables
+from l2i_tf import audio, data, mixtures, tables
 from l2i_tf.audio import LogMelSpectrogram
 from l2i_tf.metrics import macro_auprc
 
@@ -109,17 +109,20 @@ class DemoConfig:
     multilabel: bool = False
     mixtures_per_epoch: int = 720
 
+    def __post_init__(self):
+        audio.check_positive_int(self.sample_rate, "sample_rate")
+
 
 def build_demo_classifier(num_classes: int, config: DemoConfig = DemoConfig()) -> keras.Model:
-    """Waveform ``[batch, samples]`` -> logits ``[batch, num_classes]``; any clip length.
+    """Waveform ``[batch, samples]`` at ``config.sample_rate`` -> logits ``[batch, num_classes]``; any clip length.
 
-    Log-mel front-end, per-band BatchNorm, VGG blocks (conv-BN-ReLU x2, 2x2 average
+    Log-mel front-end (25 ms / 10 ms frames at any rate), per-band BatchNorm, VGG blocks (conv-BN-ReLU x2, 2x2 average
     pooling) whose layers are named ``block{i}_conv{j}``, ``block{i}_relu`` and
     ``block{i}_pool`` ([batch, time, freq, channels]), then mean over frequency,
     max + mean over time, dropout and a Dense layer named ``logits``.
     """
     waveform = keras.Input(shape=(None,), name="waveform")
-    x = LogMelSpectrogram(config.sample_rate, num_mel_bins=config.num_mel_bins, name="logmel")(waveform)
+    x = LogMelSpectrogram.for_rate(config.sample_rate, num_mel_bins=config.num_mel_bins, name="logmel")(waveform)
     x = keras.layers.Reshape((-1, config.num_mel_bins, 1), name="logmel_4d")(x)
     x = MinFrames(2 ** (len(config.channels) - 1), name="min_frames")(x)
     # momentum 0.9: with ~15 steps an epoch, Keras' default 0.99 leaves the moving statistics

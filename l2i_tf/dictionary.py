@@ -19,6 +19,23 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 
 
+class DictionaryMismatchError(ValueError):
+    """A dictionary used with another spectrogram than the one it was learnt on. ``folder`` is the dictionary's
+    folder, ``dictionary_stft`` and ``given_stft`` the two :class:`STFTConfig`, ``differences`` ``{field:
+    (dictionary's value, given value)}`` for every STFT field (and ``k``) that differs."""
+
+    def __init__(self, folder: str, dictionary_stft: STFTConfig, given_stft: STFTConfig, differences: dict):
+        fields = "; ".join(
+            f"{name}: dictionary {ours!r}, given {theirs!r}" for name, (ours, theirs) in differences.items()
+        )
+        message = f"incompatible with {folder}: {fields}"
+        if set(differences) - {"k"}:
+            message += f" (dictionary STFT {dictionary_stft.to_dict()}, given {given_stft.to_dict()})"
+        super().__init__(message)
+        self.folder, self.dictionary_stft, self.given_stft = folder, dictionary_stft, given_stft
+        self.differences = differences
+
+
 @dataclasses.dataclass
 class Dictionary:
     """A learnt NMF dictionary and everything needed to check it is used with the right spectrogram.
@@ -59,17 +76,15 @@ class Dictionary:
         return self.W.shape[0]
 
     def check_compatible(self, stft: STFTConfig, k: int | None = None) -> None:
-        """Raise ``ValueError`` naming every STFT field (and K) that differs from the dictionary's."""
-        problems = [
-            f"{f.name}: dictionary {getattr(self.stft, f.name)!r}, given {getattr(stft, f.name)!r}"
-            for f in dataclasses.fields(STFTConfig)
-            if getattr(self.stft, f.name) != getattr(stft, f.name)
-        ]
+        """Raise :class:`DictionaryMismatchError` naming every STFT field (and K) that differs from the
+        dictionary's."""
+        differences = self.stft.differences(stft)
         if k is not None and k != self.k:
-            problems.append(f"k: dictionary {self.k}, given {k!r}")
-        if problems:
-            where = self.provenance.get("folder", "this dictionary")
-            raise ValueError(f"incompatible with {where}: " + "; ".join(problems))
+            differences["k"] = (self.k, k)
+        if differences:
+            raise DictionaryMismatchError(
+                self.provenance.get("folder", "this dictionary"), self.stft, stft, differences
+            )
 
     def decoder(self, **kwargs) -> NMFDecoder:
         """An :class:`NMFDecoder` holding this W."""

@@ -3,7 +3,8 @@
 A run folder, as ``l2i-tf train`` writes it::
 
     config.json        {"train": TrainConfig, "environment": versions and command line}
-    stft.json          the STFT configuration of the dictionary and the interpreter (checked on load)
+    stft.json          the STFT configuration of the dictionary and the interpreter (checked on load; also
+                       config.json's train.stft)
     dictionary/        the NMF dictionary (:class:`~l2i_tf.dictionary.Dictionary`)
     interpreter.keras  the trained :class:`~l2i_tf.interpreter.Interpreter`
     metrics.json       fidelity on the validation and test splits, timings, history
@@ -98,7 +99,14 @@ class TrainConfig(Settings):
     mixtures: int = 2400
     mixture_snr_db: tuple[float, float] = (-5.0, 5.0)
     seed: int = 0
-    stft: dict = dataclasses.field(default_factory=lambda: audio.STFTConfig().to_dict())
+    # The STFT asked for: None takes the rate from the classifier's sidecar (else 16 kHz) and the sizes from
+    # audio.STFTConfig.for_rate. `stft` is the resolved configuration, recorded in config.json; when set (a resumed
+    # run, a library caller), it is used as it is.
+    sample_rate: int | None = None
+    frame_length: int | None = None
+    frame_step: int | None = None
+    fft_length: int | None = None
+    stft: dict | None = None
     class_names: tuple[str, ...] | None = None
     custom_objects: str | None = None
     on_error: str = "raise"

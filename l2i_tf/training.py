@@ -46,24 +46,77 @@ def resolve_class_names(model: keras.Model, config: TrainConfig, info) -> tuple[
     return tuple(names)
 
 
-def resolve(config: TrainConfig, model_f: keras.Model, stft: audio.STFTConfig) -> TrainConfig:
-    """The settings the run records: class names, task, loss weights and tapped layers resolved from the
-    classifier and its sidecar."""
+class SampleRateMismatchError(ValueError):
+    """A sample rate (``given``) that contradicts the classifier's sidecar (``sidecar``, which says ``expected``).
+    ``source`` is ``"sample_rate"`` (the setting) or ``"stft"`` (a run's recorded STFT configuration)."""
+
+    def __init__(self, given: int, expected: int, sidecar: Path, source: str):
+        where = "the sample_rate setting" if source == "sample_rate" else "the run's STFT configuration"
+        super().__init__(
+            f"{given} Hz from {where} but the classifier expects {expected} Hz (its sidecar {sidecar}); leave the "
+            "rate unset to take the sidecar's"
+        )
+        self.given, self.expected, self.sidecar, self.source = given, expected, sidecar, source
+
+
+STFT_REQUEST = ("sample_rate", "frame_length", "frame_step", "fft_length")
+"""The TrainConfig fields that ask for an STFT (see :func:`resolve_stft`)."""
+
+
+def resolve_stft(config: TrainConfig, info) -> audio.STFTConfig:
+    """The run's STFT: ``config.stft`` when set (a resumed run), else :meth:`~l2i_tf.audio.STFTConfig.for_rate` at
+    ``config.sample_rate``, or the rate of the classifier's sidecar ``info``, or 16 kHz, with the sizes given.
+
+    A rate that contradicts the sidecar is a :class:`SampleRateMismatchError`; a rate or sizes that cannot be used
+    an :class:`~l2i_tf.audio.AudioSettingError`.
+    """
+    sidecar = classifier_lib.sidecar_path(config.classifier)
+    rate = config.sample_rate
+    if rate is not None and info and audio.check_positive_int(rate) != info.sample_rate:
+        raise SampleRateMismatchError(rate, info.sample_rate, sidecar, "sample_rate")
+    if config.stft is not None:
+        stft = audio.STFTConfig.from_dict(config.stft)
+        asked = {name: getattr(config, name) for name in STFT_REQUEST if getattr(config, name) is not None}
+        conflicts = {
+            name: (value, getattr(stft, name)) for name, value in asked.items() if value != getattr(stft, name)
+        }
+        if conflicts:
+            raise ValueError(f"STFT settings contradict the given stft configuration (setting vs stft): {conflicts}")
+    else:
+        rate = rate if rate is not None else (info.sample_rate if info else audio.DEFAULT_SAMPLE_RATE)
+        stft = audio.STFTConfig.for_rate(rate, config.frame_length, config.frame_step, config.fft_length)
+    if info and stft.sample_rate != info.sample_rate:
+        raise SampleRateMismatchError(stft.sample_rate, info.sample_rate, sidecar, "stft")
+    return stft
+
+
+def resume_config(recorded: TrainConfig, given: TrainConfig) -> TrainConfig:
+    """A resumed run's settings: the recorded ones with the given ``epochs``. STFT settings given that differ from
+    the recorded STFT are resolved afresh (and then refused by the run's own dictionary, naming both)."""
+    config = dataclasses.replace(recorded, epochs=given.epochs)
+    asked = {name: getattr(given, name) for name in STFT_REQUEST if getattr(given, name) is not None}
+    if any(recorded.stft is None or recorded.stft.get(name) != value for name, value in asked.items()):
+        config = dataclasses.replace(config, **asked, stft=None)
+    return config
+
+
+def resolve(config: TrainConfig, model_f: keras.Model) -> tuple[TrainConfig, audio.STFTConfig]:
+    """The settings the run records and its STFT: class names, task, loss weights, tapped layers and STFT resolved
+    from the classifier and its sidecar."""
     info = classifier_lib.load_info(config.classifier)
+    stft = resolve_stft(config, info)
     multilabel = config.multilabel or bool(info and info.multilabel)
     alpha, temperature = DEFAULT_LOSS_WEIGHTS[multilabel]
-    if info and info.sample_rate != stft.sample_rate:
-        raise ValueError(
-            f"the classifier expects {info.sample_rate} Hz (its sidecar) but the STFT config uses {stft.sample_rate} Hz"
-        )
-    return dataclasses.replace(
+    config = dataclasses.replace(
         config,
         multilabel=multilabel,
         class_names=resolve_class_names(model_f, config, info),
         alpha=alpha if config.alpha is None else config.alpha,
         temperature=temperature if config.temperature is None else config.temperature,
         layers=tuple(config.layers or (info.layers if info else ())),
+        stft=stft.to_dict(),
     )
+    return config, stft
 
 
 def _datasets(config: TrainConfig, sample_rate: int, num_classes: int):
@@ -85,21 +138,28 @@ def _datasets(config: TrainConfig, sample_rate: int, num_classes: int):
     return table, arrays, skipped
 
 
-def _dictionary(out: Path, config: TrainConfig, table, stft: audio.STFTConfig) -> Dictionary:
-    """The run's dictionary: ``config.dictionary``, the run folder's (resuming), or learnt on the training folds."""
+def existing_dictionary(out: Path, config: TrainConfig, stft: audio.STFTConfig) -> Dictionary | None:
+    """``config.dictionary`` or the run folder's own (resuming), checked against the run's STFT and K (a
+    :class:`~l2i_tf.dictionary.DictionaryMismatchError` names both configurations); None if there is neither."""
     if config.dictionary:
         dictionary = Dictionary.load(config.dictionary)
     elif (out / runs.DICTIONARY).exists():
         dictionary = Dictionary.load(out / runs.DICTIONARY)
     else:
-        nmf_kwargs = {"k": config.k, "seed": config.seed}
-        if config.sparsity is not None:
-            nmf_kwargs["sparsity"] = config.sparsity
-        if config.nmf_iterations is not None:
-            nmf_kwargs["iterations"] = config.nmf_iterations
-        dictionary = learn_from_table(table.with_folds(config.train_folds), stft, nmf.NMFConfig(**nmf_kwargs))
-        dictionary.save(out / runs.DICTIONARY)
+        return None
     dictionary.check_compatible(stft, config.k)
+    return dictionary
+
+
+def learn(out: Path, config: TrainConfig, table, stft: audio.STFTConfig) -> Dictionary:
+    """The run's dictionary learnt on the training folds, saved in the run folder."""
+    nmf_kwargs = {"k": config.k, "seed": config.seed}
+    if config.sparsity is not None:
+        nmf_kwargs["sparsity"] = config.sparsity
+    if config.nmf_iterations is not None:
+        nmf_kwargs["iterations"] = config.nmf_iterations
+    dictionary = learn_from_table(table.with_folds(config.train_folds), stft, nmf.NMFConfig(**nmf_kwargs))
+    dictionary.save(out / runs.DICTIONARY)
     return dictionary
 
 
@@ -231,12 +291,12 @@ def train(
     start = time.perf_counter()
     out = runs.prepare(out, resume, overwrite)
     if resume:
-        config = dataclasses.replace(runs.read_config(out), epochs=config.epochs)
+        config = resume_config(runs.read_config(out), config)
     keras.utils.set_random_seed(config.seed)
-    stft = audio.STFTConfig.from_dict(config.stft)
     model_f = runs.load_classifier(config.classifier, config.custom_objects, safe_mode)
-    config = resolve(config, model_f, stft)
+    config, stft = resolve(config, model_f)
     tap_orders(model_f, config.layers)  # a wrong layer name stops the job before any work
+    dictionary = existing_dictionary(out, config, stft)  # one that does not fit stops it too
     runs.write_config(out, config, stft)
 
     table, splits, skipped = _datasets(config, stft.sample_rate, len(config.class_names))
@@ -244,7 +304,8 @@ def train(
         log.warning("skipped %d unreadable clip(s): %s", len(skipped), "; ".join(skipped))
     timings = {"data_seconds": time.perf_counter() - start}
     t0 = time.perf_counter()
-    dictionary = _dictionary(out, config, table, stft)
+    if dictionary is None:
+        dictionary = learn(out, config, table, stft)
     timings["dictionary_seconds"] = time.perf_counter() - t0
 
     with (strategy or tf.distribute.get_strategy()).scope():

@@ -189,3 +189,76 @@ def test_log_mel_rejects_invalid_sample_rate_quoting_it(sample_rate):
     with pytest.raises(ValueError, match="sample_rate") as info:
         LogMelSpectrogram(sample_rate=sample_rate)
     assert repr(sample_rate) in str(info.value)
+
+
+# ---------------------------------------------------------------- the STFT at any rate
+
+
+@pytest.mark.parametrize(
+    ("rate", "frame"), [(8000, 512), (11025, 1024), (16000, 1024), (22050, 2048), (44100, 4096), (48000, 4096)]
+)
+def test_for_rate_keeps_at_least_the_frame_duration_of_16_khz_in_power_of_two_sizes(rate, frame):
+    config = STFTConfig.for_rate(rate)
+    assert (config.sample_rate, config.frame_length, config.frame_step, config.fft_length) == (
+        rate,
+        frame,
+        frame // 4,
+        frame,
+    )
+    assert config.frame_length / rate >= 1024 / 16000 > config.frame_length / 2 / rate
+
+
+def test_for_rate_at_16_khz_is_todays_default_and_given_sizes_lead_the_others():
+    assert STFTConfig.for_rate(16000) == STFTConfig() == STFTConfig(16000, 1024, 256, 1024, "hann")
+    assert STFTConfig.for_rate(16000, frame_length=400) == STFTConfig(16000, 400, 100, 512)
+    assert STFTConfig.for_rate(44100, frame_step=441) == STFTConfig(44100, 4096, 441, 4096)
+    assert STFTConfig.for_rate(8000, fft_length=2048) == STFTConfig(8000, 512, 128, 2048)
+
+
+@pytest.mark.parametrize("rate", [8000, 48000])
+@pytest.mark.parametrize("seconds", [1.0, 0.3001])
+def test_istft_reconstructs_at_other_rates(rate, seconds):
+    config = STFTConfig.for_rate(rate)
+    num_samples = int(seconds * rate)
+    x = noise(num_samples, seed=rate)
+    y = audio.istft(audio.stft(x, config), num_samples, config).numpy()
+    assert y.shape == (num_samples,)
+    assert snr_db(x, y) > 100
+    edge = config.frame_length
+    assert snr_db(x[:edge], y[:edge]) > 100 and snr_db(x[-edge:], y[-edge:]) > 100
+
+
+@pytest.mark.parametrize("rate", [0, -8000, 16000.5, "abc", None])
+def test_for_rate_refuses_a_rate_that_is_not_a_positive_integer_with_the_value_as_data(rate):
+    with pytest.raises(audio.AudioSettingError) as refused:
+        STFTConfig.for_rate(rate)
+    assert (refused.value.field, refused.value.value, refused.value.limit) == ("sample_rate", rate, None)
+    assert repr(rate) in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "field", "value", "limit"),
+    [
+        ({"frame_step": 2048}, "frame_step", 2048, ("frame_length", 1024)),
+        ({"frame_length": 256, "frame_step": 512}, "frame_step", 512, ("frame_length", 256)),
+        ({"fft_length": 512}, "fft_length", 512, ("frame_length", 1024)),
+        ({"frame_length": 0}, "frame_length", 0, None),
+        ({"frame_step": -1}, "frame_step", -1, None),
+        ({"fft_length": 1024.0}, "fft_length", 1024.0, None),
+    ],
+)
+def test_for_rate_refuses_sizes_that_do_not_fit_with_the_values_as_data(sizes, field, value, limit):
+    with pytest.raises(audio.AudioSettingError) as refused:
+        STFTConfig.for_rate(16000, **sizes)
+    assert (refused.value.field, refused.value.value, refused.value.limit) == (field, value, limit)
+    assert str(value) in str(refused.value)
+
+
+def test_log_mel_front_end_keeps_25_and_10_ms_at_any_rate():
+    default = LogMelSpectrogram()
+    at16k = LogMelSpectrogram.for_rate(16000)
+    assert (at16k.frame_length, at16k.frame_step, at16k.fft_length) == (400, 160, 512)
+    assert at16k.get_config() | {"name": None} == default.get_config() | {"name": None}
+    at22k = LogMelSpectrogram.for_rate(22050, num_mel_bins=16)
+    assert (at22k.sample_rate, at22k.frame_length, at22k.frame_step, at22k.fft_length) == (22050, 551, 220, 1024)
+    assert at22k(noise((1, 22050))).shape == (1, STFTConfig(22050, 551, 220, 1024).num_frames(22050), 16)

@@ -15,7 +15,7 @@ from test_nmf import TINY_STFT, F, planted
 
 from l2i_tf import nmf
 from l2i_tf.audio import STFTConfig
-from l2i_tf.dictionary import Dictionary, NMFDecoder, learn_dictionary
+from l2i_tf.dictionary import Dictionary, DictionaryMismatchError, NMFDecoder, learn_dictionary
 
 
 def small_dictionary(k=4):
@@ -29,10 +29,14 @@ def test_check_compatible_names_mismatching_fields():
     dictionary = small_dictionary()
     dictionary.check_compatible(TINY_STFT, k=4)
     other = STFTConfig(sample_rate=8000, frame_length=64, frame_step=32, fft_length=64)
-    with pytest.raises(ValueError, match="frame_step: dictionary 16, given 32"):
+    with pytest.raises(DictionaryMismatchError, match="frame_step: dictionary 16, given 32") as refused:
         dictionary.check_compatible(other)
-    with pytest.raises(ValueError, match="k: dictionary 4, given 7"):
+    assert refused.value.dictionary_stft == TINY_STFT and refused.value.given_stft == other
+    assert refused.value.differences == {"frame_step": (16, 32)}
+    assert f"(dictionary STFT {TINY_STFT.to_dict()}, given {other.to_dict()})" in str(refused.value)
+    with pytest.raises(DictionaryMismatchError, match="k: dictionary 4, given 7") as refused:
         dictionary.check_compatible(TINY_STFT, k=7)
+    assert refused.value.differences == {"k": (4, 7)}
 
 
 def test_save_load_round_trip_and_refuses_to_overwrite(tmp_path):

@@ -16,6 +16,7 @@ from run_fixture import make_tone_job
 
 from cli.main import main
 from l2i_tf import audio, classifier, losses, runs, training
+from l2i_tf.dictionary import DictionaryMismatchError
 from l2i_tf.interpreter import ClassifierContractError, Interpreter, check_classifier, tap_orders
 from l2i_tf.layers import FeatureSequences, Psi, Theta
 
@@ -262,7 +263,7 @@ def test_a_dictionary_with_another_k_is_refused(tiny_job, tmp_path):
     first = tmp_path / "first" / "dictionary"
     with pytest.raises(ValueError) as refused:
         training.train(tmp_path / "second", dataclasses.replace(tiny_job, dictionary=str(first), k=5))
-    assert type(refused.value) is ValueError
+    assert type(refused.value) is DictionaryMismatchError and refused.value.differences == {"k": (K, 5)}
     assert str(refused.value) == f"incompatible with {first}: k: dictionary {K}, given 5"
 
 
