@@ -22,6 +22,7 @@ Examples:
   l2i-tf train-classifier --multilabel --init-from l2i_tf/demo/esc10_classifier.keras --out runs/ml.keras
   l2i-tf train-classifier --data ESC-50-master --layout esc50 --epochs 60 --out runs/esc50.keras
   l2i-tf train-classifier --data my_clips --layout folders --sample-rate 44100 --out runs/clf_44k.keras
+  l2i-tf train-classifier --data digits --layout folders --sample-rate 8000 --clip-seconds 1 --out runs/digits.keras
 """,
 )
 @options.data_options
@@ -39,6 +40,12 @@ Examples:
     help="Start from this demo classifier's weights (e.g. the multi-class one, for --multilabel).",
 )
 @click.option("--mixtures-per-epoch", type=click.IntRange(min=16), default=720, show_default=True)
+@click.option(
+    "--clip-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Clips are padded/cropped to this length. Default: the 95th percentile of the clips' durations (printed).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
 @click.option("-v", "--verbose", is_flag=True, help="Log each epoch.")
 def command(
@@ -56,6 +63,7 @@ def command(
     overwrite,
     verbose,
     sample_rate,
+    clip_seconds,
 ):
     """Train the demo classifier (waveform -> log-mel -> VGG blocks -> logits).
 
@@ -71,10 +79,15 @@ def command(
     if out_path.exists() and not overwrite:
         raise click.BadParameter(f"{out!r} exists; pass --overwrite to replace it", param_hint="--out")
     table = options.load_table(data_path, layout)
-    if on_error == "skip":
-        table, _, errors = data.probe_table(table, on_error="skip")
-        if errors:
-            click.echo(f"skipped {len(errors)} unreadable clip(s): first: {errors[0]}", err=True)
+    try:
+        table, infos, errors = data.probe_table(table, on_error=on_error)
+    except data.AudioDataError as e:
+        raise click.ClickException(str(e)) from None
+    if errors:
+        click.echo(f"skipped {len(errors)} unreadable clip(s): first: {errors[0]}", err=True)
+    if clip_seconds is None:
+        clip_seconds = round(data.typical_seconds(infos), 3)
+        click.echo(f"clip length: {clip_seconds:g} s (95th percentile of the {len(infos)} clips' durations)")
     config = dataclasses.replace(
         classifier.DemoConfig(),
         epochs=epochs,
@@ -82,6 +95,7 @@ def command(
         seed=seed,
         multilabel=multilabel,
         mixtures_per_epoch=mixtures_per_epoch,
+        clip_seconds=clip_seconds,
         sample_rate=audio.DEFAULT_SAMPLE_RATE if sample_rate is None else sample_rate,
     )
     start = time.perf_counter()

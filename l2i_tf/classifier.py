@@ -97,8 +97,8 @@ class DemoConfig:
     num_mel_bins: int = 64
     channels: tuple[int, ...] = (32, 64, 128, 256)
     dropout: float = 0.3
-    crop_seconds: float = 3.0
-    clip_seconds: float = 5.0
+    crop_seconds: float = 3.0  # random training crops, never longer than clip_seconds
+    clip_seconds: float = 5.0  # clips are padded/cropped to this (l2i-tf train-classifier derives it from the data)
     epochs: int = 40
     batch_size: int = 16
     learning_rate: float = 1e-3
@@ -111,6 +111,9 @@ class DemoConfig:
 
     def __post_init__(self):
         audio.check_positive_int(self.sample_rate, "sample_rate")
+        for name in ("clip_seconds", "crop_seconds"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"DemoConfig.{name} must be > 0 seconds, got {getattr(self, name)!r}")
 
 
 def build_demo_classifier(num_classes: int, config: DemoConfig = DemoConfig()) -> keras.Model:
@@ -291,8 +294,8 @@ def train_demo_classifier(
     """
     keras.utils.set_random_seed(config.seed)
     table = table or tables.esc10_table()
-    clip = int(config.clip_seconds * config.sample_rate)
-    crop = int(config.crop_seconds * config.sample_rate)
+    clip = max(1, int(round(config.clip_seconds * config.sample_rate)))
+    crop = min(clip, int(config.crop_seconds * config.sample_rate))
     num_classes = len(table.class_names)
     parts = tables.split(table, splits)
     (xtr, ytr), (xva, yva), (xte, yte) = (
@@ -333,6 +336,8 @@ def train_demo_classifier(
         "epochs": config.epochs,
         "seed": config.seed,
         "splits": dataclasses.asdict(splits),
+        "clip_seconds": config.clip_seconds,
+        "crop_seconds": min(config.crop_seconds, config.clip_seconds),
     }
     info = ClassifierInfo(
         class_names=table.class_names,

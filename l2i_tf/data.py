@@ -90,6 +90,13 @@ def probe_table(table: ClipTable, on_error: str = "raise") -> tuple[ClipTable, l
     return table.subset(keep), infos, errors
 
 
+def typical_seconds(infos: list[ClipInfo], percentile: float = 95.0) -> float:
+    """The ``percentile``-th percentile of the clips' durations, seconds (from their headers, nothing decoded)."""
+    if not infos:
+        raise ValueError("no clips to measure")
+    return float(np.percentile([info.frames / info.sample_rate for info in infos], percentile))
+
+
 def decode_audio(contents, decoder, file_rate, sample_rate: int) -> tf.Tensor:
     """Encoded file bytes -> mono float32 ``[samples]`` at ``sample_rate`` (in the graph, tensorflow-io)."""
     import tensorflow_io as tfio  # native ops; imported lazily so SavedModels never depend on it

@@ -7,6 +7,7 @@ import json
 import keras
 import numpy as np
 import pytest
+import soundfile
 import tensorflow as tf
 
 from l2i_tf import classifier, tables
@@ -143,3 +144,43 @@ def test_tiny_demo_training_writes_model_sidecar_and_metrics(tmp_path, make_fold
     assert info.layers == classifier.DEMO_LAYERS and info.metrics[f"test_{metric}"] == metrics[f"test_{metric}"]
     model = keras.saving.load_model(out)
     assert model(waves(2, 16000), training=False).shape == (2, len(classes))
+
+
+def test_typical_seconds_is_the_95th_percentile_of_the_clip_durations(tmp_path):
+    from run_fixture import noise, write
+
+    from l2i_tf import data
+
+    seconds = [0.1 * (i + 1) for i in range(20)]  # 0.1 .. 2.0 s, at two rates
+    infos = [data.probe(str(write(tmp_path / f"{i}.wav", noise(int(s * 8000)), 8000))) for i, s in enumerate(seconds)]
+    infos += [data.probe(str(write(tmp_path / "long.wav", noise(3 * 22050), 22050)))]
+    assert data.typical_seconds(infos) == pytest.approx(np.percentile([*seconds, 3.0], 95), abs=1e-4)
+    assert data.typical_seconds(infos, 50) == pytest.approx(1.1, abs=1e-4)
+
+
+def test_train_classifier_on_sub_second_clips_pads_them_to_their_typical_length(tmp_path):
+    from run_fixture import invoke, write
+
+    rng = np.random.default_rng(0)
+    for c, freq in enumerate((500.0, 1500.0)):
+        for i in range(8):
+            n = int(8000 * rng.uniform(0.3, 0.9))
+            t = np.arange(n) / 8000
+            write(
+                tmp_path / "data" / f"c{c}" / f"{i}.wav", (0.4 * np.sin(2 * np.pi * freq * t)).astype("float32"), 8000
+            )
+    out = tmp_path / "clf.keras"
+    args = ["train-classifier", "--data", tmp_path / "data", "--layout", "folders", "--sample-rate", 8000]
+    result = invoke(*args, "--epochs", 1, "--batch-size", 4, "--out", out)
+    assert result.exit_code == 0, result.output
+    durations = [len(soundfile.read(p)[0]) / 8000 for p in sorted((tmp_path / "data").rglob("*.wav"))]
+    expected = round(float(np.percentile(durations, 95)), 3)
+    assert f"clip length: {expected:g} s (95th percentile of the 16 clips' durations)" in result.output
+    info = classifier.load_info(out)
+    assert info.sample_rate == 8000
+    assert info.metrics["clip_seconds"] == expected and info.metrics["crop_seconds"] == expected  # crop <= clip
+    explicit = invoke(*args, "--epochs", 1, "--batch-size", 4, "--clip-seconds", 0.5, "--out", tmp_path / "b.keras")
+    assert explicit.exit_code == 0 and "clip length" not in explicit.output, explicit.output
+    assert classifier.load_info(tmp_path / "b.keras").metrics["clip_seconds"] == 0.5
+    bad = invoke(*args, "--clip-seconds", 0, "--out", tmp_path / "c.keras")
+    assert bad.exit_code == 2 and "--clip-seconds" in bad.output
