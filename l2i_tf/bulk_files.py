@@ -237,6 +237,12 @@ def write_index(out: str, records: list[dict]) -> bool:
     return changed
 
 
+def count_lines(path: str) -> int:
+    """Lines of a JSON Lines file (0 if it does not exist)."""
+    raw = read_bytes(path)
+    return 0 if raw is None else raw.count(b"\n")
+
+
 def write_errors(out: str, failures: list[dict]) -> bool:
     """``errors.jsonl``: one ``{"path", "reason"}`` line per input that failed in this run (empty if none)."""
     return _write_if_changed(join(out, ERRORS_FILE), jsonl(sorted(failures, key=lambda r: r["path"])))
