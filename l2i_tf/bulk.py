@@ -92,6 +92,7 @@ class _SkipComplete(beam.DoFn):
     def process(self, metadata):
         summary = bulk_files.existing(self.job.layout, metadata.path, self.job.settings)
         if summary is None:
+            bulk_files.remove_leftovers(self.job.layout, metadata.path)
             yield metadata
         else:
             self.skipped.inc()
@@ -164,9 +165,7 @@ class ExplainFiles(beam.PTransform):
 
     def expand(self, root):
         job = self.job
-        handler = ExplainModelHandler(
-            job.saved_model, job.threshold, int(job.metadata["sample_rate"]), max_batch_size=job.max_batch_size
-        )
+        handler = ExplainModelHandler(job.saved_model, job.threshold, max_batch_size=job.max_batch_size)
         matched = root | "Match" >> fileio.MatchFiles(job.input_glob)
         planned = matched | "SkipComplete" >> beam.ParDo(_SkipComplete(job)).with_outputs("done", main="todo")
         decoded = (
@@ -256,7 +255,7 @@ def run_job(job: BulkJob, runner: str = "DirectRunner", direct_workers: int = 1,
     if (counters["files_explained"] + counters["files_skipped"], counters["files_failed"]) != (
         counters["indexed"],
         counters["errors"],
-    ):  # seen now and then with the DirectRunner's multi-processing mode: a bundle's metric updates go missing
+    ):  # a runner may drop metric updates
         log.warning(
             "Beam's counters (%d explained, %d skipped, %d failed) differ from the files written (%d indexed, %d "
             "errors): the runner lost metric updates; the index and errors files are complete",

@@ -146,6 +146,18 @@ def existing(layout: Layout, path: str, settings: dict) -> dict | None:
     return summary
 
 
+def remove_leftovers(layout: Layout, path: str) -> None:
+    """Remove the temporary files that a killed run left for ``path``'s outputs (local outputs only)."""
+    target = Path(layout.full(layout.relative(path)))
+    if not is_local(layout.out) or not target.parent.is_dir():
+        return
+    for leftover in [
+        *target.parent.glob(f".{target.name}.*.tmp-*"),
+        *target.parent.glob(f"{target.name}.components/.*.tmp-*"),
+    ]:
+        leftover.unlink(missing_ok=True)
+
+
 def write_outputs(layout: Layout, path: str, summary: dict, settings: dict) -> dict:
     """Write the interpretation, the components (if ``settings["components"]``) and, last, the JSON of one input;
     ``summary`` is :func:`l2i_tf.explain_files.summarize`'s. Returns the JSON's content."""
@@ -225,6 +237,9 @@ def write_index(out: str, records: list[dict]) -> bool:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    if is_local(out):  # a killed run's temporary index and errors files
+        for leftover in [*Path(out).glob(".index.*.tmp-*"), *Path(out).glob(".errors.*.tmp-*")]:
+            leftover.unlink(missing_ok=True)
     records = sorted(records, key=lambda r: r["path"])
     lines = jsonl(records)
     changed = _write_if_changed(join(out, INDEX_FILE), lines)
