@@ -52,13 +52,15 @@ def measure(command: list[str]) -> tuple[float, int]:
     """Run ``command``; (wall seconds, peak resident bytes of its process tree)."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     t0 = time.perf_counter()
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak = 0
-    while proc.poll() is None:
-        peak = max(peak, tree_rss(proc.pid))
-        time.sleep(0.2)
-    seconds = time.perf_counter() - t0
-    output = proc.stdout.read()
+    with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: 400 lines would fill a pipe and block it
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        peak = 0
+        while proc.poll() is None:
+            peak = max(peak, tree_rss(proc.pid))
+            time.sleep(0.2)
+        seconds = time.perf_counter() - t0
+        log.seek(0)
+        output = log.read()
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(command[:4])}... failed ({proc.returncode}):\n{output[-3000:]}")
     print(output.strip().splitlines()[-2] if "explain-bulk" in command else output.strip().splitlines()[-1])
