@@ -6,8 +6,8 @@ import click
 
 from cli import evaluate as evaluate_cmd
 from cli import explain as explain_cmd
+from cli import explain_bulk, learn_dictionary, train, train_classifier
 from cli import export as export_cmd
-from cli import learn_dictionary, train, train_classifier
 from cli import report as report_cmd
 from cli import request as request_cmd
 
@@ -20,6 +20,7 @@ Examples:
   l2i-tf train-classifier --help
   l2i-tf learn-dictionary --out runs/esc10_dictionary
   l2i-tf export runs/esc10 && l2i-tf explain savedmodels/l2i clip.wav --out out
+  l2i-tf explain-bulk savedmodels/l2i 'archive/**/*.ogg' --out out/archive   # Apache Beam, resumable
   l2i-tf report runs/esc10 --examples 3 --out reports/esc10   # an offline HTML page
 """
 )
@@ -32,6 +33,7 @@ main.add_command(train.command)
 main.add_command(train_classifier.command)
 main.add_command(learn_dictionary.command)
 main.add_command(explain_cmd.command)
+main.add_command(explain_bulk.command)
 main.add_command(export_cmd.command)
 main.add_command(request_cmd.command)
 main.add_command(report_cmd.command)

@@ -53,12 +53,17 @@ class ClipInfo:
     decoder: int
 
 
-def probe(path: str) -> ClipInfo:
-    """Read a file's header (soundfile) and choose its decoder; raise :class:`AudioDataError` naming the file."""
+def probe(path: str, file=None) -> ClipInfo:
+    """Read a file's header (soundfile) and choose its decoder; raise :class:`AudioDataError` naming the file.
+
+    ``file``: an open binary file-like object holding the file's bytes (e.g. read from a remote file system), read
+    instead of ``path``; errors still name ``path``.
+    """
     try:
-        info = soundfile.info(path)
+        info = soundfile.info(path if file is None else file)
     except Exception as e:  # soundfile raises several types for unreadable files
-        raise AudioDataError(f"{path}: cannot read audio ({e})") from None
+        reason = str(e) if file is None else str(e).replace(repr(file), repr(path))
+        raise AudioDataError(f"{path}: cannot read audio ({reason})") from None
     if info.frames == 0:
         raise AudioDataError(f"{path}: the file holds no audio samples")
     decoder = _SUBTYPES.get((info.format, info.subtype))

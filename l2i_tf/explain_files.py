@@ -3,6 +3,7 @@ files written (``interpretation.wav``, ``component_<k>.wav``, ``explanation.json
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
@@ -96,11 +97,16 @@ class ExplainSource:
         return {key: value.numpy() for key, value in out.items()}
 
 
-def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
-    """Any supported file -> mono float32 numpy [S] at ``sample_rate`` (tensorflow-io: downmix, resample)."""
-    info = data.probe(str(path))
+def load_audio(path: str | Path, sample_rate: int, contents: bytes | None = None) -> np.ndarray:
+    """Any supported file -> mono float32 numpy [S] at ``sample_rate`` (tensorflow-io: downmix, resample).
+
+    ``contents``: the file's bytes when they were already read (e.g. from a remote file system); ``path`` then only
+    names the file in errors.
+    """
+    info = data.probe(str(path), None if contents is None else io.BytesIO(contents))
+    encoded = tf.io.read_file(str(path)) if contents is None else tf.constant(contents)
     try:
-        return data.decode_audio(tf.io.read_file(str(path)), info.decoder, info.sample_rate, sample_rate).numpy()
+        return data.decode_audio(encoded, info.decoder, info.sample_rate, sample_rate).numpy()
     except tf.errors.OpError as e:  # e.g. a truncated file whose header promises more samples than it holds
         raise data.AudioDataError(
             f"{path}: cannot decode audio ({graph_error_message(e)}); the file is truncated or corrupt"
@@ -110,15 +116,21 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
 def explain_waveform(source: ExplainSource, waveform: np.ndarray, class_name: str | None = None) -> dict:
     """Explain one decoded clip [S]: the JSON-ready summary plus ``audio`` (``interpretation`` [S] and
     ``components`` {index: [S]} of the selected components, numpy)."""
-    target = source.class_index(class_name)
-    result = source.explain(waveform[None], target)
-    names, rate = source.class_names, source.sample_rate
+    result = source.explain(waveform[None], source.class_index(class_name))
+    one = {key: value[0] for key, value in result.items()}
+    return summarize(one, source.metadata, source.threshold, str(source.path), source.kind)
+
+
+def summarize(result: dict, metadata: dict, threshold: float, source: str, kind: str) -> dict:
+    """One clip's outputs of the ``explain`` signature (numpy, without the batch dimension) -> the summary of
+    :func:`explain_waveform`. ``metadata``: the export's (class names, sample rate, top_n, domain)."""
+    names, rate = tuple(metadata["class_names"]), int(metadata["sample_rate"])
     selected, components = [], {}
     for index, relevance, chosen, wave in zip(
-        result["component_indices"][0],
-        result["component_relevance"][0],
-        result["component_selected"][0],
-        result["component_audio"][0],
+        result["component_indices"],
+        result["component_relevance"],
+        result["component_selected"],
+        result["component_audio"],
         strict=True,
     ):
         if chosen:
@@ -126,27 +138,28 @@ def explain_waveform(source: ExplainSource, waveform: np.ndarray, class_name: st
             components[int(index)] = wave
 
     def probabilities(key):
-        p = result[key][0]
+        p = result[key]
         return {
             "predicted": names[int(p.argmax())],
             "probabilities": {n: float(v) for n, v in zip(names, p, strict=True)},
         }
 
+    samples = int(result["interpretation"].shape[0])
     return {
-        "source": str(source.path),
-        "source_kind": source.kind,
+        "source": source,
+        "source_kind": kind,
         "sample_rate": rate,
-        "samples": int(waveform.shape[0]),
-        "seconds": waveform.shape[0] / rate,
-        "target_class": names[int(result["target_class"][0])],
-        "threshold": source.threshold,
-        "top_n": source.metadata["top_n"],
-        "domain": source.metadata["domain"],
+        "samples": samples,
+        "seconds": samples / rate,
+        "target_class": names[int(result["target_class"])],
+        "threshold": float(threshold),
+        "top_n": metadata["top_n"],
+        "domain": metadata["domain"],
         "classifier": probabilities("class_probabilities"),
         "interpreter": probabilities("interpreter_probabilities"),
-        "relevance": [float(v) for v in result["relevance"][0]],
+        "relevance": [float(v) for v in result["relevance"]],
         "selected": selected,
-        "audio": {"interpretation": result["interpretation"][0], "components": components},
+        "audio": {"interpretation": result["interpretation"], "components": components},
     }
 
 

@@ -1,0 +1,269 @@
+"""Explaining whole archives on Apache Beam (``l2i-tf explain-bulk``): match, decode, RunInference on an export's
+``explain`` signature, one interpretation per input, an index and the dead letters; resumable.
+
+``pipeline(...)`` is the composable transform (apply it to a pipeline's root); ``run(...)`` builds a pipeline around
+it for a runner, runs it and returns its counters. Needs the ``beam`` extra (``pip install "l2i_tf[beam]"``).
+Each input is explained whole (one window = the whole file), up to the export's maximum length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+
+import apache_beam as beam
+import tensorflow as tf
+from apache_beam.io import fileio
+from apache_beam.io.filesystem import FileMetadata
+from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from l2i_tf import bulk_files, data, explain_files, export
+from l2i_tf.bulk_model import ExplainModelHandler
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "l2i_tf.bulk"
+COUNTERS = ("files_skipped", "files_read", "files_explained", "files_failed", "audio_milliseconds")
+"""Beam metrics counters of a bulk explanation (namespace :data:`NAMESPACE`)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BulkJob:
+    """What a bulk explanation reads, with what, and where it writes (see :func:`pipeline`)."""
+
+    saved_model: str
+    input_glob: str
+    out: str
+    threshold: float
+    components: bool
+    metadata: dict
+    max_batch_size: int = 8
+
+    @property
+    def settings(self) -> dict:
+        """What an input's outputs depend on: a rerun redoes the inputs whose JSON holds other settings."""
+        return {"saved_model": self.saved_model, "threshold": self.threshold, "components": self.components}
+
+    @property
+    def layout(self) -> bulk_files.Layout:
+        return bulk_files.Layout(bulk_files.glob_base(self.input_glob), self.out)
+
+
+def make_job(saved_model, input_glob: str, out, threshold=None, components=False, max_batch_size=8) -> BulkJob:
+    """Resolve the export (a version folder, or a model folder: its newest version) and read its metadata."""
+    saved = str(saved_model)
+    if bulk_files.is_local(saved):
+        path = export.resolve_saved_model(saved)
+        saved, metadata = str(path.resolve()), export.load_metadata(path)
+    else:
+        with tf.io.gfile.GFile(bulk_files.join(saved, export.METADATA_FILE.as_posix())) as f:
+            metadata = json.load(f)
+    out = str(out)
+    if bulk_files.is_local(out):
+        out = bulk_files.absolute_glob(out)
+    return BulkJob(
+        saved_model=saved,
+        input_glob=bulk_files.absolute_glob(str(input_glob)),
+        out=out,
+        threshold=float(metadata["threshold"] if threshold is None else threshold),
+        components=bool(components),
+        metadata=metadata,
+        max_batch_size=int(max_batch_size),
+    )
+
+
+def _counter(name: str):
+    return Metrics.counter(NAMESPACE, name)
+
+
+@beam.typehints.with_output_types(FileMetadata)
+class _SkipComplete(beam.DoFn):
+    """Matched file -> itself (to explain), or its index record on ``done`` (its outputs are complete)."""
+
+    def __init__(self, job: BulkJob):
+        self.job = job
+        self.skipped = _counter("files_skipped")
+
+    def process(self, metadata):
+        summary = bulk_files.existing(self.job.layout, metadata.path, self.job.settings)
+        if summary is None:
+            bulk_files.remove_leftovers(self.job.layout, metadata.path)
+            yield metadata
+        else:
+            self.skipped.inc()
+            yield beam.pvalue.TaggedOutput("done", bulk_files.index_record(summary))
+
+
+class _Decode(beam.DoFn):
+    """Readable file -> ``(path, clip float32 [S])`` at the export's rate (the package's one audio loader), or
+    ``{"path", "reason"}`` on ``failed``."""
+
+    def __init__(self, job: BulkJob):
+        self.rate = int(job.metadata["sample_rate"])
+        self.max_samples = job.metadata.get("max_samples")
+        self.read, self.failed = _counter("files_read"), _counter("files_failed")
+
+    def process(self, readable):
+        path = readable.metadata.path
+        try:
+            clip = explain_files.load_audio(path, self.rate, readable.read())
+            if self.max_samples and len(clip) > self.max_samples:
+                raise data.AudioDataError(
+                    f"{path}: {len(clip) / self.rate:.2f} s is longer than this export's maximum of "
+                    f"{self.max_samples / self.rate:.2f} s"
+                )
+        except (ValueError, OSError, tf.errors.OpError) as e:
+            self.failed.inc()
+            yield beam.pvalue.TaggedOutput("failed", {"path": path, "reason": str(e)})
+            return
+        self.read.inc()
+        yield path, clip
+
+
+class _Write(beam.DoFn):
+    """``(path, PredictionResult)`` -> the input's files, and its index record; or ``{"path", "reason"}`` on
+    ``failed``."""
+
+    def __init__(self, job: BulkJob):
+        self.job = job
+        self.explained, self.failed = _counter("files_explained"), _counter("files_failed")
+        self.audio_ms = _counter("audio_milliseconds")
+
+    def process(self, element):
+        path, result = element
+        outputs = result.inference
+        if "error" in outputs:
+            self.failed.inc()
+            yield beam.pvalue.TaggedOutput("failed", {"path": path, "reason": f"{path}: {outputs['error']}"})
+            return
+        job = self.job
+        summary = explain_files.summarize(outputs, job.metadata, job.threshold, job.saved_model, "savedmodel")
+        try:
+            report = bulk_files.write_outputs(job.layout, path, summary, job.settings)
+        except OSError as e:
+            self.failed.inc()
+            yield beam.pvalue.TaggedOutput("failed", {"path": path, "reason": f"{path}: cannot write outputs ({e})"})
+            return
+        self.explained.inc()
+        self.audio_ms.inc(int(round(1000 * summary["seconds"])))
+        yield bulk_files.index_record(report)
+
+
+class ExplainFiles(beam.PTransform):
+    """Root transform: explain every file matching ``job.input_glob`` into ``job.out``; writes ``index.jsonl``,
+    ``index.parquet`` and ``errors.jsonl`` at the end. Returns ``{"records": ..., "failures": ...}`` (index records
+    and dead letters) for further composition."""
+
+    def __init__(self, job: BulkJob):
+        super().__init__()
+        self.job = job
+
+    def expand(self, root):
+        job = self.job
+        handler = ExplainModelHandler(job.saved_model, job.threshold, max_batch_size=job.max_batch_size)
+        matched = root | "Match" >> fileio.MatchFiles(job.input_glob)
+        planned = matched | "SkipComplete" >> beam.ParDo(_SkipComplete(job)).with_outputs("done", main="todo")
+        decoded = (
+            planned.todo
+            | "Read" >> fileio.ReadMatches()
+            | "Decode" >> beam.ParDo(_Decode(job)).with_outputs("failed", main="clips")
+        )
+        written = (
+            decoded.clips
+            | "Explain" >> RunInference(KeyedModelHandler(handler))
+            | "Write" >> beam.ParDo(_Write(job)).with_outputs("failed", main="records")
+        )
+        records = (planned.done, written.records) | "Records" >> beam.Flatten()
+        failures = (decoded.failed, written.failed) | "Failures" >> beam.Flatten()
+        _ = (
+            records
+            | "IndexList" >> beam.combiners.ToList()
+            | "WriteIndex" >> beam.Map(lambda rows, out=job.out: bulk_files.write_index(out, rows))
+        )
+        _ = (
+            failures
+            | "FailureList" >> beam.combiners.ToList()
+            | "WriteErrors" >> beam.Map(lambda rows, out=job.out: bulk_files.write_errors(out, rows))
+        )
+        return {"records": records, "failures": failures}
+
+
+def pipeline(
+    saved_model, input_glob: str, out, threshold: float | None = None, components: bool = False, max_batch_size=8
+) -> ExplainFiles:
+    """The bulk explanation as a Beam transform: ``beam.Pipeline() | l2i_tf.bulk.pipeline(...)``.
+
+    Args:
+        saved_model: an export (version folder, or model folder: newest version).
+        input_glob: files to explain (any Beam file system: local, ``gs://``, ``s3://``...); outputs mirror their
+            paths below the glob's folder before its first wildcard.
+        out: output folder. threshold: τ (default: the export's). components: also write each selected component.
+        max_batch_size: clips per model call at most.
+    """
+    return ExplainFiles(make_job(saved_model, input_glob, out, threshold, components, max_batch_size))
+
+
+def pipeline_options(runner: str = "DirectRunner", direct_workers: int = 1, beam_args=()) -> PipelineOptions:
+    """Beam options: ``beam_args`` (any Beam flags) plus the runner; the DirectRunner runs ``direct_workers``
+    processes (multi-processing mode) when more than one."""
+    extra = {}
+    if runner == "DirectRunner":
+        extra = {
+            "direct_num_workers": int(direct_workers),
+            "direct_running_mode": "multi_processing" if direct_workers > 1 else "in_memory",
+        }
+    return PipelineOptions(list(beam_args), runner=runner, **extra)
+
+
+def run(
+    saved_model,
+    input_glob: str,
+    out,
+    runner: str = "DirectRunner",
+    direct_workers: int = 1,
+    beam_args=(),
+    threshold: float | None = None,
+    components: bool = False,
+    max_batch_size: int = 8,
+) -> dict:
+    """Run :func:`pipeline` to completion (see :func:`run_job`)."""
+    job = make_job(saved_model, input_glob, out, threshold, components, max_batch_size)
+    return run_job(job, runner, direct_workers, beam_args)
+
+
+def run_job(job: BulkJob, runner: str = "DirectRunner", direct_workers: int = 1, beam_args=()) -> dict:
+    """Run a bulk explanation to completion; returns the counters of :data:`COUNTERS` plus ``audio_seconds``,
+    ``wall_seconds``, and the lines of the index (``indexed``) and of the errors file (``errors``): these two are
+    counted from the files, which stay exact where a runner drops metric updates."""
+    t0 = time.perf_counter()
+    p = beam.Pipeline(options=pipeline_options(runner, direct_workers, beam_args))
+    _ = p | "ExplainFiles" >> ExplainFiles(job)
+    result = p.run()
+    result.wait_until_finish()
+    counters = dict.fromkeys(COUNTERS, 0)
+    for metric in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
+        counters[metric.key.metric.name] += metric.committed or metric.attempted or 0  # one entry per step
+    counters["audio_seconds"] = counters["audio_milliseconds"] / 1000
+    counters["wall_seconds"] = time.perf_counter() - t0
+    counters["indexed"] = bulk_files.count_lines(bulk_files.join(job.out, bulk_files.INDEX_FILE))
+    counters["errors"] = bulk_files.count_lines(bulk_files.join(job.out, bulk_files.ERRORS_FILE))
+    if (counters["files_explained"] + counters["files_skipped"], counters["files_failed"]) != (
+        counters["indexed"],
+        counters["errors"],
+    ):  # a runner may drop metric updates
+        log.warning(
+            "Beam's counters (%d explained, %d skipped, %d failed) differ from the files written (%d indexed, %d "
+            "errors): the runner lost metric updates; the index and errors files are complete",
+            counters["files_explained"],
+            counters["files_skipped"],
+            counters["files_failed"],
+            counters["indexed"],
+            counters["errors"],
+        )
+    log.info("bulk explanation of %s: %s", job.input_glob, counters)
+    return counters

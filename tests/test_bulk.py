@@ -1,0 +1,206 @@
+"""`l2i-tf explain-bulk` on Apache Beam's DirectRunner: 42 files of mixed formats, rates, channels and lengths (2 of
+them corrupt) give what `l2i-tf explain` gives, an index, a dead-letter file; reruns and killed runs are resumable."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import soundfile
+from run_fixture import chirp, invoke, make_run, noise, write
+
+from cli.explain import _folders
+from l2i_tf import bulk, bulk_files, export
+from l2i_tf.explainer import ExplainConfig
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+# (format, subtype, rate, channels): ogg, flac, 16-bit and float wav, stereo, 8-48 kHz.
+FORMATS = [
+    ("wav", "PCM_16", 16000, 1),
+    ("wav", "FLOAT", 44100, 2),
+    ("flac", "PCM_16", 22050, 1),
+    ("ogg", "VORBIS", 48000, 1),
+    ("wav", "PCM_16", 8000, 2),
+    ("flac", "PCM_24", 32000, 2),
+    ("ogg", "VORBIS", 44100, 2),
+    ("wav", "FLOAT", 11025, 1),
+]
+SECONDS = [0.5, 0.5, 0.8, 1.0, 1.3, 2.0, 0.5]  # repeats: clips of equal length share a batch
+
+
+def good_inputs(root: Path) -> list[Path]:
+    paths = []
+    for i in range(40):
+        fmt, subtype, rate, channels = FORMATS[i % len(FORMATS)]
+        x = chirp(SECONDS[i % len(SECONDS)], rate, seed=i)
+        if channels == 2:
+            x = np.stack([x, 0.5 * noise(len(x), seed=i)], axis=1)
+        folder = root / f"set{i % 3}" / ("deep" if i % 5 == 0 else "")
+        paths.append(write(folder / f"clip{i:02d}.{fmt}", x, rate, subtype=subtype))
+    return paths
+
+
+def bad_inputs(root: Path) -> list[Path]:
+    truncated = write(root / "set1" / "truncated.wav", chirp(1.0), 16000)
+    truncated.write_bytes(truncated.read_bytes()[:2000])  # the header promises 16000 samples
+    not_audio = root / "set2" / "not_audio.ogg"
+    not_audio.write_bytes(b"OggS but not really" + bytes(range(200)))
+    return [truncated, not_audio]
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    """A tiny export (max 3 s, τ = 0, N = 3), the archive, one bulk run with components, and `l2i-tf explain`'s
+    outputs for the same files."""
+    root = tmp_path_factory.mktemp("bulk")
+    run = make_run(root / "run")
+    saved = export.export(run, root / "savedmodels", "l2i", ExplainConfig(threshold=0.0, top_n=3, max_seconds=3.0))
+    good, bad = good_inputs(root / "archive"), bad_inputs(root / "archive")
+    t0 = time.perf_counter()
+    counts = bulk.run(saved, str(root / "archive" / "**"), root / "out", components=True, max_batch_size=4)
+    seconds = time.perf_counter() - t0
+    result = invoke("explain", saved, *good, "--out", root / "reference")
+    assert result.exit_code == 0, result.output
+    reference = dict(zip(good, _folders(good, root / "reference"), strict=True))
+    return {
+        **{"root": root, "saved": saved, "good": good, "bad": bad, "counts": counts, "seconds": seconds},
+        **{"out": root / "out", "reference": reference},
+    }
+
+
+def read(path: Path) -> np.ndarray:
+    samples, _ = soundfile.read(path, dtype="float32")
+    return samples
+
+
+def snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*")}
+
+
+def assert_same_as_explain(archive, out: Path):
+    layout = bulk_files.Layout(str(archive["root"] / "archive") + "/", out)
+    for path, ref in archive["reference"].items():
+        expected = json.loads((ref / "explanation.json").read_text())
+        got = json.loads((out / layout.summary(str(path))).read_text())
+        assert got["input"] == str(path)
+        assert got["samples"] == expected["samples"]
+        assert got["target_class"] == expected["target_class"]
+        for key in ("classifier", "interpreter"):
+            assert got[key]["predicted"] == expected[key]["predicted"], (path, key)
+            assert got[key]["probabilities"] == pytest.approx(expected[key]["probabilities"], abs=1e-4), (path, key)
+        assert got["relevance"] == pytest.approx(expected["relevance"], abs=1e-4)
+        assert [s["component"] for s in got["selected"]] == [s["component"] for s in expected["selected"]]
+        interpretation = read(out / layout.interpretation(str(path)))
+        assert np.max(np.abs(interpretation - read(ref / "interpretation.wav"))) <= 1e-4, path
+        for mine, theirs in zip(got["selected"], expected["selected"], strict=True):
+            assert np.max(np.abs(read(out / mine["file"]) - read(ref / theirs["file"]))) <= 1e-4, path
+
+
+def test_mirror_base_of_globs():
+    assert bulk_files.glob_base("/data/archive/**/*.ogg") == "/data/archive/"
+    assert bulk_files.glob_base("/data/a*/x.wav") == "/data/"
+    assert bulk_files.glob_base("gs://bucket/clips/*.wav") == "gs://bucket/clips/"
+    assert bulk_files.glob_base("/data/one.wav") == "/data/"
+    layout = bulk_files.Layout("/data/archive/", "/out")
+    assert layout.interpretation("/data/archive/a/b.ogg") == "a/b.ogg.wav"
+    assert layout.component("/data/archive/a/b.ogg", 7) == "a/b.ogg.components/component_007.wav"
+    assert layout.full(layout.summary("/data/archive/b.ogg")) == "/out/b.ogg.json"
+
+
+def test_outputs_equal_l2i_tf_explain_on_the_same_files(archive):
+    assert_same_as_explain(archive, archive["out"])
+    print(f"bulk run of 42 files: {archive['seconds']:.1f} s")
+
+
+def test_index_has_one_line_per_good_file_and_errors_name_the_bad_ones(archive):
+    out, good = archive["out"], archive["good"]
+    lines = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+    assert [r["path"] for r in lines] == sorted(str(p) for p in good)
+    by_path = {r["path"]: r for r in lines}
+    for path, ref in archive["reference"].items():
+        expected = json.loads((ref / "explanation.json").read_text())
+        row = by_path[str(path)]
+        assert row["seconds"] == pytest.approx(expected["seconds"])
+        assert row["classifier_class"] == expected["classifier"]["predicted"]
+        assert row["interpreter_class"] == expected["interpreter"]["predicted"]
+        assert (out / row["output"]).is_file() and all((out / s["file"]).is_file() for s in row["selected"])
+    table = pq.read_table(out / "index.parquet").to_pylist()
+    assert table == lines
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    assert [e["path"] for e in errors] == sorted(str(p) for p in archive["bad"])
+    assert all(e["path"] in e["reason"] for e in errors)
+    counts = archive["counts"]
+    assert (counts["files_explained"], counts["files_failed"], counts["files_skipped"]) == (40, 2, 0)
+    assert (counts["indexed"], counts["errors"]) == (40, 2)
+    assert counts["audio_seconds"] == pytest.approx(sum(r["seconds"] for r in lines), abs=0.05)
+
+
+def test_a_rerun_writes_nothing_new(archive):
+    before = snapshot(archive["out"])
+    counts = bulk.run(archive["saved"], str(archive["root"] / "archive" / "**"), archive["out"], components=True)
+    assert snapshot(archive["out"]) == before
+    assert (counts["files_skipped"], counts["files_explained"], counts["files_failed"]) == (40, 0, 2)
+
+
+def test_fail_on_error_sets_the_exit_code(archive):
+    args = ("explain-bulk", archive["saved"], str(archive["root"] / "archive" / "**"), "--out", archive["out"])
+    result = invoke(*args, "--components")
+    assert result.exit_code == 0, result.output
+    assert "skipped (already complete) 40, failed 2" in result.output
+    result = invoke(*args, "--components", "--fail-on-error")
+    assert result.exit_code == 1
+    assert "2 input(s) failed" in result.output and "errors.jsonl" in result.output
+
+
+def test_other_settings_redo_the_outputs(archive, tmp_path):
+    """Outputs made without components (or with another τ) are not complete for a run that asks for them."""
+    glob = str(archive["root"] / "archive" / "set0" / "clip0[36].*")
+    first = bulk.run(archive["saved"], glob, tmp_path)
+    assert (first["files_explained"], first["files_skipped"]) == (2, 0)
+    assert not list(tmp_path.rglob("*.components"))
+    again = bulk.run(archive["saved"], glob, tmp_path, components=True)
+    assert (again["files_explained"], again["files_skipped"]) == (2, 0)
+    assert len(list(tmp_path.rglob("*.components"))) == 2
+
+
+def test_a_killed_run_restarted_ends_with_the_same_outputs(archive, tmp_path):
+    out = tmp_path / "out"
+    glob = str(archive["root"] / "archive" / "**")
+    command = [sys.executable, "-m", "cli.main", "explain-bulk", str(archive["saved"]), glob, "--out", str(out)]
+    command += ["--components", "--direct-workers", "2", "--batch-size", "2"]
+    # Its own process group: the DirectRunner's worker processes are killed with it.
+    proc = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while len(list(out.rglob("*.json"))) < 8:
+            assert proc.poll() is None, f"it ended first: {proc.stderr.read().decode()[-3000:]}"
+            assert time.monotonic() < deadline, "the bulk run never wrote 8 outputs"
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(60)
+    done = len(list(out.rglob("*.json")))
+    assert 8 <= done < 40 and not (out / "index.jsonl").exists()
+    counts = bulk.run(archive["saved"], glob, out, components=True)
+    assert counts["files_skipped"] >= 8 and counts["files_skipped"] + counts["files_explained"] == 40
+    assert sorted(snapshot(out)) == sorted(snapshot(archive["out"]))  # same files, no leftovers
+    assert_same_as_explain(archive, out)
+    assert (out / "errors.jsonl").read_text() == (archive["out"] / "errors.jsonl").read_text()
+    index = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+    expected = [json.loads(line) for line in (archive["out"] / "index.jsonl").read_text().splitlines()]
+    assert [r["path"] for r in index] == [r["path"] for r in expected]
+    for mine, theirs in zip(index, expected, strict=True):
+        for key, value in theirs.items():
+            if key == "selected":
+                assert [(s["component"], s["file"]) for s in mine[key]] == [(s["component"], s["file"]) for s in value]
+                assert [s["relevance"] for s in mine[key]] == pytest.approx([s["relevance"] for s in value], abs=1e-4)
+            else:
+                assert mine[key] == pytest.approx(value, abs=1e-4), key
