@@ -170,6 +170,7 @@ class ExplainFiles(beam.PTransform):
         planned = matched | "SkipComplete" >> beam.ParDo(_SkipComplete(job)).with_outputs("done", main="todo")
         decoded = (
             planned.todo
+            | "Spread" >> beam.Reshuffle()  # one glob is one element: without this, one worker does all the files
             | "Read" >> fileio.ReadMatches()
             | "Decode" >> beam.ParDo(_Decode(job)).with_outputs("failed", main="clips")
         )
