@@ -13,7 +13,7 @@ from cli import errors
 from l2i_tf import audio, data, tables
 
 # Third-party packages whose Python warnings (Keras' UserWarnings, deprecations) are for developers, not users.
-NOISY_MODULES = r"(tensorflow|tensorflow_io|keras|tf_keras|absl|h5py|google\.protobuf)(\.|$)"
+NOISY_MODULES = r"(tensorflow|tensorflow_io|tensorflow_hub|keras|tf_keras|absl|h5py|google\.protobuf|apache_beam|pkg_resources)(\.|$)"
 
 
 def setup(verbose: bool) -> None:
