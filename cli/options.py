@@ -13,7 +13,19 @@ from cli import errors
 from l2i_tf import audio, data, tables
 
 # Third-party packages whose Python warnings (Keras' UserWarnings, deprecations) are for developers, not users.
-NOISY_MODULES = r"(tensorflow|tensorflow_io|tensorflow_hub|keras|tf_keras|absl|h5py|google\.protobuf|apache_beam|pkg_resources)(\.|$)"
+NOISY_PACKAGES = (
+    "tensorflow",
+    "tensorflow_io",
+    "tensorflow_hub",
+    "keras",
+    "tf_keras",
+    "absl",
+    "h5py",
+    "google.protobuf",
+    "apache_beam",
+    "pkg_resources",
+)
+NOISY_MODULES = "(" + "|".join(name.replace(".", r"\.") for name in NOISY_PACKAGES) + r")(\.|$)"
 
 
 def setup(verbose: bool) -> None:
