@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from l2i_tf import audio, runs, training
+from l2i_tf import audio, runs, timeline, training
 from l2i_tf.dictionary import DictionaryMismatchError
 from l2i_tf.explain_files import FixedByExportError, UnknownClassError
 
@@ -14,7 +14,7 @@ RUN_FOLDER_HINTS = {
     "incomplete": "point at the folder `l2i-tf train --out` wrote",
     "incompatible": "retrain it with `l2i-tf train --overwrite` and the same settings",
 }
-OPTION_FLAGS = {"top_n": "--top", "domain": "--domain", "class_names": "--class-names", "max_seconds": "--max-seconds"}
+OPTION_FLAGS = {"top_n": "--top", "class_names": "--class-names"}
 
 
 def unsafe_model(error: runs.UnsafeModelError, param_hint: str) -> click.BadParameter:
@@ -72,7 +72,14 @@ def dictionary_mismatch(error: DictionaryMismatchError, given: bool) -> click.Ba
     return click.BadParameter(str(error), param_hint=hint)
 
 
-SOURCE_ERRORS = (runs.UnsafeModelError, runs.RunFolderError, FileNotFoundError, FixedByExportError, UnknownClassError)
+SOURCE_ERRORS = (
+    runs.UnsafeModelError,
+    runs.RunFolderError,
+    FileNotFoundError,
+    FixedByExportError,
+    UnknownClassError,
+    timeline.WindowError,
+)
 """What opening a run folder or an export for explaining can raise (l2i-tf explain, l2i-tf report)."""
 
 
@@ -86,4 +93,6 @@ def source_error(error: Exception, param_hint: str = "SOURCE") -> click.BadParam
         return fixed_by_export(error)
     if isinstance(error, UnknownClassError):
         return click.BadParameter(str(error), param_hint="--class")
+    if isinstance(error, timeline.WindowError):
+        return click.BadParameter(str(error), param_hint="--window-seconds")
     return click.BadParameter(str(error), param_hint=param_hint)

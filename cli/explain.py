@@ -39,21 +39,26 @@ Examples:
 @click.option("--threshold", type=float, default=None, help="τ: select components with relevance > τ [0.5/export's].")
 @click.option("--top", type=click.IntRange(min=0), default=None, help="At most N components (run folder) [5/export's].")
 @click.option("--domain", type=click.Choice(audio.DOMAINS), default=None, help="Mask domain [log1p/export's].")
+@options.window_options(defaults=False)
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
 @options.unsafe_load_option
 @click.option("-v", "--verbose", is_flag=True)
-def command(source, inputs, class_name, threshold, top, domain, out, unsafe_load, verbose):
+def command(source, inputs, class_name, threshold, top, domain, window_seconds, aggregate, out, unsafe_load, verbose):
     """Explain the classifier's decision on each INPUT with audio you can listen to.
 
     SOURCE is a run folder (l2i-tf train) or an exported SavedModel (a version folder, or the model folder:
     newest version). INPUT files may have any length, sample rate (resampled) and channel count (downmixed).
+    A recording longer than one window (the classifier's fixed input, or --window-seconds) is explained as a
+    timeline: windows at half-window hops, the recording's decision aggregated from them, the windows'
+    interpretations overlap-added into one as long as the input.
     Writes interpretation.wav, component_<k>.wav per selected component and explanation.json (both classifiers'
-    probabilities, relevances, selected components) into OUT, or OUT/<stem>/ when there are several inputs.
+    probabilities, relevances, selected components, the timeline) into OUT, or OUT/<stem>/ when there are
+    several inputs.
     """
     options.setup(verbose)
     if threshold is not None and threshold != threshold:
         raise click.BadParameter(f"{threshold!r} is not a number", param_hint="--threshold")
-    src = open_source(source, threshold, top, domain, unsafe_load)
+    src = open_source(source, threshold, top, domain, unsafe_load, window_seconds, aggregate)
     try:
         src.class_index(class_name)
     except errors.SOURCE_ERRORS as e:
@@ -71,15 +76,37 @@ def command(source, inputs, class_name, threshold, top, domain, out, unsafe_load
             f"{report['interpreter']['predicted']}; explaining {report['target_class']}: "
             f"components {chosen} -> {folder}"
         )
+        if len(report["timeline"]) > 1:
+            click.echo(f"  timeline: {_timeline(report['timeline'])}")
         if verbose:
             click.echo(json.dumps(report["classifier"], indent=2))
+    click.echo(f"peak memory: {options.peak_memory_mb():.0f} MB")
 
 
-def open_source(source, threshold, top, domain, unsafe_load) -> explain_files.ExplainSource:
+def _timeline(windows: list[dict]) -> str:
+    """Consecutive windows with the same prediction as ``start-end s name`` runs."""
+    runs = []
+    for w in windows:
+        if runs and runs[-1][2] == w["predicted"]:
+            runs[-1][1] = w["end"]
+        else:
+            runs.append([w["start"], w["end"], w["predicted"]])
+    return "; ".join(f"{a:g}-{b:g} s {name}" for a, b, name in runs)
+
+
+def open_source(
+    source, threshold, top, domain, unsafe_load, window_seconds=None, aggregate=None
+) -> explain_files.ExplainSource:
     """The run folder or export to explain with; errors name the flag that fixes them."""
     try:
         return explain_files.ExplainSource(
-            source, threshold=threshold, top_n=top, domain=domain, safe_mode=not unsafe_load
+            source,
+            threshold=threshold,
+            top_n=top,
+            domain=domain,
+            safe_mode=not unsafe_load,
+            window_seconds=window_seconds,
+            aggregate=aggregate,
         )
     except errors.SOURCE_ERRORS as e:
         raise errors.source_error(e) from None

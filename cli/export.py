@@ -36,20 +36,24 @@ Examples:
     type=click.FloatRange(min=0),
     default=DEFAULTS.max_seconds,
     show_default=True,
-    help="Longer clips are rejected with an error (0: no limit).",
+    help="Longer recordings are rejected with an error (0: no limit).",
 )
+@options.window_options(defaults=True)
 @options.unsafe_load_option
 @click.option("-v", "--verbose", is_flag=True)
-def command(run_dir, name, out, version, threshold, top, domain, max_seconds, unsafe_load, verbose):
+def command(
+    run_dir, name, out, version, threshold, top, domain, max_seconds, window_seconds, aggregate, unsafe_load, verbose
+):
     """Export RUN_DIR as one SavedModel under OUT/NAME/VERSION/ (never overwriting; atomic).
 
     Signatures: serving_default (waveform -> interpretation, predictions, relevance, selected), explain (+
     target_class, threshold -> top-N component audio), classify (classifier only), explain_wav (WAV files in
-    and out). Only core TensorFlow ops, so TF Serving loads it.
+    and out). Recordings longer than one window are explained as a timeline (window_* outputs). Only core
+    TensorFlow ops, so TF Serving loads it.
     """
     options.setup(verbose)
     try:
-        config = ExplainConfig(threshold=threshold, top_n=top, domain=domain, max_seconds=max_seconds)
+        config = ExplainConfig(threshold, top, domain, max_seconds, window_seconds, aggregate)
         path = export_lib.export(run_dir, out, name, config, version, safe_mode=not unsafe_load)
     except runs.UnsafeModelError as e:
         raise errors.unsafe_model(e, "RUN_DIR") from None

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import resource
 import warnings
 
 import click
 import tensorflow as tf
 
 from cli import errors
-from l2i_tf import audio, data, tables
+from l2i_tf import audio, data, tables, timeline
 
 # Third-party packages whose Python warnings (Keras' UserWarnings, deprecations) are for developers, not users.
 NOISY_PACKAGES = (
@@ -106,6 +107,34 @@ def stft_config(sample_rate, frame_length, frame_step, fft_length) -> audio.STFT
         return audio.STFTConfig.for_rate(rate, frame_length, frame_step, fft_length)
     except audio.AudioSettingError as e:
         raise errors.audio_setting(e) from None
+
+
+def window_options(defaults: bool):
+    """--window-seconds and --aggregate: a recording's timeline. ``defaults``: show and fill the ExplainConfig
+    defaults (export); otherwise None when not given (explain: a run folder's default or the export's)."""
+    window_help = (
+        "Timeline window, seconds (hop: half of it) [0: the classifier's fixed input, else the whole recording up "
+        f"to {timeline.WHOLE_CLIP_SECONDS:g} s, longer ones in {timeline.WHOLE_CLIP_SECONDS:g} s windows]."
+    )
+    aggregate_help = "The recording's decision from its windows' logits [mean]."
+
+    def wrap(func):
+        func = click.option(
+            "--aggregate",
+            type=click.Choice(timeline.AGGREGATES),
+            default="mean" if defaults else None,
+            help=aggregate_help,
+        )(func)
+        return click.option(
+            "--window-seconds", type=click.FloatRange(min=0), default=0.0 if defaults else None, help=window_help
+        )(func)
+
+    return wrap
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process so far (ru_maxrss, Linux: kB), MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def unsafe_load_option(func):

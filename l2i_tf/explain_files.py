@@ -3,6 +3,7 @@ files written (``interpretation.wav``, ``component_<k>.wav``, ``explanation.json
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
 from pathlib import Path
@@ -16,7 +17,8 @@ from l2i_tf.explainer import ExplainConfig, Explainer
 
 
 class FixedByExportError(ValueError):
-    """An option (``option``: ``"top_n"`` or ``"domain"``) asked for a value (``value``) that differs from the one
+    """An option (``option``: ``"top_n"``, ``"domain"``, ``"window_seconds"`` or ``"aggregate"``) asked for a value
+    (``value``) that differs from the one
     an export fixed (``fixed``)."""
 
     def __init__(self, option: str, value, fixed):
@@ -41,34 +43,41 @@ class ExplainSource:
     Args:
         path: a run folder (``config.json`` + ``interpreter.keras``), a SavedModel folder, or a model folder of
             integer versions (the newest is used).
-        threshold, top_n, domain: run folder: override the :class:`~l2i_tf.explainer.ExplainConfig` defaults;
-            SavedModel: ``top_n`` and ``domain`` are fixed by the export and must match if given, ``threshold``
-            overrides its default.
+        threshold, top_n, domain, window_seconds, aggregate: run folder: override the
+            :class:`~l2i_tf.explainer.ExplainConfig` defaults; SavedModel: all but ``threshold`` are fixed by the
+            export and must match if given, ``threshold`` overrides its default.
         safe_mode: load a run folder's ``.keras`` file with Keras' safe mode (refuses ``Lambda`` layers' code).
     """
 
-    def __init__(self, path, threshold: float | None = None, top_n: int | None = None, domain=None, safe_mode=True):
+    def __init__(
+        self,
+        path,
+        threshold: float | None = None,
+        top_n: int | None = None,
+        domain=None,
+        safe_mode=True,
+        window_seconds: float | None = None,
+        aggregate: str | None = None,
+    ):
         path = Path(path)
+        fixed = {"top_n": top_n, "domain": domain, "window_seconds": window_seconds, "aggregate": aggregate}
         self.path = path
         self.explainer: Explainer | None = None
         if runs.is_run(path):
             run = runs.load_run(path, safe_mode=safe_mode)
-            defaults = ExplainConfig()
-            config = ExplainConfig(
-                threshold=defaults.threshold if threshold is None else threshold,
-                top_n=defaults.top_n if top_n is None else top_n,
-                domain=domain or defaults.domain,
-                max_seconds=0,
-            )
+            given = {key: value for key, value in fixed.items() if value is not None}
+            config = ExplainConfig(**given, max_seconds=0)
+            if threshold is not None:
+                config = dataclasses.replace(config, threshold=threshold)
             self.kind = "run"
             self.explainer = Explainer(run.interpreter, run.class_names, config)
             self.metadata = self.explainer.metadata()
         else:
             saved = export.resolve_saved_model(path)
             self.metadata = export.load_metadata(saved)
-            for option, value in (("top_n", top_n), ("domain", domain)):
-                if value is not None and value != self.metadata[option]:
-                    raise FixedByExportError(option, value, self.metadata[option])
+            for option, value in fixed.items():
+                if value is not None and value != self.metadata.get(option):
+                    raise FixedByExportError(option, value, self.metadata.get(option))
             self.kind = "savedmodel"
             self.path = saved
             self._signature = tf.saved_model.load(str(saved)).signatures["explain"]
@@ -155,12 +164,41 @@ def summarize(result: dict, metadata: dict, threshold: float, source: str, kind:
         "threshold": float(threshold),
         "top_n": metadata["top_n"],
         "domain": metadata["domain"],
+        "aggregate": metadata.get("aggregate", "mean"),
+        "window_seconds": metadata["window_samples"] / rate if "window_samples" in metadata else None,
         "classifier": probabilities("class_probabilities"),
         "interpreter": probabilities("interpreter_probabilities"),
         "relevance": [float(v) for v in result["relevance"]],
         "selected": selected,
+        "timeline": timeline(result, names, rate),
         "audio": {"interpretation": result["interpretation"], "components": components},
     }
+
+
+def timeline(result: dict, names, rate: int) -> list[dict]:
+    """Per window of one recording's outputs: start and end (seconds), the classifier's prediction and its
+    probability, the selected components. Windows padded past a recording's end (``explain_wav``) are left out."""
+    windows = []
+    for start, end, predicted, probabilities, selected in zip(
+        result["window_start"],
+        result["window_end"],
+        result["window_predicted_class"],
+        result["window_class_probabilities"],
+        result["window_selected"],
+        strict=True,
+    ):
+        if predicted < 0:
+            continue
+        windows.append(
+            {
+                "start": int(start) / rate,
+                "end": int(end) / rate,
+                "predicted": names[int(predicted)],
+                "probability": float(probabilities[int(predicted)]),
+                "selected": [int(k) for k in selected.nonzero()[0]],
+            }
+        )
+    return windows
 
 
 def write_explanation(result: dict, out: str | Path, **fields) -> dict:

@@ -139,31 +139,39 @@ class TargetClass(keras.layers.Layer):
         return {**super().get_config(), "num_classes": self.num_classes}
 
 
-def _has_energy(spectrogram) -> tf.Tensor:
-    """bool [B]: the clip's spectrogram is not all zero (a silent clip has nothing to explain)."""
-    return tf.reduce_max(spectrogram, axis=[1, 2]) > 0
+@_register
+class Active(keras.layers.Layer):
+    """X ``[B, T, F]`` -> bool ``[B]``: the clip's spectrogram is not all zero (a silent clip has nothing to
+    explain: it gets zero relevance and no selection)."""
+
+    def call(self, spectrogram):
+        return tf.reduce_max(spectrogram, axis=[1, 2]) > 0
+
+    def compute_output_spec(self, spectrogram):
+        return keras.KerasTensor(spectrogram.shape[:1], dtype="bool")
 
 
 @_register
 class Relevance(keras.layers.Layer):
-    """``[contributions [B, K, C], target [B], X [B, T, F]]`` -> relevance ``[B, K]`` of each component for the
-    target class (:func:`l2i_tf.explain.class_relevance`); a silent clip (X all zero) gets zeros."""
+    """``[contributions [B, K, C], target [B], active bool [B]]`` -> relevance ``[B, K]`` of each component for the
+    target class (:func:`l2i_tf.explain.class_relevance`); an inactive (silent) clip gets zeros."""
 
-    def call(self, contributions, target, spectrogram):
+    def call(self, contributions, target, active):
         r = explain.class_relevance(contributions, target)
-        return tf.where(_has_energy(spectrogram)[:, None], r, tf.zeros_like(r))
+        return tf.where(active[:, None], r, tf.zeros_like(r))
 
-    def compute_output_spec(self, contributions, target, spectrogram):
+    def compute_output_spec(self, contributions, target, active):
         return keras.KerasTensor(contributions.shape[:2], dtype="float32")
 
 
 @_register
 class Selection(keras.layers.Layer):
-    """``[relevance [B, K], threshold [B], X [B, T, F]]`` -> the selected components.
+    """``[relevance [B, K], threshold [B], active bool [B]]`` -> the selected components.
 
     Returns ``(indices int32 [B, N], values [B, N], chosen bool [B, N], selected bool [B, K])``: the N most
     relevant components by decreasing relevance (ties: lower index), which of them have relevance > τ, and that
-    choice as a [B, K] mask. Nothing is selected in a silent clip. A NaN threshold fails an in-graph assertion.
+    choice as a [B, K] mask. Nothing is selected in an inactive (silent) clip. A NaN threshold fails an in-graph
+    assertion.
 
     Args:
         top_n: N, ``1 <= N <= K``.
@@ -175,19 +183,19 @@ class Selection(keras.layers.Layer):
             raise ValueError(f"top_n must be a positive integer, got {top_n!r}")
         self.top_n = top_n
 
-    def call(self, relevance, threshold, spectrogram):
+    def call(self, relevance, threshold, active):
         threshold = tf.cast(threshold, tf.float32)
         check = tf.debugging.Assert(
             ~tf.reduce_any(tf.math.is_nan(threshold)), ["threshold is NaN"], name="check_threshold"
         )
         with tf.control_dependencies([check]):
             indices, values = explain.top_components(relevance, self.top_n)
-        chosen = (values > threshold[:, None]) & _has_energy(spectrogram)[:, None]
+        chosen = (values > threshold[:, None]) & active[:, None]
         k = tf.shape(relevance)[1]
         selected = tf.reduce_max(tf.one_hot(indices, k) * tf.cast(chosen, tf.float32)[..., None], axis=1) > 0
         return indices, values, chosen, selected
 
-    def compute_output_spec(self, relevance, threshold, spectrogram):
+    def compute_output_spec(self, relevance, threshold, active):
         batch, k = relevance.shape
         top = (batch, self.top_n)
         return (

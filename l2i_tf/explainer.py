@@ -8,6 +8,10 @@ fused into one mask, and the synthesis is one batched ISTFT per output::
                                 └─ STFT: X, phase ────────────────────────────────────────── heads: Ψ -> H -> Θ
     Θ contributions, target class ─ relevance ─ selection (top-N, τ) ─ NMF soft masks ─ ISTFT ─ interpretation
 
+A recording longer than one window (the classifier's fixed input, or ``ExplainConfig.window_seconds``) is
+explained as a timeline of windows by :mod:`l2i_tf.recording` on the same layers; the functional graph here is
+the graph of one window.
+
 Outputs (B clips, S samples, K components, C classes, N top components): ``interpretation`` float32 [B, S],
 ``predicted_class`` int32 [B], ``predicted_class_name`` string [B], ``class_probabilities`` [B, C] (the
 classifier's), ``interpreter_probabilities`` [B, C], ``relevance`` [B, K], ``selected`` bool [B, K], and with
@@ -24,8 +28,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from l2i_tf import audio, batches
+from l2i_tf import audio, batches, recording, timeline
 from l2i_tf.explain_layers import (
+    Active,
     ClassNames,
     FitLength,
     PredictedClass,
@@ -37,7 +42,7 @@ from l2i_tf.explain_layers import (
 )
 from l2i_tf.settings import Settings
 
-SERVING_OUTPUTS = (
+CLIP_OUTPUTS = (
     "interpretation",
     "predicted_class",
     "predicted_class_name",
@@ -46,6 +51,7 @@ SERVING_OUTPUTS = (
     "relevance",
     "selected",
 )
+SERVING_OUTPUTS = (*CLIP_OUTPUTS, *recording.TIMELINE_OUTPUTS)
 COMPONENT_OUTPUTS = (
     "target_class",
     "component_indices",
@@ -65,13 +71,18 @@ class ExplainConfig(Settings):
         top_n: N, at most this many components are selected, and the N most relevant ones get their own audio.
             0: no limit (N = K).
         domain: mask domain, one of :data:`l2i_tf.audio.DOMAINS`.
-        max_seconds: longest accepted clip, seconds (0: no limit).
+        max_seconds: longest accepted recording, seconds (0: no limit).
+        window_seconds: window of a recording's timeline, seconds. 0: the classifier's fixed input length, or for
+            a variable-length classifier the whole recording up to 30 s (longer ones in 30 s windows).
+        aggregate: the recording's decision from its windows' logits, ``"mean"`` or ``"max"``.
     """
 
     threshold: float = 0.5
     top_n: int = 5
     domain: str = "log1p"
-    max_seconds: float = 60.0
+    max_seconds: float = 600.0
+    window_seconds: float = 0.0
+    aggregate: str = "mean"
 
     def __post_init__(self):
         if not isinstance(self.top_n, int) or isinstance(self.top_n, bool) or self.top_n < 0:
@@ -81,44 +92,61 @@ class ExplainConfig(Settings):
             raise ValueError(f"max_seconds must be >= 0 (0: no limit), got {self.max_seconds!r}")
         if self.threshold != self.threshold:
             raise ValueError(f"threshold must be a number, got {self.threshold!r}")
+        if not self.window_seconds >= 0:
+            raise ValueError(f"window_seconds must be >= 0 (0: the classifier's input), got {self.window_seconds!r}")
+        timeline.check_aggregate(self.aggregate)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def _graph(interpreter, class_names, config: ExplainConfig, top_n: int, max_samples: int):
-    """The explanation graph on the interpreter's layers: (inputs, every output, the classifier's outputs)."""
+def _layers(interpreter, class_names, config: ExplainConfig, top_n: int, max_samples: int) -> dict:
+    """The Explainer's own layers (the interpreter's are shared), by role."""
     stft = interpreter.stft_config
+    return {
+        "guard": WaveformGuard(max_samples, stft.sample_rate, name="guard"),
+        "predicted": PredictedClass(name="predicted_class"),
+        "target": TargetClass(len(class_names), name="target"),
+        "active": Active(name="active"),
+        "relevance": Relevance(name="relevance"),
+        "selection": Selection(top_n, name="selection"),
+        "synthesis": audio.MaskedSynthesis(stft.to_dict(), config.domain, name="synthesis"),
+        "fit": FitLength(name="fit_length"),
+        "classifier_probabilities": Probabilities(interpreter.multilabel, name="class_probabilities"),
+        "interpreter_probabilities": Probabilities(interpreter.multilabel, name="interpreter_probabilities"),
+        "class_name": ClassNames(class_names, name="class_name"),
+        "class_names": ClassNames(class_names, table=True, name="class_names"),
+    }
+
+
+def _graph(interpreter, layers: dict):
+    """The explanation graph of one clip (one window) on the layers: (inputs, every output, the classifier's)."""
     inputs = {
         "waveform": keras.Input((None,), name="waveform"),
         "target_class": keras.Input((), dtype="int32", name="target_class"),
         "threshold": keras.Input((), name="threshold"),
     }
-    waveform = WaveformGuard(max_samples, stft.sample_rate, name="guard")(inputs["waveform"])
+    waveform = layers["guard"](inputs["waveform"])
     out = interpreter.stages.flow(waveform)
     x, phase, h = out["spectrogram"], out["phase"], out["activations"]
-    predicted = PredictedClass(name="predicted_class")(out["classifier_logits"])
-    target = TargetClass(len(class_names), name="target")(inputs["target_class"], out["classifier_logits"])
-    relevance = Relevance(name="relevance")(out["contributions"], target, x)
-    indices, values, chosen, selected = Selection(top_n, name="selection")(relevance, inputs["threshold"], x)
-    synthesis = audio.MaskedSynthesis(stft.to_dict(), config.domain, name="synthesis")
-    fit = FitLength(name="fit_length")
+    predicted = layers["predicted"](out["classifier_logits"])
+    target = layers["target"](inputs["target_class"], out["classifier_logits"])
+    active = layers["active"](x)
+    relevance = layers["relevance"](out["contributions"], target, active)
+    indices, values, chosen, selected = layers["selection"](relevance, inputs["threshold"], active)
+    synthesis, fit = layers["synthesis"], layers["fit"]
     mask = interpreter.decoder(h, selected=selected)
     parts = interpreter.decoder(h, indices=indices)
     classified = {
-        "class_probabilities": Probabilities(interpreter.multilabel, name="class_probabilities")(
-            out["classifier_logits"]
-        ),
+        "class_probabilities": layers["classifier_probabilities"](out["classifier_logits"]),
         "predicted_class": predicted,
-        "predicted_class_name": ClassNames(class_names, name="class_name")(predicted),
-        "class_names": ClassNames(class_names, table=True, name="class_names")(predicted),
+        "predicted_class_name": layers["class_name"](predicted),
+        "class_names": layers["class_names"](predicted),
     }
     outputs = {
         "interpretation": fit(synthesis(x, phase, mask, out["waveform"]), waveform),
         **{key: classified[key] for key in ("predicted_class", "predicted_class_name", "class_probabilities")},
-        "interpreter_probabilities": Probabilities(interpreter.multilabel, name="interpreter_probabilities")(
-            out["logits"]
-        ),
+        "interpreter_probabilities": layers["interpreter_probabilities"](out["logits"]),
         "relevance": relevance,
         "selected": selected,
         "target_class": target,
@@ -153,7 +181,10 @@ class Explainer(keras.Model):
         top_n = min(config.top_n, interpreter.k) if config.top_n else interpreter.k
         rate = interpreter.stft_config.sample_rate
         max_samples = int(round(config.max_seconds * rate)) if config.max_seconds else 0
-        inputs, outputs, classified = _graph(interpreter, tuple(class_names), config, top_n, max_samples)
+        stft = interpreter.stft_config
+        window = timeline.check_window(config.window_seconds, rate, interpreter.clip_samples, stft.frame_length)
+        layers = _layers(interpreter, tuple(class_names), config, top_n, max_samples)
+        inputs, outputs, classified = _graph(interpreter, layers)
         super().__init__(inputs=inputs, outputs=outputs, **{"name": "explainer", **kwargs})
         self.interpreter = interpreter
         self.class_names = tuple(class_names)
@@ -164,8 +195,20 @@ class Explainer(keras.Model):
         self.stft_config = interpreter.stft_config
         self.num_components = interpreter.k
         self.multilabel = interpreter.multilabel
-        self.serving_model = keras.Model(inputs, {k: outputs[k] for k in SERVING_OUTPUTS}, name="explainer_serving")
+        self.serving_model = keras.Model(inputs, {k: outputs[k] for k in CLIP_OUTPUTS}, name="explainer_serving")
         self.classify_model = keras.Model(inputs["waveform"], classified, name="explainer_classify")
+        self.window_samples = window
+        self.hop_samples = max(window // 2, 1)
+        self.parts = recording.Parts(
+            interpreter.stages,
+            interpreter.decoder,
+            layers,
+            window,
+            self.hop_samples,
+            top_n,
+            config.aggregate,
+            int(timeline.CHUNK_SECONDS * rate),
+        )
         self.calls = _Calls(self, interpreter)
 
     @property
@@ -183,7 +226,8 @@ class Explainer(keras.Model):
         return tf.cast(waveform, tf.float32)
 
     def explain(self, waveform, target_class=None, threshold=None, components: bool = False) -> dict:
-        """Explain a batch: predictions, relevance, selection and interpretation (and the top-N components' audio).
+        """Explain a batch of recordings: predictions, relevance, selection, interpretation and timeline (and the
+        top-N components' audio); windowed as in :mod:`l2i_tf.recording`.
 
         Args:
             waveform: float32 [B, S] at the model's sample rate.
@@ -203,7 +247,7 @@ class Explainer(keras.Model):
 
     def classify(self, waveform) -> dict:
         """Waveform [B, S] -> the classifier's ``class_probabilities`` [B, C], ``predicted_class`` [B], its name and
-        ``class_names`` [B, C]."""
+        ``class_names`` [B, C] (of the whole recording: window logits aggregated)."""
         return self.calls.classify(self.check_waveform(waveform))
 
     def analyze(self, waveform) -> dict:
@@ -231,6 +275,10 @@ class Explainer(keras.Model):
             "domain": self.config.domain,
             "max_seconds": self.config.max_seconds,
             "max_samples": self.max_samples,
+            "window_seconds": self.config.window_seconds,
+            "window_samples": self.window_samples,
+            "hop_samples": self.hop_samples,
+            "aggregate": self.config.aggregate,
             "multilabel": self.multilabel,
         }
 
@@ -256,14 +304,16 @@ class _Calls:
     def __init__(self, explainer: Explainer, interpreter):
         waveform = tf.TensorSpec([None, None], tf.float32)
         spec = [waveform, tf.TensorSpec([None], tf.int32), tf.TensorSpec([None])]
-        self.serve = tf.function(lambda w, t, th: explainer.serving_model(_feed(w, t, th)), input_signature=spec)
-        self.explain = tf.function(lambda w, t, th: explainer(_feed(w, t, th)), input_signature=spec)
-        self.classify = tf.function(explainer.classify_model, input_signature=[waveform])
+        parts = explainer.parts
+        self.serve = tf.function(
+            lambda w, t, th: recording.explain_recording(parts, w, t, th, components=False), input_signature=spec
+        )
+        self.explain = tf.function(
+            lambda w, t, th: recording.explain_recording(parts, w, t, th, components=True), input_signature=spec
+        )
+        self.classify = tf.function(lambda w: recording.classify(parts, w), input_signature=[waveform])
         self.analyze = tf.function(lambda w: interpreter(w, training=False), input_signature=[waveform])
         self.logits = tf.function(
             lambda w: interpreter.stages.features(w)["classifier_logits"], input_signature=[waveform]
         )
 
-
-def _feed(waveform, target_class, threshold) -> dict:
-    return {"waveform": waveform, "target_class": target_class, "threshold": threshold}

@@ -4,7 +4,9 @@ Signatures (every input and output has a batch dimension B; S = samples, any len
 outputs as in :mod:`l2i_tf.explainer`):
 
 ``serving_default``  waveform float32 [B, S] -> interpretation, predicted_class, predicted_class_name,
-                     class_probabilities, interpreter_probabilities, relevance, selected
+                     class_probabilities, interpreter_probabilities, relevance, selected, and the timeline of W
+                     windows: window_start, window_end int32 [B, W] (samples), window_predicted_class [B, W],
+                     window_class_probabilities [B, W, C], window_selected bool [B, W, K]
 ``explain``          + target_class int32 [B] (-1: the classifier's prediction), threshold float32 [] ->
                      the above + target_class, component_indices, component_relevance, component_selected,
                      component_audio (the N most relevant components)
@@ -28,7 +30,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from l2i_tf import files, runs
+from l2i_tf import files, recording, runs
 from l2i_tf.explainer import ExplainConfig, Explainer
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,8 @@ class ExportError(ValueError):
 
 def _explain_wav(explainer: Explainer):
     """WAV files (string [B], any lengths, mono or multi-channel: downmixed) -> ``interpretation_wav_bytes`` + the
-    predictions of ``serving_default``. Each file is explained on its own (``tf.map_fn``): no clip is padded."""
+    outputs of ``serving_default``. Each file is explained on its own (``tf.map_fn``): no clip is padded; the
+    timeline outputs are padded to the batch's longest timeline (``window_predicted_class`` -1 past a file's end)."""
     rate = explainer.sample_rate
     C, K = len(explainer.class_names), explainer.num_components
 
@@ -68,9 +71,12 @@ def _explain_wav(explainer: Explainer):
         )
         with tf.control_dependencies([check]):
             mono = tf.reduce_mean(decoded, axis=1)[None]
-        out = dict(explainer.serving_model(_feed(explainer, mono)))
+        out = _explain(explainer, mono, components=False)
         wav = tf.audio.encode_wav(out.pop("interpretation")[0][:, None], rate)
         return {"interpretation_wav_bytes": wav, **{key: value[0] for key, value in out.items()}}
+
+    def ragged(shape, dtype):
+        return tf.RaggedTensorSpec([None, *shape], dtype, ragged_rank=0)
 
     signature = {
         "interpretation_wav_bytes": tf.TensorSpec([], tf.string),
@@ -80,32 +86,44 @@ def _explain_wav(explainer: Explainer):
         "interpreter_probabilities": tf.TensorSpec([C], tf.float32),
         "relevance": tf.TensorSpec([K], tf.float32),
         "selected": tf.TensorSpec([K], tf.bool),
+        "window_start": ragged([], tf.int32),
+        "window_end": ragged([], tf.int32),
+        "window_predicted_class": ragged([], tf.int32),
+        "window_class_probabilities": ragged([C], tf.float32),
+        "window_selected": ragged([K], tf.bool),
     }
-    return lambda audio: tf.map_fn(one, audio, fn_output_signature=signature)
+
+    def run(audio):
+        out = tf.map_fn(one, audio, fn_output_signature=signature)
+        for key in recording.TIMELINE_OUTPUTS:
+            out[key] = out[key].to_tensor(-1 if key == "window_predicted_class" else None)
+        return out
+
+    return run
 
 
-def _feed(explainer: Explainer, waveform, target_class=None, threshold=None) -> dict:
+def _explain(explainer: Explainer, waveform, target_class=None, threshold=None, components=False) -> dict:
     batch = tf.shape(waveform)[:1]
     target = tf.fill(batch, -1) if target_class is None else tf.broadcast_to(target_class, batch)
-    tau = explainer.config.threshold if threshold is None else threshold
-    return {"waveform": waveform, "target_class": target, "threshold": tf.broadcast_to(tau, batch)}
+    tau = tf.broadcast_to(explainer.config.threshold if threshold is None else threshold, batch)
+    return recording.explain_recording(explainer.parts, waveform, target, tau, components)
 
 
 def signatures(explainer: Explainer) -> dict:
-    """``{name: (function, input signature)}`` of the four SavedModel signatures, on the Explainer's graph."""
+    """``{name: (function, input signature)}`` of the four SavedModel signatures, on the Explainer's layers (the
+    recording graph of :mod:`l2i_tf.recording`, as :meth:`Explainer.explain` runs it)."""
     waveform = tf.TensorSpec([None, None], tf.float32, name="waveform")
-    serving = explainer.serving_model
     return {
-        "serving_default": (lambda waveform: serving(_feed(explainer, waveform)), [waveform]),
+        "serving_default": (lambda waveform: _explain(explainer, waveform), [waveform]),
         "explain": (
-            lambda waveform, target_class, threshold: explainer(_feed(explainer, waveform, target_class, threshold)),
+            lambda waveform, target_class, threshold: _explain(explainer, waveform, target_class, threshold, True),
             [
                 waveform,
                 tf.TensorSpec([None], tf.int32, name="target_class"),
                 tf.TensorSpec([], tf.float32, name="threshold"),
             ],
         ),
-        "classify": (lambda waveform: explainer.classify_model(waveform), [waveform]),
+        "classify": (lambda waveform: recording.classify(explainer.parts, waveform), [waveform]),
         "explain_wav": (_explain_wav(explainer), [tf.TensorSpec([None], tf.string, name="audio")]),
     }
 

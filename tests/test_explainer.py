@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from l2i_tf import audio, classifier, explain
+from l2i_tf import audio, classifier, explain, timeline
 from l2i_tf.explainer import ExplainConfig, Explainer
 from l2i_tf.interpreter import Interpreter, tap_orders
 
@@ -110,7 +110,7 @@ def test_every_component_selected_gives_back_the_input_in_the_linear_domain():
     np.testing.assert_allclose(out["interpretation"], x, atol=1e-4)
 
 
-def test_a_fixed_length_classifier_explains_the_input_length(tmp_path):
+def test_a_fixed_length_classifier_explains_the_whole_recording_in_windows(tmp_path):
     wave = keras.Input((8000,))
     logits = keras.layers.Dense(3, name="logits")(
         keras.layers.Dense(4, name="hidden")(keras.layers.Reshape((80, 100))(wave))
@@ -121,11 +121,21 @@ def test_a_fixed_length_classifier_explains_the_input_length(tmp_path):
     w = np.random.default_rng(0).random((513, K)).astype("float32")
     interp = Interpreter(model, names, orders, K, 513, stft.to_dict(), psi={"hidden": 8}, dictionary=w)
     assert interp.clip_samples == 8000
-    explainer = Explainer(interp, CLASSES, ExplainConfig(threshold=-2.0))
-    for samples in (5000, 8000, 12000):  # padded, exact, cropped for the classifier; the output keeps the length
+    explainer = Explainer(interp, CLASSES, ExplainConfig(threshold=-2.0, top_n=0))
+    for samples in (5000, 8000, 12000):  # padded, exact, two windows; the output keeps the length
         out = explainer.explain(_clips(1, samples))
         assert out["interpretation"].shape == (1, samples)
-    assert np.all(out["interpretation"].numpy()[0, 8000:] == 0)  # what the classifier never saw is not explained
+    np.testing.assert_array_equal(out["window_start"], [[0, 4000]])
+    np.testing.assert_array_equal(out["window_end"], [[8000, 12000]])
+    # the recording's class explained in each window by the one-window graph, overlap-added
+    x = _clips(1, 12000)
+    windows = np.stack([x[0, :8000], x[0, 4000:]])
+    logits = explainer.interpreter(windows)["classifier_logits"].numpy()
+    target = np.full(2, np.argmax(logits.mean(axis=0)), "int32")
+    each = explainer({"waveform": windows, "target_class": target, "threshold": np.full(2, -2.0, "float32")})
+    expected = timeline.overlap_add(each["interpretation"][None], 4000, 12000)
+    np.testing.assert_allclose(explainer.explain(x)["interpretation"], expected, atol=1e-5)
+    assert np.abs(expected.numpy()[0, 8000:]).max() > 0  # past the classifier's input too
 
 
 def test_the_graph_shows_the_whole_data_flow(explainer):

@@ -165,12 +165,15 @@ CASES = [
     Case(
         explain_layers.Relevance,
         dict,
-        lambda: (_random(2, K, 3), np.array([0, 2], "int32"), np.abs(_random(2, 5, 33))),
+        lambda: (_random(2, K, 3), np.array([0, 2], "int32"), np.array([True, False])),
+    ),
+    Case(
+        explain_layers.Active, dict, lambda: (np.abs(_random(2, 5, 33)) * np.array([1, 0], "float32")[:, None, None],)
     ),
     Case(
         explain_layers.Selection,
         lambda: dict(top_n=3),
-        lambda: (np.tanh(_random(2, K)), np.array([0.1, -1.0], "float32"), np.abs(_random(2, 5, 33))),
+        lambda: (np.tanh(_random(2, K)), np.array([0.1, -1.0], "float32"), np.array([True, False])),
     ),
     Case(explain_layers.Probabilities, lambda: dict(multilabel=True), lambda: (_random(2, 3),)),
     Case(explain_layers.PredictedClass, dict, lambda: (_random(2, 3),)),

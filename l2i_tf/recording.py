@@ -1,0 +1,166 @@
+"""The Explainer's graph over a whole recording: windows (:mod:`l2i_tf.timeline`) through the Explainer's own
+layers, in two passes of bounded batches.
+
+1. Every window: the frozen classifier, Ψ/Θ -> window logits, H, Θ's contributions.
+2. The recording's decision aggregates the window logits; its class (or the asked one) is the target in every
+   window: relevance and selection per window, the recording's relevance is their mean, its top-N components the
+   most relevant of that mean.
+3. Every window again: STFT, the selected components' soft mask and the top-N components' masks -> ISTFT; the
+   windows are overlap-added.
+
+Outputs: those of :mod:`l2i_tf.explainer` for the whole recording, plus the timeline (W windows):
+``window_start`` / ``window_end`` int32 [B, W] (samples), ``window_predicted_class`` int32 [B, W],
+``window_class_probabilities`` [B, W, C] (the classifier's) and ``window_selected`` bool [B, W, K].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import tensorflow as tf
+
+from l2i_tf import explain, timeline
+
+TIMELINE_OUTPUTS = (
+    "window_start",
+    "window_end",
+    "window_predicted_class",
+    "window_class_probabilities",
+    "window_selected",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Parts:
+    """The layers and settings the recording graph runs (the Explainer's own layer objects, shared weights)."""
+
+    stages: object  # the interpreter's stages (see l2i_tf.interpreter)
+    decoder: keras.layers.Layer
+    layers: dict  # guard, target, active, relevance, selection, synthesis, fit, probabilities, predicted, names
+    window: int
+    hop: int
+    top_n: int
+    aggregate: str
+    chunk_samples: int
+
+    def __getattr__(self, name):
+        if name == "layers":
+            raise AttributeError(name)
+        try:
+            return self.layers[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def _first_pass(parts: Parts, windows) -> dict:
+    out = parts.stages.flow(windows)
+    return {
+        "classifier_logits": out["classifier_logits"],
+        "logits": out["logits"],
+        "contributions": out["contributions"],
+        "activations": out["activations"],
+        "active": parts.active(out["spectrogram"]),
+    }
+
+
+def _second_pass(parts: Parts, windows, h, selected, indices, components: bool) -> dict:
+    prepared = parts.stages.prepare(windows)
+    x, phase = parts.stages.analysis(prepared)
+    mask = parts.decoder(h, selected=selected)
+    out = {"interpretation": parts.fit(parts.synthesis(x, phase, mask, prepared), windows)}
+    if components:
+        masks = parts.decoder(h, indices=indices)
+        out["component_audio"] = parts.fit(parts.synthesis(x, phase, masks, prepared), windows)
+    return out
+
+
+def _windows(parts: Parts, waveform):
+    samples = tf.shape(waveform)[1]
+    length, count = timeline.plan(samples, parts.window, parts.hop)
+    frames = timeline.frame(waveform, length, parts.hop, count)
+    return samples, length, count, tf.reshape(frames, [-1, length])
+
+
+def _per_recording(x, batch, count):
+    return tf.reshape(x, tf.concat([[batch, count], tf.shape(x)[1:]], 0))
+
+
+def classify(parts: Parts, waveform) -> dict:
+    """Waveform [B, S] -> the classifier's decision on the whole recording: ``class_probabilities`` [B, C],
+    ``predicted_class`` [B], its name and ``class_names`` [B, C] (window logits aggregated)."""
+    waveform = parts.guard(waveform)
+    _, length, count, flat = _windows(parts, waveform)
+    first = timeline.map_chunks(
+        lambda w: {"logits": parts.stages.features(w)["classifier_logits"]},
+        (flat,),
+        parts.chunk_samples,
+        length,
+        {"logits": tf.float32},
+    )
+    logits = timeline.aggregate_logits(_per_recording(first["logits"], tf.shape(waveform)[0], count), parts.aggregate)
+    predicted = parts.predicted(logits)
+    return {
+        "class_probabilities": parts.classifier_probabilities(logits),
+        "predicted_class": predicted,
+        "predicted_class_name": parts.class_name(predicted),
+        "class_names": parts.class_names(predicted),
+    }
+
+
+def explain_recording(parts: Parts, waveform, target_class, threshold, components: bool) -> dict:
+    """Waveform [B, S], target class int32 [B] (-1: the recording's decision), τ [B] -> the outputs of the module
+    docstring (``components``: also ``target_class``, ``component_*``)."""
+    waveform = parts.guard(waveform)
+    batch = tf.shape(waveform)[0]
+    samples, length, count, flat = _windows(parts, waveform)
+    signature = {"classifier_logits": tf.float32, "logits": tf.float32, "contributions": tf.float32}
+    signature.update(activations=tf.float32, active=tf.bool)
+    first = timeline.map_chunks(lambda w: _first_pass(parts, w), (flat,), parts.chunk_samples, length, signature)
+
+    def recording(x):
+        return _per_recording(x, batch, count)
+
+    window_logits = recording(first["classifier_logits"])
+    logits = timeline.aggregate_logits(window_logits, parts.aggregate)
+    target = parts.target(target_class, logits)
+    active = first["active"]
+    relevance = parts.relevance(first["contributions"], tf.repeat(target, count), active)
+    _, _, _, selected = parts.selection(relevance, tf.repeat(threshold, count), active)
+    mean_relevance = tf.reduce_mean(recording(relevance), axis=1)
+    any_selected = tf.reduce_any(recording(selected), axis=1)
+    indices, values = explain.top_components(mean_relevance, parts.top_n)
+
+    elems = (flat, first["activations"], selected, tf.repeat(indices, count, axis=0))
+    signature = {"interpretation": tf.float32, **({"component_audio": tf.float32} if components else {})}
+    second = timeline.map_chunks(
+        lambda w, h, s, i: _second_pass(parts, w, h, s, i, components), elems, parts.chunk_samples, length, signature
+    )
+    predicted = parts.predicted(logits)
+    start, end = timeline.window_bounds(batch, length, parts.hop, count, samples)
+    out = {
+        "interpretation": timeline.overlap_add(recording(second["interpretation"]), parts.hop, samples),
+        "predicted_class": predicted,
+        "predicted_class_name": parts.class_name(predicted),
+        "class_probabilities": parts.classifier_probabilities(logits),
+        "interpreter_probabilities": parts.interpreter_probabilities(
+            timeline.aggregate_logits(recording(first["logits"]), parts.aggregate)
+        ),
+        "relevance": mean_relevance,
+        "selected": any_selected,
+        "window_start": start,
+        "window_end": end,
+        "window_predicted_class": parts.predicted(window_logits),
+        "window_class_probabilities": parts.classifier_probabilities(window_logits),
+        "window_selected": recording(selected),
+    }
+    if components:
+        audio = tf.transpose(recording(second["component_audio"]), [0, 2, 1, 3])  # [B, N, W, L]
+        out.update(
+            target_class=target,
+            component_indices=indices,
+            component_relevance=values,
+            component_selected=tf.gather(any_selected, indices, batch_dims=1),
+            component_audio=timeline.overlap_add(audio, parts.hop, samples),
+        )
+    return out
