@@ -316,4 +316,3 @@ class _Calls:
         self.logits = tf.function(
             lambda w: interpreter.stages.features(w)["classifier_logits"], input_signature=[waveform]
         )
-
