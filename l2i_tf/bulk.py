@@ -3,7 +3,8 @@
 
 ``pipeline(...)`` is the composable transform (apply it to a pipeline's root); ``run(...)`` builds a pipeline around
 it for a runner, runs it and returns its counters. Needs the ``beam`` extra (``pip install "l2i_tf[beam]"``).
-Each input is explained whole (one window = the whole file), up to the export's maximum length.
+Each input is explained as the export explains a recording: a timeline of windows when it is longer than one
+(see :mod:`l2i_tf.recording`), up to the export's maximum length.
 """
 
 from __future__ import annotations

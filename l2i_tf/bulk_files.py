@@ -188,6 +188,7 @@ def index_record(report: dict) -> dict:
         "interpreter_class": interpreter["predicted"],
         "interpreter_probability": interpreter["probabilities"][interpreter["predicted"]],
         "target_class": report["target_class"],
+        "windows": len(report.get("timeline", [])),
         "selected": [
             {"component": s["component"], "relevance": s["relevance"], "file": s.get("file")}
             for s in report["selected"]
@@ -213,6 +214,7 @@ def _parquet_schema():
             ("interpreter_class", pa.string()),
             ("interpreter_probability", pa.float64()),
             ("target_class", pa.string()),
+            ("windows", pa.int64()),
             ("selected", pa.list_(component)),
             ("output", pa.string()),
             ("summary", pa.string()),

@@ -16,6 +16,7 @@ from apache_beam.ml.inference.base import PredictionResult
 from apache_beam.ml.inference.tensorflow_inference import TFModelHandlerNumpy
 
 from l2i_tf.explain_files import graph_error_message
+from l2i_tf.recording import TIMELINE_OUTPUTS
 
 OUTPUTS = (
     "interpretation",
@@ -27,8 +28,10 @@ OUTPUTS = (
     "component_relevance",
     "component_selected",
     "component_audio",
+    *TIMELINE_OUTPUTS,
 )
-"""The outputs of the ``explain`` signature that a bulk explanation keeps (what the summary reads)."""
+"""The outputs of the ``explain`` signature that a bulk explanation keeps (what the summary reads; an export
+made before timelines has no ``window_*`` outputs)."""
 
 
 def _call(signature, waveforms: np.ndarray, threshold: float) -> dict:
@@ -37,7 +40,7 @@ def _call(signature, waveforms: np.ndarray, threshold: float) -> dict:
         target_class=tf.fill([len(waveforms)], -1),
         threshold=tf.constant(threshold, tf.float32),
     )
-    return {key: out[key].numpy() for key in OUTPUTS}
+    return {key: out[key].numpy() for key in OUTPUTS if key in out}
 
 
 def explain_batch(model, batch, inference_args: dict, model_id: str | None = None) -> list[PredictionResult]:

@@ -178,6 +178,8 @@ def summarize(result: dict, metadata: dict, threshold: float, source: str, kind:
 def timeline(result: dict, names, rate: int) -> list[dict]:
     """Per window of one recording's outputs: start and end (seconds), the classifier's prediction and its
     probability, the selected components. Windows padded past a recording's end (``explain_wav``) are left out."""
+    if "window_start" not in result:  # an export made before timelines
+        return []
     windows = []
     for start, end, predicted, probabilities, selected in zip(
         result["window_start"],
