@@ -5,8 +5,8 @@ layers, in two passes of bounded batches.
 2. The recording's decision aggregates the window logits; its class (or the asked one) is the target in every
    window: relevance and selection per window, the recording's relevance is their mean, its top-N components the
    most relevant of that mean.
-3. Every window again: STFT, the selected components' soft mask and the top-N components' masks -> ISTFT; the
-   windows are overlap-added.
+3. Every window again: STFT, the selected components' soft mask and the top-N components' masks -> ISTFT; each
+   batch of windows is overlap-added into the recording's output as it comes (memory: the outputs and one batch).
 
 Outputs: those of :mod:`l2i_tf.explainer` for the whole recording, plus the timeline (W windows):
 ``window_start`` / ``window_end`` int32 [B, W] (samples), ``window_predicted_class`` int32 [B, W],
@@ -132,14 +132,24 @@ def explain_recording(parts: Parts, waveform, target_class, threshold, component
     indices, values = explain.top_components(mean_relevance, parts.top_n)
 
     elems = (flat, first["activations"], selected, tf.repeat(indices, count, axis=0))
-    signature = {"interpretation": tf.float32, **({"component_audio": tf.float32} if components else {})}
-    second = timeline.map_chunks(
-        lambda w, h, s, i: _second_pass(parts, w, h, s, i, components), elems, parts.chunk_samples, length, signature
+    signature = {"interpretation": (tf.float32, [])}
+    if components:
+        signature["component_audio"] = (tf.float32, [parts.top_n])
+    second = timeline.overlap_add_chunks(
+        lambda w, h, s, i: _second_pass(parts, w, h, s, i, components),
+        elems,
+        parts.chunk_samples,
+        length,
+        parts.hop,
+        count,
+        batch,
+        samples,
+        signature,
     )
     predicted = parts.predicted(logits)
     start, end = timeline.window_bounds(batch, length, parts.hop, count, samples)
     out = {
-        "interpretation": timeline.overlap_add(recording(second["interpretation"]), parts.hop, samples),
+        "interpretation": second["interpretation"],
         "predicted_class": predicted,
         "predicted_class_name": parts.class_name(predicted),
         "class_probabilities": parts.classifier_probabilities(logits),
@@ -155,12 +165,11 @@ def explain_recording(parts: Parts, waveform, target_class, threshold, component
         "window_selected": recording(selected),
     }
     if components:
-        audio = tf.transpose(recording(second["component_audio"]), [0, 2, 1, 3])  # [B, N, W, L]
         out.update(
             target_class=target,
             component_indices=indices,
             component_relevance=values,
             component_selected=tf.gather(any_selected, indices, batch_dims=1),
-            component_audio=timeline.overlap_add(audio, parts.hop, samples),
+            component_audio=second["component_audio"],
         )
     return out

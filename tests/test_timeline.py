@@ -55,6 +55,35 @@ def test_overlap_add_of_the_frames_gives_back_the_signal(samples):
     np.testing.assert_allclose(back, x, atol=1e-5)
 
 
+@pytest.mark.parametrize("chunk_samples", [1, 2500, 4000, 10**6])  # one window a batch, 2, 4 (uneven), all
+def test_overlap_add_as_the_windows_come_equals_overlap_add_of_all_windows(chunk_samples):
+    rng = np.random.default_rng(0)
+    batch, samples, window, hop = 2, 4321, 1000, 500
+    length, count = timeline.plan(samples, window, hop)
+    frames = tf.constant(rng.standard_normal((batch * int(count), 3, 1000)), tf.float32)  # 3 outputs a window
+
+    def fn(x, scale):
+        return {"one": x[:, 0] * scale[:, None], "three": x * scale[:, None, None]}
+
+    scale = tf.range(1, batch * int(count) + 1, dtype=tf.float32)
+    got = timeline.overlap_add_chunks(
+        fn,
+        (frames, scale),
+        chunk_samples,
+        length,
+        hop,
+        count,
+        batch,
+        samples,
+        {"one": (tf.float32, []), "three": (tf.float32, [3])},
+    )
+    scaled = tf.reshape(frames * scale[:, None, None], [batch, int(count), 3, 1000])
+    np.testing.assert_allclose(got["one"], timeline.overlap_add(scaled[:, :, 0], hop, samples), atol=1e-5)
+    expected = timeline.overlap_add(tf.transpose(scaled, [0, 2, 1, 3]), hop, samples)
+    np.testing.assert_allclose(got["three"], expected, atol=1e-5)
+    assert got["three"].shape == (batch, 3, samples)
+
+
 def test_the_recording_decision_is_the_mean_or_max_of_the_window_logits():
     logits = tf.constant([[[1.0, -2.0], [3.0, 0.0], [-1.0, 5.0]]])
     np.testing.assert_allclose(timeline.aggregate_logits(logits, "mean"), [[1.0, 1.0]])
