@@ -128,6 +128,7 @@ def overlap_add_chunks(fn, elems, chunk_samples: int, length, hop: int, count, b
         ids = i * chunk + tf.range(chunk)
         out = fn(*(x[i * chunk : (i + 1) * chunk] for x in elems))
         valid = tf.cast(ids < n, tf.float32)[:, None] * weights[None]  # [c, L]: padded windows add nothing
+        ids = tf.minimum(ids, n - 1)  # a padded window adds its zeros to the last window's rows
         where = (ids // count) * span + (ids % count) * hop  # first buffer row of each window
         rows = tf.reshape(where[:, None] + tf.range(length)[None], [-1, 1])
         new = {}
