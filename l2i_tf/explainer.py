@@ -73,7 +73,7 @@ class ExplainConfig(Settings):
         domain: mask domain, one of :data:`l2i_tf.audio.DOMAINS`.
         max_seconds: longest accepted recording, seconds (0: no limit).
         window_seconds: window of a recording's timeline, seconds. 0: the classifier's fixed input length, or for
-            a variable-length classifier the whole recording up to 30 s (longer ones in 30 s windows).
+            a variable-length classifier the whole recording up to 10 s (longer ones in 10 s windows).
         aggregate: the recording's decision from its windows' logits, ``"mean"`` or ``"max"``.
     """
 

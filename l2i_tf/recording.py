@@ -76,10 +76,13 @@ def _second_pass(parts: Parts, windows, h, selected, indices, components: bool) 
 
 
 def _windows(parts: Parts, waveform):
+    """(S, window length L, windows per recording W, windows [B·W, L], audio per batch of windows): recordings
+    of one window are one batch, as the caller batched them; longer ones go :attr:`Parts.chunk_samples` at a time."""
     samples = tf.shape(waveform)[1]
     length, count = timeline.plan(samples, parts.window, parts.hop)
     frames = timeline.frame(waveform, length, parts.hop, count)
-    return samples, length, count, tf.reshape(frames, [-1, length])
+    chunk = tf.where(count > 1, parts.chunk_samples, tf.shape(waveform)[0] * length)
+    return samples, length, count, tf.reshape(frames, [-1, length]), chunk
 
 
 def _per_recording(x, batch, count):
@@ -90,11 +93,11 @@ def classify(parts: Parts, waveform) -> dict:
     """Waveform [B, S] -> the classifier's decision on the whole recording: ``class_probabilities`` [B, C],
     ``predicted_class`` [B], its name and ``class_names`` [B, C] (window logits aggregated)."""
     waveform = parts.guard(waveform)
-    _, length, count, flat = _windows(parts, waveform)
+    _, length, count, flat, chunk = _windows(parts, waveform)
     first = timeline.map_chunks(
         lambda w: {"logits": parts.stages.features(w)["classifier_logits"]},
         (flat,),
-        parts.chunk_samples,
+        chunk,
         length,
         {"logits": tf.float32},
     )
@@ -113,10 +116,10 @@ def explain_recording(parts: Parts, waveform, target_class, threshold, component
     docstring (``components``: also ``target_class``, ``component_*``)."""
     waveform = parts.guard(waveform)
     batch = tf.shape(waveform)[0]
-    samples, length, count, flat = _windows(parts, waveform)
+    samples, length, count, flat, chunk = _windows(parts, waveform)
     signature = {"classifier_logits": tf.float32, "logits": tf.float32, "contributions": tf.float32}
     signature.update(activations=tf.float32, active=tf.bool)
-    first = timeline.map_chunks(lambda w: _first_pass(parts, w), (flat,), parts.chunk_samples, length, signature)
+    first = timeline.map_chunks(lambda w: _first_pass(parts, w), (flat,), chunk, length, signature)
 
     def recording(x):
         return _per_recording(x, batch, count)
@@ -138,7 +141,7 @@ def explain_recording(parts: Parts, waveform, target_class, threshold, component
     second = timeline.overlap_add_chunks(
         lambda w, h, s, i: _second_pass(parts, w, h, s, i, components),
         elems,
-        parts.chunk_samples,
+        chunk,
         length,
         parts.hop,
         count,

@@ -20,8 +20,8 @@ import math
 import tensorflow as tf
 
 AGGREGATES = ("mean", "max")
-WHOLE_CLIP_SECONDS = 30.0  # a variable-length classifier hears recordings up to this long whole
-CHUNK_SECONDS = 64.0  # audio per batch of windows
+WHOLE_CLIP_SECONDS = 10.0  # a variable-length classifier hears recordings up to this long whole
+CHUNK_SECONDS = 20.0  # audio per batch of windows of a long recording
 
 
 class WindowError(ValueError):
@@ -86,7 +86,7 @@ def window_bounds(batch, length, hop: int, count, samples) -> tuple[tf.Tensor, t
     return tf.tile(start[None], tile), tf.tile(end[None], tile)
 
 
-def _batches(n, chunk_samples: int, length) -> tuple[tf.Tensor, tf.Tensor]:
+def _batches(n, chunk_samples, length) -> tuple[tf.Tensor, tf.Tensor]:
     """(windows per batch, batches) for n windows of ``length`` samples: at most ``chunk_samples`` of audio a batch
     (at least one window), the batches as even as possible so the last is not mostly padding."""
     chunk = tf.maximum(tf.minimum(chunk_samples // tf.maximum(length, 1), n), 1)
@@ -94,7 +94,7 @@ def _batches(n, chunk_samples: int, length) -> tuple[tf.Tensor, tf.Tensor]:
     return (n + chunks - 1) // chunks, chunks
 
 
-def map_chunks(fn, elems, chunk_samples: int, length, signature) -> dict:
+def map_chunks(fn, elems, chunk_samples, length, signature) -> dict:
     """``fn`` over the leading axis of ``elems`` (a tuple of tensors [n, ...]) in batches of at most
     ``⌊chunk_samples / length⌋`` windows (at least one; :func:`_batches`), one batch at a time; returns ``fn``'s
     dict of outputs [n, ...]. ``signature``: ``{key: dtype}`` of ``fn``'s outputs."""
@@ -111,48 +111,47 @@ def map_chunks(fn, elems, chunk_samples: int, length, signature) -> dict:
     return {key: tf.reshape(v, tf.concat([[-1], tf.shape(v)[2:]], 0))[:n] for key, v in out.items()}
 
 
-def overlap_add_chunks(fn, elems, chunk_samples: int, length, hop: int, count, batch, samples, signature) -> dict:
+def overlap_add_chunks(fn, elems, chunk_samples, length, hop: int, count, batch, samples, signature) -> dict:
     """Overlap-add as the windows come: ``fn`` over the leading axis of ``elems`` (a tuple of tensors [n = B·W,
-    ...]) in batches as :func:`map_chunks` does, each output window ``[..., L]`` Hann-weighted and added into its
-    recording's buffer at its start, so memory holds the outputs [B, ..., S] and one batch, never every window.
-    ``signature``: ``{key: (dtype, inner shape)}`` of ``fn``'s outputs per window without the last axis, e.g.
-    ``(tf.float32, [])`` for [n, L] or ``(tf.float32, [N])`` for [n, N, L]. Returns ``{key: [B, ..., S]}``."""
+    ...]) in batches as :func:`map_chunks` does, each output window ``[..., L]`` weighted (Hann, divided by the
+    overlap-added weights at each sample: :func:`overlap_add`'s result) and added into its recording at its start,
+    so memory holds the outputs [B, ..., S] and one batch, never every window. ``signature``: ``{key: (dtype, inner
+    shape)}`` of ``fn``'s outputs per window without the last axis, e.g. ``(tf.float32, [])`` for [n, L] or
+    ``(tf.float32, [N])`` for [n, N, L]. Returns ``{key: [B, ..., S]}``."""
     n = tf.shape(elems[0])[0]
     chunk, chunks = _batches(n, chunk_samples, length)
-    padded_n = chunks * chunk
-    elems = tuple(tf.pad(x, [[0, padded_n - n]] + [[0, 0]] * (x.shape.rank - 1)) for x in elems)
-    span = (count - 1) * hop + length
+    elems = tuple(tf.pad(x, [[0, chunks * chunk - n]] + [[0, 0]] * (x.shape.rank - 1)) for x in elems)
     weights = tf.where(count > 1, window_weights(length), tf.ones([length]))
+    norm = tf.signal.overlap_and_add(tf.tile(weights[None], [count, 1]), hop)  # [(W - 1)·hop + L]
 
     def body(i, buffers):
         ids = i * chunk + tf.range(chunk)
         out = fn(*(x[i * chunk : (i + 1) * chunk] for x in elems))
-        valid = tf.cast(ids < n, tf.float32)[:, None] * weights[None]  # [c, L]: padded windows add nothing
-        ids = tf.minimum(ids, n - 1)  # a padded window adds its zeros to the last window's rows
-        where = (ids // count) * span + (ids % count) * hop  # first buffer row of each window
-        rows = tf.reshape(where[:, None] + tf.range(length)[None], [-1, 1])
+        position = (tf.minimum(ids, n - 1) % count)[:, None] * hop + tf.range(length)[None]  # [c, L]
+        # padded windows and samples past the recording's end add zeros (to its first row)
+        keep = (ids[:, None] < n) & (position < samples)
+        scale = tf.where(keep, weights[None] / tf.gather(norm, position), 0.0)
+        rows = (tf.minimum(ids, n - 1) // count)[:, None] * samples + tf.where(keep, position, 0)
+        rows = tf.reshape(rows, [-1, 1])
         new = {}
         for key, buffer in buffers.items():
             x = out[key]  # [c, ..., L]
-            x = x * tf.reshape(valid, tf.concat([[chunk], tf.ones([x.shape.rank - 2], tf.int32), [length]], 0))
             rank = x.shape.rank
+            x = x * tf.reshape(scale, tf.concat([[chunk], tf.ones([rank - 2], tf.int32), [length]], 0))
             x = tf.transpose(x, [0, rank - 1, *range(1, rank - 1)])  # [c, L, ...]
-            x = tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], 0))
-            new[key] = tf.tensor_scatter_nd_add(buffer, rows, x)
+            new[key] = tf.tensor_scatter_nd_add(buffer, rows, tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], 0)))
         return i + 1, new
 
     buffers = {
-        key: tf.zeros(tf.concat([[batch * span], tf.constant(inner, tf.int32)], 0), dtype)
+        key: tf.zeros(tf.concat([[batch * samples], tf.constant(inner, tf.int32)], 0), dtype)
         for key, (dtype, inner) in signature.items()
     }
     _, buffers = tf.while_loop(lambda i, _: i < chunks, body, (tf.constant(0), buffers), parallel_iterations=1)
-    norm = tf.signal.overlap_and_add(tf.tile(weights[None], [count, 1]), hop)  # [span]
     result = {}
     for key, buffer in buffers.items():
         inner = len(signature[key][1])
-        x = tf.reshape(buffer, tf.concat([[batch, span], tf.shape(buffer)[1:]], 0))
-        x = x / tf.reshape(norm, tf.concat([[1, span], tf.ones([inner], tf.int32)], 0))
-        result[key] = tf.transpose(x[:, :samples], [0, *range(2, inner + 2), 1])
+        x = tf.reshape(buffer, tf.concat([[batch, samples], tf.shape(buffer)[1:]], 0))
+        result[key] = tf.transpose(x, [0, *range(2, inner + 2), 1]) if inner else x
     return result
 
 
