@@ -183,7 +183,9 @@ def cross_validate(run: runs.Run, config: EvalConfig, safe_mode: bool = True) ->
         )
         fold_run = runs.load_run(folder, safe_mode=safe_mode)
         explainer = explainer_of(fold_run, config.domain)
-        td = test_data(fold_run.config, explainer.sample_rate, len(fold_run.class_names), explainer.interpreter.clip_samples)
+        td = test_data(
+            fold_run.config, explainer.sample_rate, len(fold_run.class_names), explainer.interpreter.clip_samples
+        )
         waves = td["evaluation"][0]
         thresholds = config.multilabel_thresholds if explainer.multilabel else config.thresholds
         per_fold[fold] = {
