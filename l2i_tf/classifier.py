@@ -318,6 +318,8 @@ def train_demo_classifier(
     (xtr, ytr), (xva, yva), (xte, yte) = (
         data.load_waveforms(p, config.sample_rate, clip, cache_dir=cache_dir) for p in parts
     )
+    if config.fixed_samples and not config.multilabel:  # scored on windows of the clips at their own lengths
+        (xva, yva), (xte, yte) = (data.load_clips(p, config.sample_rate, cache_dir=cache_dir) for p in parts[1:])
     start = time.perf_counter()
     if config.multilabel:  # validation and test mixtures; the training ones are drawn afresh every epoch
         _, (xva, yva), (xte, yte) = mixtures.split_mixtures(
@@ -383,7 +385,8 @@ def predict_logits(model: keras.Model, waves: np.ndarray, batch_size: int = 32) 
 
 
 def _score(model, waves, labels, config: DemoConfig) -> float:
-    """Accuracy (macro-AUPRC if multi-label) on the clips, or on their windows for a fixed-length model."""
+    """Accuracy (macro-AUPRC if multi-label) on the clips (``[n, S]``), or on their windows for a fixed-length model
+    (``waves`` may then be a list of clips of any lengths)."""
     if config.fixed_samples:
         cut = windows.cut(waves, labels, config.fixed_samples)
         waves, labels = cut.waves, cut.labels

@@ -127,13 +127,13 @@ def fixed_length(model_f: keras.Model) -> int | None:
 
 def _datasets(config: TrainConfig, sample_rate: int, num_classes: int, window: int | None = None):
     """(train, val, test) waveforms as numpy (mixtures for multi-label), the data table, the skipped clips and the
-    window counts.
+    windows' description.
 
     Clips are padded/cropped to ``config.clip_seconds``; with a fixed-length classifier (``window`` samples) every
     clip, at its own length, is cut into windows of ``window`` samples instead (:func:`l2i_tf.windows.cut`: hop
     half a window, the last one aligned to the clip's end), so every second of the data is seen; multi-label
-    mixtures are made at ``clip_seconds`` and then cut. The counts (``{split: {"clips", "windows"}}``, empty
-    without windows) go to ``metrics.json``.
+    mixtures are made at ``clip_seconds`` and then cut. The description (``samples``, ``seconds`` and ``{split:
+    {"clips", "windows"}}``; empty without windows) goes to ``metrics.json``.
 
     A manifest's labels must be classes of the classifier. With ``config.on_error == "skip"`` unreadable clips
     are left out and listed (``metrics.json`` counts them); otherwise the first one stops the job, named.
@@ -158,6 +158,7 @@ def _datasets(config: TrainConfig, sample_rate: int, num_classes: int, window: i
         cuts = [windows.cut(waves, labels, window) for waves, labels in arrays]
         arrays = [(cut.waves, cut.labels) for cut in cuts]
         counts = {name: cut.counts() for name, cut in zip(mixtures.SPLIT_NAMES, cuts, strict=True)}
+        counts = {"samples": window, "seconds": window / sample_rate, **counts}
         log.info("windows of %d samples: %s", window, counts)
     return table, arrays, skipped, counts
 
@@ -357,8 +358,8 @@ def train(
 
     results = {"class_names": list(config.class_names), "multilabel": config.multilabel, "k": dictionary.k}
     results["skipped_clips"] = {"count": len(skipped), "errors": skipped}
-    if window is not None:  # a fixed-length classifier: every split was cut into windows
-        results["windows"] = {"samples": window, "seconds": window / stft.sample_rate, **window_counts}
+    if window_counts:  # a fixed-length classifier: every split was cut into windows
+        results["windows"] = window_counts
     for split_name, split in zip(("validation", "test"), cached[1:], strict=True):
         results[split_name] = metrics.fidelity(
             split["classifier_logits"], cached_logits(interpreter, split), config.multilabel
