@@ -57,7 +57,8 @@ Examples:
     type=click.FloatRange(min=0, min_open=True),
     default=DEFAULTS.clip_seconds,
     show_default=True,
-    help="Training clips are padded/cropped to this length.",
+    help="Clips are padded/cropped to this length. A fixed-input classifier: every clip is cut into windows of its "
+    "input's length instead (this sets only the length of multi-label mixtures).",
 )
 @click.option(
     "--alpha", type=click.FloatRange(min=0), default=None, help="Reconstruction weight [3 multi-class, 10 multi-label]."

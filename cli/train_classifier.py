@@ -22,6 +22,7 @@ Examples:
   l2i-tf train-classifier --multilabel --init-from l2i_tf/demo/esc10_classifier.keras --out runs/ml.keras
   l2i-tf train-classifier --data ESC-50-master --layout esc50 --epochs 60 --out runs/esc50.keras
   l2i-tf train-classifier --data my_clips --layout folders --sample-rate 44100 --out runs/clf_44k.keras
+  l2i-tf train-classifier --sample-rate 44100 --fixed-seconds 2 --out runs/esc10_44k_2s.keras
   l2i-tf train-classifier --data digits --layout folders --sample-rate 8000 --clip-seconds 1 --out runs/digits.keras
 """,
 )
@@ -46,6 +47,13 @@ Examples:
     default=None,
     help="Clips are padded/cropped to this length. Default: the 95th percentile of the clips' durations (printed).",
 )
+@click.option(
+    "--fixed-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Fix the model's input to this length (keras.Input((L,))): it trains on random crops of that length and is "
+    "scored on windows of it (hop half a window) covering every clip. Default: any length.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
 @click.option("-v", "--verbose", is_flag=True, help="Log each epoch.")
 def command(
@@ -64,6 +72,7 @@ def command(
     verbose,
     sample_rate,
     clip_seconds,
+    fixed_seconds,
 ):
     """Train the demo classifier (waveform -> log-mel -> VGG blocks -> logits).
 
@@ -88,16 +97,20 @@ def command(
     if clip_seconds is None:
         clip_seconds = round(data.typical_seconds(infos), 3)
         click.echo(f"clip length: {clip_seconds:g} s (95th percentile of the {len(infos)} clips' durations)")
-    config = dataclasses.replace(
-        classifier.DemoConfig(),
-        epochs=epochs,
-        batch_size=batch_size,
-        seed=seed,
-        multilabel=multilabel,
-        mixtures_per_epoch=mixtures_per_epoch,
-        clip_seconds=clip_seconds,
-        sample_rate=audio.DEFAULT_SAMPLE_RATE if sample_rate is None else sample_rate,
-    )
+    try:
+        config = dataclasses.replace(
+            classifier.DemoConfig(),
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
+            multilabel=multilabel,
+            mixtures_per_epoch=mixtures_per_epoch,
+            clip_seconds=clip_seconds,
+            fixed_seconds=fixed_seconds,
+            sample_rate=audio.DEFAULT_SAMPLE_RATE if sample_rate is None else sample_rate,
+        )
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--fixed-seconds") from None
     start = time.perf_counter()
     try:
         metrics = classifier.train_demo_classifier(out_path, config, table=table, splits=splits, init_from=init_from)

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from l2i_tf import audio, data, mixtures, tables
+from l2i_tf import audio, data, mixtures, tables, windows
 from l2i_tf.audio import LogMelSpectrogram
 from l2i_tf.metrics import macro_auprc
 
@@ -99,6 +99,9 @@ class DemoConfig:
     dropout: float = 0.3
     crop_seconds: float = 3.0  # random training crops, never longer than clip_seconds
     clip_seconds: float = 5.0  # clips are padded/cropped to this (l2i-tf train-classifier derives it from the data)
+    # None: any input length. Else the model's input is fixed to this many seconds (``keras.Input((L,))``): it trains
+    # on random L-sample crops and is scored on the windows of l2i_tf.windows (hop L/2) of every clip.
+    fixed_seconds: float | None = None
     epochs: int = 40
     batch_size: int = 16
     learning_rate: float = 1e-3
@@ -111,20 +114,34 @@ class DemoConfig:
 
     def __post_init__(self):
         audio.check_positive_int(self.sample_rate, "sample_rate")
-        for name in ("clip_seconds", "crop_seconds"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"DemoConfig.{name} must be > 0 seconds, got {getattr(self, name)!r}")
+        for name in ("clip_seconds", "crop_seconds", "fixed_seconds"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"DemoConfig.{name} must be > 0 seconds, got {value!r}")
+        if self.fixed_seconds is not None and self.fixed_samples < 2:
+            raise ValueError(
+                f"DemoConfig.fixed_seconds={self.fixed_seconds!r} is {self.fixed_samples} samples at "
+                f"{self.sample_rate} Hz; a fixed input needs at least 2"
+            )
+
+    @property
+    def fixed_samples(self) -> int | None:
+        """The fixed input length, samples (None: any length)."""
+        if self.fixed_seconds is None:
+            return None
+        return int(round(self.fixed_seconds * self.sample_rate))
 
 
 def build_demo_classifier(num_classes: int, config: DemoConfig = DemoConfig()) -> keras.Model:
-    """Waveform ``[batch, samples]`` at ``config.sample_rate`` -> logits ``[batch, num_classes]``; any clip length.
+    """Waveform ``[batch, samples]`` at ``config.sample_rate`` -> logits ``[batch, num_classes]``; any clip length, or
+    ``config.fixed_samples`` exactly when set.
 
     Log-mel front-end (25 ms / 10 ms frames at any rate), per-band BatchNorm, VGG blocks (conv-BN-ReLU x2, 2x2 average
     pooling) whose layers are named ``block{i}_conv{j}``, ``block{i}_relu`` and
     ``block{i}_pool`` ([batch, time, freq, channels]), then mean over frequency,
     max + mean over time, dropout and a Dense layer named ``logits``.
     """
-    waveform = keras.Input(shape=(None,), name="waveform")
+    waveform = keras.Input(shape=(config.fixed_samples,), name="waveform")
     x = LogMelSpectrogram.for_rate(config.sample_rate, num_mel_bins=config.num_mel_bins, name="logmel")(waveform)
     x = keras.layers.Reshape((-1, config.num_mel_bins, 1), name="logmel_4d")(x)
     x = MinFrames(2 ** (len(config.channels) - 1), name="min_frames")(x)
@@ -295,12 +312,14 @@ def train_demo_classifier(
     keras.utils.set_random_seed(config.seed)
     table = table or tables.esc10_table()
     clip = max(1, int(round(config.clip_seconds * config.sample_rate)))
-    crop = min(clip, int(config.crop_seconds * config.sample_rate))
+    crop = config.fixed_samples or min(clip, int(config.crop_seconds * config.sample_rate))
     num_classes = len(table.class_names)
     parts = tables.split(table, splits)
     (xtr, ytr), (xva, yva), (xte, yte) = (
         data.load_waveforms(p, config.sample_rate, clip, cache_dir=cache_dir) for p in parts
     )
+    if config.fixed_samples and not config.multilabel:  # scored on windows of the clips at their own lengths
+        (xva, yva), (xte, yte) = (data.load_clips(p, config.sample_rate, cache_dir=cache_dir) for p in parts[1:])
     start = time.perf_counter()
     if config.multilabel:  # validation and test mixtures; the training ones are drawn afresh every epoch
         _, (xva, yva), (xte, yte) = mixtures.split_mixtures(
@@ -316,7 +335,7 @@ def train_demo_classifier(
             schedule = TimeCosineSchedule(config.learning_rate, steps_per_epoch * config.epochs)
         # shuffle=False: `ds` is shuffled above (Keras ignores the flag for a dataset, and warns).
         hist = model.fit(ds, epochs=1, verbose=0, callbacks=[schedule], shuffle=False)
-        val_score = _score(model, xva, yva, config.multilabel)
+        val_score = _score(model, xva, yva, config)
         history_val.append(val_score)
         log.info(
             "epoch %d/%d loss %.3f val %s %.3f (%.0f s)",
@@ -331,7 +350,7 @@ def train_demo_classifier(
     metric = "macro_auprc" if config.multilabel else "accuracy"
     metrics = {
         f"validation_{metric}": history_val[-1],
-        f"test_{metric}": _score(model, xte, yte, config.multilabel),
+        f"test_{metric}": _score(model, xte, yte, config),
         "train_seconds": seconds,
         "epochs": config.epochs,
         "seed": config.seed,
@@ -339,12 +358,20 @@ def train_demo_classifier(
         "clip_seconds": config.clip_seconds,
         "crop_seconds": min(config.crop_seconds, config.clip_seconds),
     }
+    if config.fixed_samples:
+        metrics["fixed_seconds"] = config.fixed_seconds
+        metrics["windows"] = {
+            name: windows.cut(x, y, config.fixed_samples).counts()
+            for name, x, y in (("validation", xva, yva), ("test", xte, yte))
+        }
+        if not config.multilabel:
+            metrics["test_clip_accuracy"] = _clip_accuracy(model, xte, yte, config.fixed_samples)
     info = ClassifierInfo(
         class_names=table.class_names,
         sample_rate=config.sample_rate,
         multilabel=config.multilabel,
         layers=DEMO_LAYERS,
-        clip_samples=None,
+        clip_samples=config.fixed_samples,
         metrics=metrics,
     )
     save_classifier(model, info, out)
@@ -357,8 +384,21 @@ def predict_logits(model: keras.Model, waves: np.ndarray, batch_size: int = 32) 
     )
 
 
-def _score(model, waves, labels, multilabel: bool) -> float:
+def _score(model, waves, labels, config: DemoConfig) -> float:
+    """Accuracy (macro-AUPRC if multi-label) on the clips (``[n, S]``), or on their windows for a fixed-length model
+    (``waves`` may then be a list of clips of any lengths)."""
+    if config.fixed_samples:
+        cut = windows.cut(waves, labels, config.fixed_samples)
+        waves, labels = cut.waves, cut.labels
     logits = predict_logits(model, waves)
-    if multilabel:
+    if config.multilabel:
         return macro_auprc(labels, logits)
     return float(np.mean(logits.argmax(axis=1) == labels))
+
+
+def _clip_accuracy(model, waves, labels, length: int) -> float:
+    """Accuracy of a fixed-length model per clip, on the mean of its windows' logits."""
+    cut = windows.cut(waves, labels, length)
+    logits = predict_logits(model, cut.waves)
+    mean = np.stack([logits[cut.clip == i].mean(axis=0) for i in range(cut.clips)])
+    return float(np.mean(mean.argmax(axis=1) == labels))

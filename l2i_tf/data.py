@@ -214,20 +214,27 @@ def waveform_dataset(
     return tf.data.Dataset.load(str(target))
 
 
+def load_clips(table: ClipTable, sample_rate: int, **kwargs) -> tuple[list[np.ndarray], np.ndarray]:
+    """All clips as numpy at their own lengths: ``(waveforms, labels)``, a list of ``[samples]`` arrays (see
+    :func:`waveform_dataset` for ``kwargs``)."""
+    waves, labels = [], []
+    for wave, label, _ in waveform_dataset(table, sample_rate, **kwargs).as_numpy_iterator():
+        waves.append(wave)
+        labels.append(label)
+    return waves, np.stack(labels)
+
+
 def load_waveforms(
     table: ClipTable, sample_rate: int, num_samples: int | None = None, **kwargs
 ) -> tuple[np.ndarray, np.ndarray]:
     """All clips as numpy: ``(waveforms [n, num_samples], labels)``; clips are padded/cropped to ``num_samples``
     (default: the longest clip)."""
-    waves, labels = [], []
-    for wave, label, _ in waveform_dataset(table, sample_rate, **kwargs).as_numpy_iterator():
-        waves.append(wave)
-        labels.append(label)
+    waves, labels = load_clips(table, sample_rate, **kwargs)
     length = num_samples or max(len(w) for w in waves)
     out = np.zeros((len(waves), length), dtype="float32")
     for i, w in enumerate(waves):
         out[i, : min(len(w), length)] = w[:length]
-    return out, np.stack(labels)
+    return out, labels
 
 
 def fix_length(waveform, num_samples: int, random_crop: bool = False, seed=None) -> tf.Tensor:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from l2i_tf import audio, batches, data, files, metrics, mixtures, runs, tables, training
+from l2i_tf import audio, batches, data, files, metrics, mixtures, runs, tables, training, windows
 from l2i_tf import slime as slime_lib
 from l2i_tf.evaluation_report import markdown
 from l2i_tf.explainer import ExplainConfig, Explainer
@@ -111,9 +111,13 @@ class EvalConfig(Settings):
 BASELINES = ("slime",)
 
 
-def test_data(config: runs.TrainConfig, sample_rate: int, num_classes: int) -> dict:
+def test_data(config: runs.TrainConfig, sample_rate: int, num_classes: int, window: int | None = None) -> dict:
     """The run's test split: ``clips`` (waveforms, labels) and ``evaluation`` (what the classifier is scored on:
-    the clips, or for a multi-label run on single-label data the same test mixtures training scored)."""
+    the clips, or for a multi-label run on single-label data the same test mixtures training scored).
+
+    For a fixed-length classifier (``window`` samples) both are the windows training scored (see
+    :func:`l2i_tf.windows.cut`), and ``windows`` counts them (``{"clips", "windows"}``; None otherwise).
+    """
     table = tables.esc10_table() if config.data is None else tables.load_table(config.data, config.layout)
     if len(table.class_names) != num_classes:
         raise ValueError(
@@ -121,13 +125,23 @@ def test_data(config: runs.TrainConfig, sample_rate: int, num_classes: int) -> d
             f"(data {config.data or 'bundled ESC-10'!r}, layout {config.layout!r})"
         )
     test = table.with_folds(config.test_folds)
-    waves, labels = data.load_waveforms(test, sample_rate, int(config.clip_seconds * sample_rate))
+    mixing = config.multilabel and not table.multilabel
+    if window is None or mixing:
+        waves, labels = data.load_waveforms(test, sample_rate, int(config.clip_seconds * sample_rate))
+    else:
+        waves, labels = data.load_clips(test, sample_rate)
     out = {"clips": (waves, labels), "evaluation": (waves, labels), "single_label": not table.multilabel}
-    if config.multilabel and not table.multilabel:  # the test mixtures training scored
+    if mixing:  # the test mixtures training scored
         splits = [None, None, (waves, labels)]
         out["evaluation"] = mixtures.split_mixtures(
             splits, num_classes, config.mixtures, config.seed, config.mixture_snr_db
         )[2]
+    out["windows"] = None
+    if window is not None:
+        for key in ("clips", "evaluation"):
+            cut = windows.cut(*out[key], window)
+            out[key] = (cut.waves, cut.labels)
+        out["windows"] = cut.counts()
     return out
 
 
@@ -169,7 +183,9 @@ def cross_validate(run: runs.Run, config: EvalConfig, safe_mode: bool = True) ->
         )
         fold_run = runs.load_run(folder, safe_mode=safe_mode)
         explainer = explainer_of(fold_run, config.domain)
-        td = test_data(fold_run.config, explainer.sample_rate, len(fold_run.class_names))
+        td = test_data(
+            fold_run.config, explainer.sample_rate, len(fold_run.class_names), explainer.interpreter.clip_samples
+        )
         waves = td["evaluation"][0]
         thresholds = config.multilabel_thresholds if explainer.multilabel else config.thresholds
         per_fold[fold] = {
@@ -215,7 +231,7 @@ def evaluate(
     run = runs.load_run(run_dir, safe_mode=safe_mode)
     explainer = explainer_of(run, config.domain)
     num_classes = len(run.class_names)
-    td = test_data(run.config, explainer.sample_rate, num_classes)
+    td = test_data(run.config, explainer.sample_rate, num_classes, explainer.interpreter.clip_samples)
     waves = td["evaluation"][0]
     thresholds = config.multilabel_thresholds if explainer.multilabel else config.thresholds
     report = {
@@ -224,6 +240,7 @@ def evaluate(
         "multilabel": explainer.multilabel,
         "k": explainer.num_components,
         "test_clips": int(len(waves)),
+        "test_windows": td["windows"],
         "config": config.to_dict(),
         "train_config": run.config.to_dict(),
         "environment": runs.environment(),

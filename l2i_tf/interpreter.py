@@ -42,6 +42,17 @@ def check_classifier(classifier: keras.Model) -> None:
         )
 
 
+def check_input_length(clip_samples: int | None, stft: audio.STFTConfig) -> None:
+    """Raise :class:`ClassifierContractError` if a fixed input of ``clip_samples`` is shorter than one STFT frame
+    (the interpreter's spectrogram would hold no whole frame); None (any length) passes."""
+    if clip_samples is not None and clip_samples < stft.frame_length:
+        raise ClassifierContractError(
+            f"the classifier's fixed input is {clip_samples} samples, shorter than one STFT frame of "
+            f"{stft.frame_length} samples ({stft.frame_length / stft.sample_rate * 1000:g} ms at {stft.sample_rate} "
+            "Hz); use a shorter --frame-length or a classifier with a longer input"
+        )
+
+
 def parse_layer_spec(spec: str) -> tuple[str, str | None]:
     """``"name"`` or ``"name:order"`` -> (name, order or None)."""
     name, _, order = spec.partition(":")
@@ -187,6 +198,7 @@ class Interpreter(keras.Model):
         fixed = classifier.inputs[0].shape[1]
         if fixed is not None and clip_samples is None:
             clip_samples = int(fixed)
+        check_input_length(clip_samples, stft_config)
         psi_kwargs = dict(psi or {})
         head_psi = {key: value for key, value in psi_kwargs.items() if key != "freq_reduce"}
         classifier_rank = len(classifier.inputs[0].shape)

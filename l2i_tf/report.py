@@ -141,6 +141,11 @@ def describe(source: ExplainSource, run_folder: Path | None) -> dict:
         for key, value in (metrics.get(split) or {}).items():
             if isinstance(value, int | float):
                 fidelity[f"{split} {key}"] = value
+        counts = (metrics.get("windows") or {}).get(split)
+        if counts:  # a fixed-length classifier: fidelity was measured on windows of the clips
+            fidelity[f"{split} windows (of {counts['clips']} clips)"] = counts["windows"]
+    if metrics.get("windows"):
+        fidelity["window seconds"] = metrics["windows"]["seconds"]
     return {
         "model": _drop_none(model),
         "dictionary": _drop_none(dictionary),

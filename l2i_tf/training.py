@@ -11,10 +11,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from l2i_tf import audio, batches, checkpoints, data, files, metrics, mixtures, nmf, runs, tables
+from l2i_tf import audio, batches, checkpoints, data, files, metrics, mixtures, nmf, runs, tables, windows
 from l2i_tf import classifier as classifier_lib
 from l2i_tf.dictionary import Dictionary, learn_from_table
-from l2i_tf.interpreter import Interpreter, tap_orders
+from l2i_tf.interpreter import Interpreter, check_input_length, tap_orders
 from l2i_tf.runs import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -119,8 +119,21 @@ def resolve(config: TrainConfig, model_f: keras.Model) -> tuple[TrainConfig, aud
     return config, stft
 
 
-def _datasets(config: TrainConfig, sample_rate: int, num_classes: int):
-    """(train, val, test) waveforms as numpy (mixtures for multi-label), the data table and the skipped clips.
+def fixed_length(model_f: keras.Model) -> int | None:
+    """The classifier's fixed input length, samples (``inputs[0].shape[1]``), or None when it takes any length."""
+    length = model_f.inputs[0].shape[1]
+    return None if length is None else int(length)
+
+
+def _datasets(config: TrainConfig, sample_rate: int, num_classes: int, window: int | None = None):
+    """(train, val, test) waveforms as numpy (mixtures for multi-label), the data table, the skipped clips and the
+    windows' description.
+
+    Clips are padded/cropped to ``config.clip_seconds``; with a fixed-length classifier (``window`` samples) every
+    clip, at its own length, is cut into windows of ``window`` samples instead (:func:`l2i_tf.windows.cut`: hop
+    half a window, the last one aligned to the clip's end), so every second of the data is seen; multi-label
+    mixtures are made at ``clip_seconds`` and then cut. The description (``samples``, ``seconds`` and ``{split:
+    {"clips", "windows"}}``; empty without windows) goes to ``metrics.json``.
 
     A manifest's labels must be classes of the classifier. With ``config.on_error == "skip"`` unreadable clips
     are left out and listed (``metrics.json`` counts them); otherwise the first one stops the job, named.
@@ -131,11 +144,23 @@ def _datasets(config: TrainConfig, sample_rate: int, num_classes: int):
         names = config.class_names if config.layout == "manifest" else None
         table = tables.load_table(config.data, config.layout, class_names=names)
     table, _, skipped = data.probe_table(table, on_error=config.on_error)
-    clip = int(config.clip_seconds * sample_rate)
-    arrays = [data.load_waveforms(p, sample_rate, clip) for p in tables.split(table, config.splits)]
-    if config.multilabel and not table.multilabel:
-        arrays = mixtures.split_mixtures(arrays, num_classes, config.mixtures, config.seed, config.mixture_snr_db)
-    return table, arrays, skipped
+    parts = tables.split(table, config.splits)
+    mixing = config.multilabel and not table.multilabel
+    if window is None or mixing:
+        clip = int(config.clip_seconds * sample_rate)
+        arrays = [data.load_waveforms(p, sample_rate, clip) for p in parts]
+        if mixing:
+            arrays = mixtures.split_mixtures(arrays, num_classes, config.mixtures, config.seed, config.mixture_snr_db)
+    else:
+        arrays = [data.load_clips(p, sample_rate) for p in parts]
+    counts = {}
+    if window is not None:
+        cuts = [windows.cut(waves, labels, window) for waves, labels in arrays]
+        arrays = [(cut.waves, cut.labels) for cut in cuts]
+        counts = {name: cut.counts() for name, cut in zip(mixtures.SPLIT_NAMES, cuts, strict=True)}
+        counts = {"samples": window, "seconds": window / sample_rate, **counts}
+        log.info("windows of %d samples: %s", window, counts)
+    return table, arrays, skipped, counts
 
 
 def existing_dictionary(out: Path, config: TrainConfig, stft: audio.STFTConfig) -> Dictionary | None:
@@ -296,10 +321,12 @@ def train(
     model_f = runs.load_classifier(config.classifier, config.custom_objects, safe_mode)
     config, stft = resolve(config, model_f)
     tap_orders(model_f, config.layers)  # a wrong layer name stops the job before any work
+    window = fixed_length(model_f)
+    check_input_length(window, stft)  # and so does a fixed input shorter than one STFT frame
     dictionary = existing_dictionary(out, config, stft)  # one that does not fit stops it too
     runs.write_config(out, config, stft)
 
-    table, splits, skipped = _datasets(config, stft.sample_rate, len(config.class_names))
+    table, splits, skipped, window_counts = _datasets(config, stft.sample_rate, len(config.class_names), window)
     if skipped:
         log.warning("skipped %d unreadable clip(s): %s", len(skipped), "; ".join(skipped))
     timings = {"data_seconds": time.perf_counter() - start}
@@ -331,6 +358,8 @@ def train(
 
     results = {"class_names": list(config.class_names), "multilabel": config.multilabel, "k": dictionary.k}
     results["skipped_clips"] = {"count": len(skipped), "errors": skipped}
+    if window_counts:  # a fixed-length classifier: every split was cut into windows
+        results["windows"] = window_counts
     for split_name, split in zip(("validation", "test"), cached[1:], strict=True):
         results[split_name] = metrics.fidelity(
             split["classifier_logits"], cached_logits(interpreter, split), config.multilabel

@@ -184,3 +184,30 @@ def test_train_classifier_on_sub_second_clips_pads_them_to_their_typical_length(
     assert classifier.load_info(tmp_path / "b.keras").metrics["clip_seconds"] == 0.5
     bad = invoke(*args, "--clip-seconds", 0, "--out", tmp_path / "c.keras")
     assert bad.exit_code == 2 and "--clip-seconds" in bad.output
+
+
+def test_train_classifier_with_a_fixed_input_scores_windows_of_every_clip(tmp_path):
+    from run_fixture import invoke, write
+
+    rng = np.random.default_rng(0)
+    for c, freq in enumerate((500.0, 3000.0)):
+        for i in range(5):  # one clip per fold and class
+            t = np.arange(int(0.5 * 44100)) / 44100
+            clip = 0.4 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(len(t))
+            write(tmp_path / "data" / f"c{c}" / f"{i}.wav", clip.astype("float32"), 44100)
+    args = ["train-classifier", "--data", tmp_path / "data", "--layout", "folders", "--sample-rate", 44100]
+    out = tmp_path / "fixed.keras"
+    result = invoke(*args, "--fixed-seconds", 0.2, "--epochs", 1, "--batch-size", 2, "--out", out)
+    assert result.exit_code == 0, result.output
+    info = classifier.load_info(out)
+    assert info.sample_rate == 44100 and info.clip_samples == 8820
+    assert info.metrics["fixed_seconds"] == 0.2
+    # 0.5 s clips, 0.2 s windows, hop 0.1 s: starts 0, 0.1, 0.2 and 0.3 s (the last ends at the clip's end)
+    assert info.metrics["windows"] == {"validation": {"clips": 2, "windows": 8}, "test": {"clips": 2, "windows": 8}}
+    assert 0.0 <= info.metrics["test_clip_accuracy"] <= 1.0
+    model = keras.saving.load_model(out)
+    assert tuple(model.inputs[0].shape) == (None, 8820)
+    assert model(waves(3, 8820), training=False).shape == (3, 2)
+    bad = invoke(*args, "--fixed-seconds", 0.00001, "--out", tmp_path / "bad.keras")
+    assert_bad = "fixed_seconds=1e-05 is 0 samples at 44100 Hz; a fixed input needs at least 2"
+    assert bad.exit_code == 2 and "--fixed-seconds" in bad.output and assert_bad in bad.output, bad.output
