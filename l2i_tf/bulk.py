@@ -77,6 +77,14 @@ def make_job(saved_model, input_glob: str, out, threshold=None, components=False
     )
 
 
+def _top_n_without_audio(job: BulkJob) -> int | None:
+    """The export's N when no component audio is written and τ is the export's (``serving_default`` then gives every
+    output needed, ~30 % cheaper than ``explain``), else None."""
+    if job.components or job.threshold != float(job.metadata["threshold"]) or "top_n" not in job.metadata:
+        return None
+    return int(job.metadata["top_n"])
+
+
 def _counter(name: str):
     return Metrics.counter(NAMESPACE, name)
 
@@ -165,7 +173,9 @@ class ExplainFiles(beam.PTransform):
 
     def expand(self, root):
         job = self.job
-        handler = ExplainModelHandler(job.saved_model, job.threshold, max_batch_size=job.max_batch_size)
+        handler = ExplainModelHandler(
+            job.saved_model, job.threshold, job.max_batch_size, top_n_without_audio=_top_n_without_audio(job)
+        )
         matched = root | "Match" >> fileio.MatchFiles(job.input_glob)
         planned = matched | "SkipComplete" >> beam.ParDo(_SkipComplete(job)).with_outputs("done", main="todo")
         decoded = (
