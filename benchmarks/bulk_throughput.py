@@ -9,6 +9,7 @@ memory and the ratio bulk / sequential (goal >= 1.6).
     python benchmarks/bulk_throughput.py                  # runs/esc10 if it exists, else an untrained demo-size export
     python benchmarks/bulk_throughput.py runs/esc10       # a run folder (exported first) or a SavedModel
     python benchmarks/bulk_throughput.py savedmodels/l2i --workers 2 --files 100
+    python benchmarks/bulk_throughput.py runs/esc10 --direct-mode multi_threading   # worker threads, not processes
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source", nargs="?", default="runs/esc10", help="run folder or SavedModel")
     parser.add_argument("--workers", type=int, default=2, help="DirectRunner worker processes")
+    parser.add_argument("--direct-mode", default="multi_processing", choices=["multi_processing", "multi_threading"])
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--files", type=int, default=400, help="the first N ESC-10 clips")
     args = parser.parse_args()
@@ -101,6 +103,7 @@ def main():
     seq_s, seq_mem = measure([*cli, "explain", str(saved), *files, "--out", str(tmp / "sequential")])
     bulk_command = [*cli, "explain-bulk", str(saved), str(inputs / "*"), "--out", str(tmp / "bulk")]
     bulk_command += ["--direct-workers", str(args.workers), "--batch-size", str(args.batch_size)]
+    bulk_command += ["--direct-mode", args.direct_mode]
     bulk_s, bulk_mem = measure(bulk_command)
     for name, seconds, memory in (("sequential l2i-tf explain", seq_s, seq_mem), ("explain-bulk", bulk_s, bulk_mem)):
         print(

@@ -35,7 +35,14 @@ Examples:
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="DirectRunner: worker processes (more than one: multi-processing mode).",
+    help="DirectRunner: workers (more than one: processes or threads, see --direct-mode).",
+)
+@click.option(
+    "--direct-mode",
+    type=click.Choice(["multi_processing", "multi_threading"]),
+    default="multi_processing",
+    show_default=True,
+    help="DirectRunner with several workers: processes, or threads of this one (no start-up per worker).",
 )
 @click.option("--components", is_flag=True, help="Also write one wav per selected component.")
 @click.option("--threshold", type=float, default=None, help="τ: select components with relevance > τ [export's].")
@@ -49,6 +56,7 @@ def command(
     out,
     runner,
     direct_workers,
+    direct_mode,
     components,
     threshold,
     batch_size,
@@ -78,7 +86,7 @@ def command(
     except errors.SOURCE_ERRORS as e:
         raise errors.source_error(e, "SAVED_MODEL") from None
     click.echo(f"explaining {job.input_glob} with {job.saved_model} (τ = {job.threshold:g}) -> {job.out}")
-    counts = bulk.run_job(job, runner, direct_workers, beam_args)
+    counts = bulk.run_job(job, runner, direct_workers, beam_args, direct_mode)
     wall = counts["wall_seconds"]
     click.echo(
         f"files read {counts['files_read']}, explained {counts['files_explained']}, "

@@ -78,6 +78,14 @@ def make_job(saved_model, input_glob: str, out, threshold=None, components=False
     )
 
 
+def _top_n_without_audio(job: BulkJob) -> int | None:
+    """The export's N when no component audio is written and τ is the export's (``serving_default`` then gives every
+    output needed, ~30 % cheaper than ``explain``), else None."""
+    if job.components or job.threshold != float(job.metadata["threshold"]) or "top_n" not in job.metadata:
+        return None
+    return int(job.metadata["top_n"])
+
+
 def _counter(name: str):
     return Metrics.counter(NAMESPACE, name)
 
@@ -166,7 +174,9 @@ class ExplainFiles(beam.PTransform):
 
     def expand(self, root):
         job = self.job
-        handler = ExplainModelHandler(job.saved_model, job.threshold, max_batch_size=job.max_batch_size)
+        handler = ExplainModelHandler(
+            job.saved_model, job.threshold, job.max_batch_size, top_n_without_audio=_top_n_without_audio(job)
+        )
         matched = root | "Match" >> fileio.MatchFiles(job.input_glob)
         planned = matched | "SkipComplete" >> beam.ParDo(_SkipComplete(job)).with_outputs("done", main="todo")
         decoded = (
@@ -210,14 +220,24 @@ def pipeline(
     return ExplainFiles(make_job(saved_model, input_glob, out, threshold, components, max_batch_size))
 
 
-def pipeline_options(runner: str = "DirectRunner", direct_workers: int = 1, beam_args=()) -> PipelineOptions:
+DIRECT_MODES = ("multi_processing", "multi_threading")
+"""The DirectRunner's running modes with several workers. Measured on 2 cores, 400 ESC-10 clips: multi-processing
+costs ~25 s of fixed start-up (each worker process imports TensorFlow and loads the SavedModel), multi-threading
+none (TensorFlow and the decoder release the GIL)."""
+
+
+def pipeline_options(
+    runner: str = "DirectRunner", direct_workers: int = 1, beam_args=(), direct_mode: str = "multi_processing"
+) -> PipelineOptions:
     """Beam options: ``beam_args`` (any Beam flags) plus the runner; the DirectRunner runs ``direct_workers``
-    processes (multi-processing mode) when more than one."""
+    workers in ``direct_mode`` (one of :data:`DIRECT_MODES`) when more than one."""
+    if direct_mode not in DIRECT_MODES:
+        raise ValueError(f"direct_mode must be one of {DIRECT_MODES}, got {direct_mode!r}")
     extra = {}
     if runner == "DirectRunner":
         extra = {
             "direct_num_workers": int(direct_workers),
-            "direct_running_mode": "multi_processing" if direct_workers > 1 else "in_memory",
+            "direct_running_mode": direct_mode if direct_workers > 1 else "in_memory",
         }
     return PipelineOptions(list(beam_args), runner=runner, **extra)
 
@@ -232,18 +252,21 @@ def run(
     threshold: float | None = None,
     components: bool = False,
     max_batch_size: int = 8,
+    direct_mode: str = "multi_processing",
 ) -> dict:
     """Run :func:`pipeline` to completion (see :func:`run_job`)."""
     job = make_job(saved_model, input_glob, out, threshold, components, max_batch_size)
-    return run_job(job, runner, direct_workers, beam_args)
+    return run_job(job, runner, direct_workers, beam_args, direct_mode)
 
 
-def run_job(job: BulkJob, runner: str = "DirectRunner", direct_workers: int = 1, beam_args=()) -> dict:
+def run_job(
+    job: BulkJob, runner: str = "DirectRunner", direct_workers: int = 1, beam_args=(), direct_mode="multi_processing"
+) -> dict:
     """Run a bulk explanation to completion; returns the counters of :data:`COUNTERS` plus ``audio_seconds``,
     ``wall_seconds``, and the lines of the index (``indexed``) and of the errors file (``errors``): these two are
     counted from the files, which stay exact where a runner drops metric updates."""
     t0 = time.perf_counter()
-    p = beam.Pipeline(options=pipeline_options(runner, direct_workers, beam_args))
+    p = beam.Pipeline(options=pipeline_options(runner, direct_workers, beam_args, direct_mode))
     _ = p | "ExplainFiles" >> ExplainFiles(job)
     result = p.run()
     result.wait_until_finish()

@@ -1,14 +1,17 @@
 """The Beam RunInference model handler of an exported SavedModel's ``explain`` signature, batched by clip length.
 
 Beam's stock TensorFlow handler loads with ``tf.keras.models.load_model``, which Keras 3 refuses for a SavedModel
-folder: this one loads with ``tf.saved_model.load`` and calls the ``explain`` signature. Inside a batch, clips of the
-same exact length are explained together and others apart, never zero-padded: a padded clip's explanation differs
-from the clip's own, and padding can never dominate. Beam's length-bucketed batching (``batch_length_fn`` with
-``max_batch_duration_secs``) was measured and is not used: on the DirectRunner (2.77) the metric updates of the
-batches its timers flush are lost (33 of 40 inferences counted, RunInference's own counter included).
+folder: this one loads with ``tf.saved_model.load`` and calls the ``explain`` signature (``serving_default`` when
+no component audio is needed). Inside a batch, clips of the same exact length are explained together and others
+apart, never zero-padded: a padded clip's explanation differs from the clip's own, and padding can never dominate.
+Beam's length-bucketed batching (``batch_length_fn`` with ``max_batch_duration_secs``) was measured and is not used:
+on the DirectRunner (2.77) the metric updates of the batches its timers flush are lost (33 of 40 inferences counted,
+RunInference's own counter included).
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import tensorflow as tf
@@ -43,28 +46,50 @@ def _call(signature, waveforms: np.ndarray, threshold: float) -> dict:
     return {key: out[key].numpy() for key in OUTPUTS if key in out}
 
 
+def _call_without_component_audio(signature, waveforms: np.ndarray, top_n: int) -> dict:
+    """:func:`_call` with the export's τ through ``serving_default``, which skips the N components' syntheses (~30 %
+    of a call): the component outputs are derived as the graph makes them (the N most relevant components, ties:
+    lower index first; chosen = selected), and ``component_audio`` is empty ([B, N, 0])."""
+    out = {key: value.numpy() for key, value in signature(waveform=tf.constant(waveforms, tf.float32)).items()}
+    relevance, selected = out["relevance"], out["selected"]
+    indices = np.argsort(-relevance, axis=1, kind="stable")[:, :top_n].astype(np.int32)
+    return {
+        **{key: out[key] for key in OUTPUTS if key in out},
+        "target_class": out["predicted_class"].astype(np.int32),  # target -1: the classifier's prediction
+        "component_indices": indices,
+        "component_relevance": np.take_along_axis(relevance, indices, axis=1),
+        "component_selected": np.take_along_axis(selected, indices, axis=1),
+        "component_audio": np.zeros((*indices.shape, 0), np.float32),
+    }
+
+
 def explain_batch(model, batch, inference_args: dict, model_id: str | None = None) -> list[PredictionResult]:
     """The ``inference_fn``: one :class:`PredictionResult` per clip, whose ``inference`` is the clip's outputs
     (numpy, no batch dimension) or ``{"error": reason}`` when the graph rejects it (too long, NaN samples...).
 
+    ``inference_args``: ``threshold`` (τ), and ``top_n_without_audio`` (the export's N) when the components' audio
+    is not wanted and τ is the export's: then ``serving_default`` runs (see :func:`_call_without_component_audio`).
     Clips of one exact length run as one batch; if the graph rejects that batch, each clip runs alone so one bad
     clip costs only itself.
     """
-    signature = model.signatures["explain"]
-    threshold = float(inference_args["threshold"])
+    top_n = inference_args.get("top_n_without_audio")
+    if top_n:
+        call = functools.partial(_call_without_component_audio, model.signatures["serving_default"], top_n=top_n)
+    else:
+        call = functools.partial(_call, model.signatures["explain"], threshold=float(inference_args["threshold"]))
     results: list[dict | None] = [None] * len(batch)
     groups: dict[int, list[int]] = {}
     for i, clip in enumerate(batch):
         groups.setdefault(len(clip), []).append(i)
     for members in groups.values():
         try:
-            out = _call(signature, np.stack([batch[i] for i in members]), threshold)
+            out = call(np.stack([batch[i] for i in members]))
             for j, i in enumerate(members):
                 results[i] = {key: value[j] for key, value in out.items()}
         except tf.errors.InvalidArgumentError:
             for i in members:
                 try:
-                    results[i] = {key: value[0] for key, value in _call(signature, batch[i][None], threshold).items()}
+                    results[i] = {key: value[0] for key, value in call(batch[i][None]).items()}
                 except tf.errors.InvalidArgumentError as e:
                     results[i] = {"error": graph_error_message(e)}
     return [PredictionResult(clip, result, model_id) for clip, result in zip(batch, results)]
@@ -78,18 +103,25 @@ class ExplainModelHandler(TFModelHandlerNumpy):
         threshold: τ passed to the signature.
         max_batch_size: at most this many clips a batch (memory: clips × samples × (N + 2) floats); Beam's
             ``BatchElements`` adapts the size within a bundle up to it.
+        top_n_without_audio: the export's N when the components' audio is not wanted and ``threshold`` is the
+            export's τ: the cheaper ``serving_default`` signature runs instead (the same outputs, no component audio).
     """
 
-    def __init__(self, saved_model: str, threshold: float, max_batch_size: int = 8):
+    def __init__(self, saved_model: str, threshold: float, max_batch_size: int = 8, top_n_without_audio=None):
         super().__init__(str(saved_model), inference_fn=explain_batch, min_batch_size=1, max_batch_size=max_batch_size)
         self._threshold = float(threshold)
+        self._top_n_without_audio = top_n_without_audio
 
     def load_model(self):
         """The SavedModel as ``tf.saved_model.load`` returns it (Keras 3 cannot load a SavedModel folder)."""
         return tf.saved_model.load(self._model_uri)
 
     def run_inference(self, batch, model, inference_args=None):
-        args = {"threshold": self._threshold, **(inference_args or {})}
+        args = {
+            "threshold": self._threshold,
+            "top_n_without_audio": self._top_n_without_audio,
+            **(inference_args or {}),
+        }
         return self._inference_fn(model, batch, args, self._model_uri)
 
     def get_metrics_namespace(self) -> str:

@@ -4,7 +4,6 @@ files written (``interpretation.wav``, ``component_<k>.wav``, ``explanation.json
 from __future__ import annotations
 
 import dataclasses
-import io
 import re
 from pathlib import Path
 
@@ -107,19 +106,18 @@ class ExplainSource:
 
 
 def load_audio(path: str | Path, sample_rate: int, contents: bytes | None = None) -> np.ndarray:
-    """Any supported file -> mono float32 numpy [S] at ``sample_rate`` (tensorflow-io: downmix, resample).
+    """Any supported file -> mono float32 numpy [S] at ``sample_rate`` (:func:`l2i_tf.data.decode`: downmix,
+    resample); :class:`~l2i_tf.data.AudioDataError` naming the file if it cannot be read or decoded.
 
     ``contents``: the file's bytes when they were already read (e.g. from a remote file system); ``path`` then only
     names the file in errors.
     """
-    info = data.probe(str(path), None if contents is None else io.BytesIO(contents))
-    encoded = tf.io.read_file(str(path)) if contents is None else tf.constant(contents)
-    try:
-        return data.decode_audio(encoded, info.decoder, info.sample_rate, sample_rate).numpy()
-    except tf.errors.OpError as e:  # e.g. a truncated file whose header promises more samples than it holds
-        raise data.AudioDataError(
-            f"{path}: cannot decode audio ({graph_error_message(e)}); the file is truncated or corrupt"
-        ) from None
+    if contents is None:
+        try:
+            contents = Path(path).read_bytes()
+        except OSError as e:
+            raise data.AudioDataError(f"{path}: cannot read audio ({e.strerror or e})") from None
+    return data.decode(contents, sample_rate, str(path))
 
 
 def explain_waveform(source: ExplainSource, waveform: np.ndarray, class_name: str | None = None) -> dict:

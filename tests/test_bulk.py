@@ -204,3 +204,37 @@ def test_a_killed_run_restarted_ends_with_the_same_outputs(archive, tmp_path):
                 assert [s["relevance"] for s in mine[key]] == pytest.approx([s["relevance"] for s in value], abs=1e-4)
             else:
                 assert mine[key] == pytest.approx(value, abs=1e-4), key
+
+
+def test_without_component_audio_serving_default_gives_the_same_outputs(archive):
+    import tensorflow as tf
+
+    from l2i_tf.bulk_model import explain_batch
+    from l2i_tf.explain_files import load_audio
+
+    job = bulk.make_job(archive["saved"], "unused/*", archive["root"] / "unused")
+    assert bulk._top_n_without_audio(job) == 3
+    assert bulk._top_n_without_audio(bulk.make_job(archive["saved"], "u/*", "u", components=True)) is None
+    assert bulk._top_n_without_audio(bulk.make_job(archive["saved"], "u/*", "u", threshold=0.25)) is None
+    model = tf.saved_model.load(str(archive["saved"]))
+    clips = [load_audio(path, 16000) for path in archive["good"][:8]] + [np.zeros(8000, "float32")]  # + silence
+    full = explain_batch(model, clips, {"threshold": job.threshold})
+    light = explain_batch(model, clips, {"threshold": job.threshold, "top_n_without_audio": 3})
+    for a, b in zip(full, light, strict=True):
+        assert b.inference["component_audio"].shape == (3, 0)
+        for key, value in a.inference.items():
+            if key != "component_audio":
+                assert value.dtype == b.inference[key].dtype, key
+                np.testing.assert_array_equal(value, b.inference[key], err_msg=key)
+
+
+def test_worker_threads_give_the_same_outputs_and_counts(archive, tmp_path):
+    glob = str(archive["root"] / "archive" / "**")
+    counts = bulk.run(
+        archive["saved"], glob, tmp_path, components=True, direct_workers=2, direct_mode="multi_threading"
+    )
+    assert (counts["files_explained"], counts["files_failed"]) == (len(archive["good"]), len(archive["bad"]))
+    assert (counts["indexed"], counts["errors"]) == (len(archive["good"]), len(archive["bad"]))
+    assert_same_as_explain(archive, tmp_path)
+    with pytest.raises(ValueError, match="direct_mode must be one of"):
+        bulk.pipeline_options(direct_workers=2, direct_mode="threads")

@@ -105,6 +105,26 @@ def test_resampling_matches_scipy_resample_poly_without_delay(tmp_path, file_rat
     assert relative_rms_error(decoded[: len(reference)], reference) < 0.01
 
 
+@pytest.mark.parametrize("file_rate", [44100, 48000, 8000, 22050])
+@pytest.mark.parametrize("frequency", [440.0, 1000.0, 3000.0])
+def test_resampled_sine_keeps_its_frequency_and_amplitude(tmp_path, file_rate, frequency):
+    n = file_rate + 7
+    x = (0.5 * np.sin(2 * np.pi * frequency * np.arange(n) / file_rate)).astype("float32")
+    decoded = decode_file(write(tmp_path / "sine.wav", x, file_rate, subtype="FLOAT"))
+    assert len(decoded) == (n * RATE + file_rate // 2) // file_rate
+    ideal = 0.5 * np.sin(2 * np.pi * frequency * np.arange(len(decoded)) / RATE)
+    inner = slice(400, -400)  # away from the zero padding at both ends
+    snr = 10 * np.log10(np.sum(ideal[inner] ** 2) / np.sum((decoded[inner] - ideal[inner]) ** 2))
+    assert snr > 100, snr  # the same frequency, amplitude and phase (measured: 118-146 dB)
+
+
+def test_truncated_wav_is_an_error_naming_it(tmp_path):
+    path = write(tmp_path / "cut.wav", noise(4000), subtype="PCM_16")
+    path.write_bytes(path.read_bytes()[:3000])  # libsndfile alone would read the 1478 frames that are left
+    with pytest.raises(AudioDataError, match=r"cut\.wav: cannot decode audio .*truncated or corrupt"):
+        data.decode(path.read_bytes(), RATE, str(path))
+
+
 @pytest.mark.parametrize("file_rate", [44100, 48000, 8000, 22050, 11025, 32000])
 def test_resampled_impulse_peaks_at_the_same_time(tmp_path, file_rate):
     impulse = np.zeros(file_rate // 2, "float32")

@@ -107,9 +107,8 @@ def test_verbose_lets_tensorflow_and_keras_through_once(job, tmp_path):
     lines = trained.stderr.splitlines()
     # TensorFlow's C++ start-up lines (oneDNN, cudart_stub, CUDA factories, cpu_feature_guard, TF-TRT: some apply).
     assert any(TF_CPP_LINE.match(line) for line in lines), trained.stderr[-5000:]
-    # Python-side: tensorflow-io's while_loop fallback (the clips are decoded afresh) or a Keras UserWarning.
-    python_side = [line for line in lines if line.startswith("WARNING:tensorflow:") or "UserWarning" in line]
-    assert python_side, trained.stderr[-5000:]
+    # Python-side warnings (TensorFlow's, Keras UserWarnings), when there are any: the decoder no longer uses
+    # tensorflow-io, whose while_loop fallback warning this test used to rely on, so a train may print none...
     # ...each once: TensorFlow's own handler prints it, the root handler must not print it again.
     tf_messages = {line.removeprefix("WARNING:tensorflow:") for line in lines if line.startswith("WARNING:tensorflow:")}
     assert not tf_messages & set(lines), sorted(tf_messages & set(lines))
