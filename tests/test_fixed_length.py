@@ -169,3 +169,24 @@ def test_a_fixed_input_shorter_than_one_stft_frame_is_refused_naming_both(fixed_
     config = runs.TrainConfig(classifier=str(model), custom_objects=MODULE, data=str(fixed_job["data"]))
     with pytest.raises(ClassifierContractError, match="2048 samples, shorter than one STFT frame of 4096"):
         training.train(tmp_path / "lib", config)
+
+
+def test_explain_and_export_cover_the_whole_clip_in_windows(fixed_job, tmp_path):
+    """The 2 s classifier explains a 5 s clip whole: 4 windows (0, 1, 2, 3 s), an interpretation as long as the
+    clip with sound after 2 s; the export does the same in-graph."""
+    import soundfile
+
+    clip = next((fixed_job["data"] / DATA_CLASSES[1]).glob("*.wav"))
+    result = invoke("explain", fixed_job["run"], clip, "--threshold", -1, "--out", tmp_path / "run_out")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "run_out" / "explanation.json").read_text())
+    assert [w["start"] for w in report["timeline"]] == [0.0, 1.0, 2.0, 3.0]
+    audio, rate = soundfile.read(tmp_path / "run_out" / "interpretation.wav")
+    assert rate == RATE and len(audio) == int(CLIP_SECONDS * RATE)
+    assert np.abs(audio[3 * RATE :]).max() > 0  # explained past the classifier's 2 s
+    result = invoke("export", fixed_job["run"], "--out", tmp_path / "saved", "--name", "third_party")
+    assert result.exit_code == 0, result.output
+    result = invoke("explain", tmp_path / "saved" / "third_party", clip, "--threshold", -1, "--out", tmp_path / "sm")
+    assert result.exit_code == 0, result.output
+    served, _ = soundfile.read(tmp_path / "sm" / "interpretation.wav")
+    np.testing.assert_allclose(served, audio, atol=1e-4)
