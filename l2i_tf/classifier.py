@@ -359,13 +359,7 @@ def train_demo_classifier(
         "crop_seconds": min(config.crop_seconds, config.clip_seconds),
     }
     if config.fixed_samples:
-        metrics["fixed_seconds"] = config.fixed_seconds
-        metrics["windows"] = {
-            name: windows.cut(x, y, config.fixed_samples).counts()
-            for name, x, y in (("validation", xva, yva), ("test", xte, yte))
-        }
-        if not config.multilabel:
-            metrics["test_clip_accuracy"] = _clip_accuracy(model, xte, yte, config.fixed_samples)
+        metrics.update(_window_metrics(model, config, (xva, yva), (xte, yte)))
     info = ClassifierInfo(
         class_names=table.class_names,
         sample_rate=config.sample_rate,
@@ -375,6 +369,20 @@ def train_demo_classifier(
         metrics=metrics,
     )
     save_classifier(model, info, out)
+    return metrics
+
+
+def _window_metrics(model: keras.Model, config: DemoConfig, validation, test) -> dict:
+    """A fixed-input classifier's window counts per split and (multi-class) its test accuracy per clip."""
+    metrics = {
+        "fixed_seconds": config.fixed_seconds,
+        "windows": {
+            name: windows.cut(x, y, config.fixed_samples).counts()
+            for name, (x, y) in (("validation", validation), ("test", test))
+        },
+    }
+    if not config.multilabel:
+        metrics["test_clip_accuracy"] = _clip_accuracy(model, *test, config.fixed_samples)
     return metrics
 
 
