@@ -173,12 +173,10 @@ def decode(contents: bytes, sample_rate: int, path: str = "<audio bytes>") -> np
     raise AudioDataError(f"{path}: cannot decode audio ({reason}); the file is truncated or corrupt")
 
 
-def decode_audio(contents, decoder, file_rate, sample_rate: int, path=None) -> tf.Tensor:
+def decode_audio(contents, sample_rate: int, path=None) -> tf.Tensor:
     """Encoded file bytes (a string tensor) -> mono float32 ``[samples]`` at ``sample_rate``: :func:`decode` as a
-    TensorFlow op (``tf.numpy_function``), for tf.data graphs. ``decoder`` and ``file_rate`` (the probe's
-    :class:`ClipInfo` fields) are not needed: the bytes say both. ``path`` (a string tensor) names the file in
+    TensorFlow op (``tf.numpy_function``), for tf.data graphs. ``path`` (a string tensor) names the file in
     errors."""
-    del decoder, file_rate
 
     def run(raw, name):  # bytes in a graph, 0-d object arrays holding bytes when eager
         raw, name = (np.asarray(v, dtype=object).item() for v in (raw, name))
@@ -224,18 +222,10 @@ def waveform_dataset(
     labels = table.labels.astype("float32" if table.multilabel else "int64")
 
     def build() -> tf.data.Dataset:
-        ds = tf.data.Dataset.from_tensor_slices(
-            (
-                list(table.paths),
-                np.array([i.decoder for i in infos], dtype="int32"),
-                np.array([i.sample_rate for i in infos], dtype="int64"),
-                labels,
-                np.arange(len(table), dtype="int64"),
-            )
-        )
+        ds = tf.data.Dataset.from_tensor_slices((list(table.paths), labels, np.arange(len(table), dtype="int64")))
 
-        def load(path, decoder, rate, label, index):
-            return decode_audio(tf.io.read_file(path), decoder, rate, sample_rate, path), label, index
+        def load(path, label, index):
+            return decode_audio(tf.io.read_file(path), sample_rate, path), label, index
 
         return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
