@@ -120,7 +120,7 @@ def _layers(interpreter, class_names, config: ExplainConfig, top_n: int, max_sam
 
 
 def _graph(interpreter, layers: dict):
-    """The explanation graph of one clip (one window) on the layers: (inputs, every output, the classifier's)."""
+    """The explanation graph of one clip (one window) on the layers: (inputs, every output)."""
     inputs = {
         "waveform": keras.Input((None,), name="waveform"),
         "target_class": keras.Input((), dtype="int32", name="target_class"),
@@ -137,15 +137,11 @@ def _graph(interpreter, layers: dict):
     synthesis, fit = layers["synthesis"], layers["fit"]
     mask = interpreter.decoder(h, selected=selected)
     parts = interpreter.decoder(h, indices=indices)
-    classified = {
-        "class_probabilities": layers["classifier_probabilities"](out["classifier_logits"]),
-        "predicted_class": predicted,
-        "predicted_class_name": layers["class_name"](predicted),
-        "class_names": layers["class_names"](predicted),
-    }
     outputs = {
         "interpretation": fit(synthesis(x, phase, mask, out["waveform"]), waveform),
-        **{key: classified[key] for key in ("predicted_class", "predicted_class_name", "class_probabilities")},
+        "predicted_class": predicted,
+        "predicted_class_name": layers["class_name"](predicted),
+        "class_probabilities": layers["classifier_probabilities"](out["classifier_logits"]),
         "interpreter_probabilities": layers["interpreter_probabilities"](out["logits"]),
         "relevance": relevance,
         "selected": selected,
@@ -155,7 +151,7 @@ def _graph(interpreter, layers: dict):
         "component_selected": chosen,
         "component_audio": fit(synthesis(x, phase, parts, out["waveform"]), waveform),
     }
-    return inputs, outputs, classified
+    return inputs, outputs
 
 
 @keras.saving.register_keras_serializable(package="l2i_tf")
@@ -184,7 +180,7 @@ class Explainer(keras.Model):
         stft = interpreter.stft_config
         window = timeline.check_window(config.window_seconds, rate, interpreter.clip_samples, stft.frame_length)
         layers = _layers(interpreter, tuple(class_names), config, top_n, max_samples)
-        inputs, outputs, classified = _graph(interpreter, layers)
+        inputs, outputs = _graph(interpreter, layers)
         super().__init__(inputs=inputs, outputs=outputs, **{"name": "explainer", **kwargs})
         self.interpreter = interpreter
         self.class_names = tuple(class_names)
@@ -195,8 +191,6 @@ class Explainer(keras.Model):
         self.stft_config = interpreter.stft_config
         self.num_components = interpreter.k
         self.multilabel = interpreter.multilabel
-        self.serving_model = keras.Model(inputs, {k: outputs[k] for k in CLIP_OUTPUTS}, name="explainer_serving")
-        self.classify_model = keras.Model(inputs["waveform"], classified, name="explainer_classify")
         self.window_samples = window
         self.hop_samples = max(window // 2, 1)
         self.parts = recording.Parts(
