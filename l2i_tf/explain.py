@@ -190,10 +190,11 @@ def top_components(relevance, n) -> tuple[tf.Tensor, tf.Tensor]:
     return tf.cast(indices, tf.int32), values
 
 
-ACTIVE_SHARE = 0.01
-"""Default share of a clip's activation energy a component must exceed to count as active (1 %): with ~80 % of H
-near zero a clip's energy sits in a few dozen components, so 1 % keeps the ones that carry audible energy and drops
-the near-silent tail (a uniform spread over K = 100 components would put every one exactly at 1 %)."""
+ACTIVE_SHARE = 0.005
+"""Default share of a clip's activation energy ``Σ_t H²`` a component must exceed to count as active: 0.5 %. On the
+bundled ESC-10 run (K = 100, fold 5) 63 components a clip hold < 1e-6 of its energy; above 0.5 % are 17.6 a clip
+(at least 5), carrying 98 % of the energy, and enough of them are left unselected for the active-random baseline to
+remove as many as L2I on 88 % of the clips at τ = 0.3 (1 %: 13.8 a clip, 95 % of the energy, but only 59 %)."""
 
 
 def random_selection(selected, seed_or_generator) -> tf.Tensor:
