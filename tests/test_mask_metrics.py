@@ -1,5 +1,6 @@
 """SpeechBrain's interpretation metrics (AI, AD, AG, FF, Fid-In, SPS, COMP) on hand-built cases with known answers:
-masks that keep everything, nothing, or exactly the class evidence of a planted band-energy classifier."""
+masks that keep everything, nothing, or exactly the class evidence of a planted band-energy classifier; the
+active-random faithfulness baseline on that classifier."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import scipy.stats
 import tensorflow as tf
 
-from l2i_tf import audio, mask_metrics, metrics
+from l2i_tf import audio, explain, faithfulness, mask_metrics, metrics
 
 SR = 16000
 STFT = audio.STFTConfig()
@@ -174,3 +175,22 @@ def test_l2i_mask_metrics_on_masks_that_keep_everything_nothing_and_exactly_the_
     kept_bins = STFT.num_frames(x.shape[1]) * int(W[:, 0].sum())
     assert ev["COMP"] == pytest.approx(math.log(kept_bins), abs=1e-5)
     assert ev["SPS"] == pytest.approx(1 - kept_bins / n, abs=0.02)
+
+
+def test_removal_drops_report_the_active_baseline_next_to_the_paper_one():
+    x = _tones(0.5, 0.3)
+    explainer, W = _planted_explainer(x)
+    f = explainer.analyze(x)
+    H = np.ones((1, f["spectrogram"].shape[1], 3), "float32")
+    H[..., 2] = 0.0  # the "every other bin" component is inactive on this clip
+    relevance = explain.class_relevance(f["contributions"], [0])
+    res = faithfulness.removal_drops(
+        band_classifier, f["spectrogram"], f["phase"], W, H, relevance, band_classifier(x), np.array([0]),
+        (0.5,), x.shape[1], STFT, "linear", (0, 0),
+    )  # fmt: skip
+    assert set(res[0.5]) == set(faithfulness.METHODS)
+    np.testing.assert_array_equal(res[0.5]["random_active"]["selected"], [1])
+    # the only active unselected component is the 3 kHz one: removing it leaves class 0's logit and raises its
+    # probability (a negative drop); L2I's removes the 1 kHz evidence
+    assert res[0.5]["random_active"]["logit"][0] == pytest.approx(0.0, abs=1e-3)
+    assert res[0.5]["random_active"]["probability"][0] < 0 < res[0.5]["l2i"]["logit"][0]
