@@ -62,7 +62,8 @@ def _mixtures(explainer, mix: dict, counted, config, scfg, seconds: list) -> dic
 
 
 def slime_evaluation(explainer, waves, mix: dict | None, counted, thresholds, config) -> dict:
-    """SLIME on the first ``config.slime_clips`` explained test clips (faithfulness) and counted mixtures (SI-SDRi).
+    """SLIME on the first ``config.slime_clips`` explained test clips (faithfulness and the mask metrics of
+    :mod:`l2i_tf.mask_metrics`, ``mask_metrics``) and counted mixtures (SI-SDRi).
 
     Args:
         explainer: the :class:`~l2i_tf.explainer.Explainer` whose classifier SLIME explains.
