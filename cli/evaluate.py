@@ -7,7 +7,7 @@ import dataclasses
 import click
 
 from cli import errors, options
-from l2i_tf import audio, data, runs
+from l2i_tf import audio, data, explain, runs
 from l2i_tf import evaluate as evaluate_lib
 from l2i_tf import slime as slime_lib
 
@@ -40,6 +40,13 @@ Examples:
 @click.option("--thresholds", default=None, help="τ values for faithfulness [0.9,0.7,0.5,0.3; +0.1 multi-label].")
 @click.option("--domain", type=click.Choice(audio.DOMAINS), default="log1p", show_default=True)
 @click.option(
+    "--active-share",
+    type=click.FloatRange(0.0, 1.0, max_open=True),
+    default=explain.ACTIVE_SHARE,
+    show_default=True,
+    help="Share of a clip's activation energy a component needs to be drawn by the active-random baseline.",
+)
+@click.option(
     "--mixtures", type=click.IntRange(min=0), default=None, help="Target + distractor mixtures [200; 0: skip]."
 )
 @click.option("--snr-db", type=float, default=0.0, show_default=True, help="Target-to-distractor ratio of mixtures.")
@@ -57,6 +64,7 @@ def command(
     baselines,
     thresholds,
     domain,
+    active_share,
     mixtures,
     snr_db,
     slime_clips,
@@ -69,9 +77,10 @@ def command(
     """Evaluate the interpreter in RUN_DIR on its test split and write report.md and report.json.
 
     Fidelity (top-1/3/5, or macro/micro-AUPRC and max-F1), faithfulness (median logit and probability drop after
-    removing the selected components, against a seeded random baseline), SI-SDRi of interpretations of mixtures
-    with known sources (with the mixture, random and oracle reference rows), wall time per clip; optionally
-    5-fold cross-validation and the SLIME baseline.
+    removing the selected components, against two seeded random baselines: among all other components, and among
+    the clip's active ones), SpeechBrain's interpretation metrics (AI, AD, AG, FF, Fid-In, SPS, COMP) beside their
+    published L2I row, SI-SDRi of interpretations of mixtures with known sources (with the mixture, random and
+    oracle reference rows), wall time per clip; optionally 5-fold cross-validation and the SLIME baseline.
     """
     options.setup(verbose)
     changes = dict(
@@ -79,6 +88,7 @@ def command(
         folds=options.parse_folds(folds, "--folds"),
         baselines=tuple(baselines),
         domain=domain,
+        active_share=active_share,
         mixture_snr_db=snr_db,
         seed=seed,
     )

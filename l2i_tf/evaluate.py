@@ -1,4 +1,5 @@
-"""The `l2i-tf evaluate` job: fidelity, faithfulness, mixture ground truth, cross-validation and baselines."""
+"""The `l2i-tf evaluate` job: fidelity, faithfulness, SpeechBrain's mask metrics, mixture ground truth,
+cross-validation and baselines."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import numpy as np
 from l2i_tf import audio, batches, data, files, metrics, mixtures, runs, tables, training, windows
 from l2i_tf import slime as slime_lib
 from l2i_tf.evaluation_report import markdown
+from l2i_tf.explain import ACTIVE_SHARE
 from l2i_tf.explainer import ExplainConfig, Explainer
-from l2i_tf.faithfulness import faithfulness
+from l2i_tf.faithfulness import faithfulness, paper_and_active
+from l2i_tf.mask_metrics import SPEECHBRAIN_L2I, SPEECHBRAIN_L2I_SOURCE, l2i_mask_metrics
 from l2i_tf.separation import build_mixtures, mixture_separation
 from l2i_tf.settings import Settings
 from l2i_tf.slime_evaluation import slime_evaluation
@@ -53,7 +56,9 @@ class EvalConfig(Settings):
     Attributes:
         thresholds: τ values for faithfulness (multi-class).
         multilabel_thresholds: τ values for faithfulness of multi-label runs (per class).
-        domain: mask domain for removal (faithfulness), see :data:`l2i_tf.audio.DOMAINS`.
+        domain: mask domain for removal (faithfulness) and the mask metrics, see :data:`l2i_tf.audio.DOMAINS`.
+        active_share: share of a clip's activation energy above which a component is active, for the active-random
+            baseline of faithfulness (see :func:`l2i_tf.explain.active_components`).
         mixtures: number of target + distractor mixtures built from the test clips (0: skip).
         mixture_snr_db: target-to-distractor ratio, dB.
         mixture_thresholds: τ values for the mixture table (0.0 = every component with positive relevance).
@@ -71,6 +76,7 @@ class EvalConfig(Settings):
     thresholds: tuple[float, ...] = (0.9, 0.7, 0.5, 0.3)
     multilabel_thresholds: tuple[float, ...] = (0.9, 0.7, 0.5, 0.3, 0.1)
     domain: str = "log1p"
+    active_share: float = ACTIVE_SHARE
     mixtures: int = 200
     mixture_snr_db: float = 0.0
     mixture_thresholds: tuple[float, ...] = (0.9, 0.7, 0.5, 0.3, 0.0)
@@ -88,6 +94,8 @@ class EvalConfig(Settings):
         unknown = set(self.baselines) - set(BASELINES)
         if unknown:
             raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {BASELINES}")
+        if isinstance(self.active_share, bool) or not 0.0 <= self.active_share < 1.0:
+            raise ValueError(f"active_share must be a number in [0, 1), got {self.active_share!r}")
         for d in (self.domain, *self.mixture_domains):
             if d not in audio.DOMAINS:
                 raise ValueError(f"mask domain must be one of {audio.DOMAINS}, got {d!r}")
@@ -190,7 +198,9 @@ def cross_validate(run: runs.Run, config: EvalConfig, safe_mode: bool = True) ->
         thresholds = config.multilabel_thresholds if explainer.multilabel else config.thresholds
         per_fold[fold] = {
             "fidelity": fidelity_on(explainer, waves, config.batch_size),
-            "faithfulness": faithfulness(explainer, waves, thresholds, config.domain, config.seed, config.batch_size),
+            "faithfulness": faithfulness(
+                explainer, waves, thresholds, config.domain, config.seed, config.batch_size, config.active_share
+            ),
             "epochs_run": fold_run.metrics.get("epochs_run"),
         }
         log.info("fold %d: fidelity %s", fold, per_fold[fold]["fidelity"])
@@ -202,14 +212,14 @@ def cross_validate(run: runs.Run, config: EvalConfig, safe_mode: bool = True) ->
         "faithfulness_median_logit_drop": {
             t: {
                 m: metrics.mean_std([f["faithfulness"][t][m]["logit_drop"]["median"] for f in folds])
-                for m in ("l2i", "random")
+                for m in ("l2i", "random", "random_active")
             }
             for t in taus
         },
         "faithfulness_median_probability_drop": {
             t: {
                 m: metrics.mean_std([f["faithfulness"][t][m]["probability_drop"]["median"] for f in folds])
-                for m in ("l2i", "random")
+                for m in ("l2i", "random", "random_active")
             }
             for t in taus
         },
@@ -249,8 +259,17 @@ def evaluate(
     report["fidelity"] = fidelity_on(explainer, waves, config.batch_size)
     log.info("fidelity %s (%.1f s)", report["fidelity"], time.perf_counter() - t0)
     t0 = time.perf_counter()
-    report["faithfulness"] = faithfulness(explainer, waves, thresholds, config.domain, config.seed, config.batch_size)
+    faith = faithfulness(
+        explainer, waves, thresholds, config.domain, config.seed, config.batch_size, config.active_share
+    )
+    report["faithfulness"], report["faithfulness_active_random"] = paper_and_active(faith, config.active_share)
     log.info("faithfulness done (%.1f s)", time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    report["mask_metrics"] = {
+        "l2i": l2i_mask_metrics(explainer, waves, thresholds, config.domain, config.batch_size),
+        "speechbrain_published_l2i": {**SPEECHBRAIN_L2I, "source": SPEECHBRAIN_L2I_SOURCE},
+    }
+    log.info("mask metrics done (%.1f s)", time.perf_counter() - t0)
     report["wall_time"] = {"l2i_seconds_per_clip": l2i_seconds_per_clip(explainer, waves, config.batch_size)}
     mix, counted = None, np.zeros(0, int)
     if config.mixtures and td["single_label"]:

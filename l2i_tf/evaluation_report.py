@@ -24,7 +24,9 @@ def markdown(report: dict) -> str:
     lines += _fidelity(report["fidelity"], report["multilabel"])
     if "cv" in report:
         lines += _cross_validation(report["cv"], report["multilabel"])
-    lines += _faithfulness(report["faithfulness"], report.get("slime"))
+    lines += _faithfulness(report["faithfulness"], report.get("slime"), report.get("faithfulness_active_random"))
+    if "mask_metrics" in report:
+        lines += mask_metrics_table(report["mask_metrics"], report.get("slime"))
     if "mixtures" in report:
         lines += _mixtures(report["mixtures"], report.get("slime"))
     lines += _wall_time(report)
@@ -48,17 +50,24 @@ def _cross_validation(cv: dict, multilabel: bool) -> list[str]:
     s = cv["summary"]
     lines = [f"### {len(cv['folds'])}-fold cross-validation (mean ± std over folds)", ""]
     lines += _table(list(s["fidelity"]), [_pm(v, pct=not multilabel) for v in s["fidelity"].values()])
-    lines += ["| τ | L2I median logit drop | random | L2I median prob. drop | random |", "|---|---|---|---|---|"]
+    lines += [
+        "| τ | L2I median logit drop | random | active random | L2I median prob. drop | random | active random |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for t, v in s["faithfulness_median_logit_drop"].items():
         p = s["faithfulness_median_probability_drop"][t]
-        lines.append(f"| {t} | {_pm(v['l2i'])} | {_pm(v['random'])} | {_pm(p['l2i'])} | {_pm(p['random'])} |")
+        cells = [_pm(d[m]) if m in d else "–" for d in (v, p) for m in ("l2i", "random", "random_active")]
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
-def _faithfulness(faithfulness: dict, slime: dict | None) -> list[str]:
+def _faithfulness(faithfulness: dict, slime: dict | None, active: dict | None = None) -> list[str]:
     lines = ["## Faithfulness: median drop of the explained class after removing the selected components", ""]
     head = "| τ | L2I logit | random logit | L2I prob. | random prob. | L2I #comp. |"
     rule = "|---|---|---|---|---|---|"
+    if active:
+        head += " active random logit | active random prob. | active random #comp. |"
+        rule += "---|---|---|"
     if slime:
         head += f" SLIME logit ({slime['clips']} clips) | SLIME random | SLIME prob. | SLIME #seg. |"
         rule += "---|---|---|---|"
@@ -69,6 +78,12 @@ def _faithfulness(faithfulness: dict, slime: dict | None) -> list[str]:
             f"{_f(v['l2i']['probability_drop']['median'], 3)} | {_f(v['random']['probability_drop']['median'], 3)} "
             f"| {_f(v['l2i']['selected_mean'], 1)} |"
         )
+        if active:
+            a = active["thresholds"][t]
+            row += (
+                f" {_f(a['logit_drop']['median'])} | {_f(a['probability_drop']['median'], 3)} "
+                f"| {_f(a['selected_mean'], 1)} |"
+            )
         if slime:
             s = slime["faithfulness"][t]
             row += (
@@ -76,7 +91,57 @@ def _faithfulness(faithfulness: dict, slime: dict | None) -> list[str]:
                 f"{_f(s['slime']['probability_drop']['median'], 3)} | {_f(s['slime']['selected_mean'], 1)} |"
             )
         lines.append(row)
+    if active:
+        per_tau = active["thresholds"]
+        a = next(iter(per_tau.values()), {})
+        short = ", ".join(f"{_f(v.get('short_share'), 2, pct=True)} at τ = {t}" for t, v in per_tau.items())
+        lines += [
+            "",
+            "Random: as many components drawn among all the unselected ones (the paper's baseline). Active random: "
+            f"drawn among the clip's active unselected components only (activation energy Σ_t H² above "
+            f"{100 * active['active_share']:g} % of the clip's total; {_f(a.get('active_mean'), 1)} active per clip "
+            "on average), so it removes real energy; it removes fewer than L2I where too few are active "
+            f"({short} of the clips).",
+        ]
     return lines + [""]
+
+
+def mask_metrics_table(mm: dict, slime: dict | None = None) -> list[str]:
+    """SpeechBrain's ESC-50 interpretation metrics (see :mod:`l2i_tf.mask_metrics`) for L2I (and SLIME) per τ, with
+    SpeechBrain's published L2I row for orientation."""
+    keys = ("AI", "AD", "AG", "FF", "Fid-In", "SPS", "COMP", "AD_one_softmax")
+    lines = [
+        "## SpeechBrain's interpretation metrics (ESC-50 recipe, L-MAC paper)",
+        "",
+        "| method | τ | clips | AI (%) ↑ | AD (%) ↓ | AG (%) ↑ | FF ↑ | Fid-In ↑ | SPS ↑ | COMP ↓ "
+        "| AD, one softmax (%) ↓ |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    rows = [("L2I (soft mask)", t, v) for t, v in mm["l2i"].items()]
+    if slime and "mask_metrics" in slime:
+        rows += [("SLIME (segment mask)", t, v) for t, v in slime["mask_metrics"].items()]
+    for name, t, v in rows:
+        cells = [_f(v[k]) for k in keys]
+        lines.append(f"| {name} | {t} | {v['clips']} | " + " | ".join(cells) + " |")
+    theirs = mm.get("speechbrain_published_l2i")
+    if theirs:
+        cells = [_f(theirs[k]) if k in theirs else "–" for k in keys]
+        lines.append("| SpeechBrain's published L2I (theirs) | – | – | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Mask-in: the interpretation audio (mask ⊙ X with the input's phase); mask-out: its complement, as removed for "
+        "faithfulness; SPS and COMP read the mask itself. AI, AD, AG in %, FF in probability, Fid-In a share of clips. "
+        "AD follows SpeechBrain's `compute_AD`, which applies a softmax to probabilities already softmaxed; the last "
+        "column is the L-MAC paper's formula on the probabilities themselves.",
+        "",
+    ]
+    if theirs:
+        lines += [
+            f"{theirs['source']}: their classifier, 50 classes, NMF dictionary, STFT and out-of-domain mixtures "
+            "differ from ours; for orientation only.",
+            "",
+        ]
+    return lines
 
 
 def _mixtures(m: dict, slime: dict | None) -> list[str]:

@@ -1,5 +1,6 @@
 """Faithfulness: remove the selected components, re-run the classifier, and measure the drop of the explained class
-(median over clips), against a random baseline that removes as many other components."""
+(median over clips), against two random baselines that remove as many other components: drawn among all of them (the
+paper's), or among the clip's active ones only (energy above a share of the clip's activation energy)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import tensorflow as tf
 
 from l2i_tf import batches, explain, metrics
 
-METHODS = ("l2i", "random")
+METHODS = ("l2i", "random", "random_active")
+PAPER_METHODS = ("l2i", "random")
+"""The methods of the paper's table (what ``report["faithfulness"]`` holds); ``random_active`` is reported apart."""
 
 
 def removal_drops(
@@ -26,10 +29,11 @@ def removal_drops(
     domain,
     seed,
     multilabel=False,
+    active_share=explain.ACTIVE_SHARE,
 ) -> dict:
     """Faithfulness of one batch: remove the components with relevance > τ (and as many random others), re-forward.
 
-    All removals of the batch (``2 · len(thresholds) · B`` clips) go through the classifier in one call.
+    All removals of the batch (``3 · len(thresholds) · B`` clips) go through the classifier in one call.
 
     Args:
         classify: waveforms [n, N] -> logits [n, C].
@@ -43,15 +47,18 @@ def removal_drops(
         domain: mask domain.
         seed: int [2] stateless seed of the random baseline (vary it per batch).
         multilabel: probability semantics.
+        active_share: share of a clip's activation energy above which a component is active (``random_active``).
 
     Returns:
-        ``{τ: {"l2i": {"logit", "probability", "selected"}, "random": {...}}}``, arrays [B].
+        ``{τ: {"l2i": {"logit", "probability", "selected"}, "random": {...}, "random_active": {...}}}``, arrays [B].
     """
     removed, counts = [], []
     for i, tau in enumerate(thresholds):
         chosen = explain.select(relevance, tau)
         rand = explain.random_selection(chosen, tf.constant([seed[0], seed[1] * 131 + i], tf.int64))
-        for sel in (chosen, rand):
+        active_seed = tf.constant([seed[0] + 1_000_003, seed[1] * 131 + i], tf.int64)
+        rand_active = explain.active_random_selection(chosen, H, active_seed, active_share)
+        for sel in (chosen, rand, rand_active):
             removed.append(explain.remove(X, phase, W, H, sel, num_samples, stft, domain))
             counts.append(np.asarray(tf.reduce_sum(tf.cast(sel, tf.int32), axis=1)))
     after = classify(tf.concat(removed, axis=0))
@@ -60,7 +67,7 @@ def removal_drops(
     for i, tau in enumerate(thresholds):
         out[tau] = {}
         for j, name in enumerate(METHODS):
-            n = 2 * i + j
+            n = len(METHODS) * i + j
             drops = metrics.faithfulness_drops(logits, after[n * B : (n + 1) * B], target_class, multilabel)
             out[tau][name] = {**drops, "selected": counts[n]}
     return out
@@ -73,7 +80,15 @@ def explained_rows(classifier_logits: np.ndarray, multilabel: bool):
     return np.nonzero(classifier_logits > 0.0)  # sigmoid > 0.5
 
 
-def faithfulness(explainer, waves: np.ndarray, thresholds, domain: str, seed: int, batch_size: int = 16) -> dict:
+def faithfulness(
+    explainer,
+    waves: np.ndarray,
+    thresholds,
+    domain: str,
+    seed: int,
+    batch_size: int = 16,
+    active_share: float = explain.ACTIVE_SHARE,
+) -> dict:
     """Median logit and probability drops over the clips (multi-label: over clip-class pairs, and per class).
 
     Args:
@@ -81,10 +96,18 @@ def faithfulness(explainer, waves: np.ndarray, thresholds, domain: str, seed: in
         waves: float32 [n, S].
         thresholds: τ values.
         domain: mask domain of the removal.
-        seed: seeds the random baseline.
+        seed: seeds the random baselines.
         batch_size: clips per interpreter pass.
+        active_share: activity threshold of the ``random_active`` baseline
+            (see :func:`~l2i_tf.explain.active_components`).
+
+    Returns:
+        ``{str(τ): {method: summary}}`` for every method of :data:`METHODS`. ``short_share``: the share of clips whose
+        baseline found fewer components to draw from than L2I selected; ``random_active`` also gives the mean number
+        of active components per clip (``active_mean``).
     """
-    acc = {t: {m: {"logit": [], "probability": [], "selected": [], "class": []} for m in METHODS} for t in thresholds}
+    keys = ("logit", "probability", "selected", "class", "wanted", "active")
+    acc = {t: {m: {k: [] for k in keys} for m in METHODS} for t in thresholds}
     for b, part in batches.spans(len(waves), batch_size):
         f = explainer.analyze(waves[part])
         clf = np.asarray(f["classifier_logits"])
@@ -94,6 +117,7 @@ def faithfulness(explainer, waves: np.ndarray, thresholds, domain: str, seed: in
         X, phase, H, contributions = (
             tf.gather(f[k], rows) for k in ("spectrogram", "phase", "activations", "contributions")
         )
+        active = np.sum(explain.active_components(H, active_share), axis=1)
         res = removal_drops(
             explainer.classifier_logits,
             X,
@@ -109,12 +133,15 @@ def faithfulness(explainer, waves: np.ndarray, thresholds, domain: str, seed: in
             domain,
             (seed, b),
             explainer.multilabel,
+            active_share,
         )
         for t in thresholds:
             for m in METHODS:
                 for key in ("logit", "probability", "selected"):
                     acc[t][m][key].append(res[t][m][key])
                 acc[t][m]["class"].append(classes)
+                acc[t][m]["wanted"].append(res[t]["l2i"]["selected"])
+            acc[t]["random_active"]["active"].append(active)
     return {str(t): {m: _summary(acc[t][m], explainer.multilabel) for m in METHODS} for t in thresholds}
 
 
@@ -125,9 +152,20 @@ def _summary(acc: dict, multilabel: bool) -> dict:
         "probability_drop": metrics.summarize(v["probability"]),
         "selected_mean": float(v["selected"].mean()) if v["selected"].size else float("nan"),
         "empty_share": float((v["selected"] == 0).mean()) if v["selected"].size else float("nan"),
+        "short_share": float((v["selected"] < v["wanted"]).mean()) if v["selected"].size else float("nan"),
     }
+    if v["active"].size:
+        entry["active_mean"] = float(v["active"].mean())
     if multilabel:
         entry["per_class_median_logit_drop"] = {
             int(c): float(np.median(v["logit"][v["class"] == c])) for c in np.unique(v["class"])
         }
     return entry
+
+
+def paper_and_active(result: dict, active_share: float) -> tuple[dict, dict]:
+    """Split :func:`faithfulness`'s output into the paper's table (``l2i``, ``random``) and the active-random baseline
+    (``{"active_share", "thresholds": {τ: summary}}``)."""
+    paper = {t: {m: v[m] for m in PAPER_METHODS} for t, v in result.items()}
+    active = {"active_share": active_share, "thresholds": {t: v["random_active"] for t, v in result.items()}}
+    return paper, active

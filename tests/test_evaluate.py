@@ -157,7 +157,17 @@ def test_evaluate_writes_every_table_and_figure(planted_eval_run, tmp_path):
     assert rows[("oracle ratio mask", "linear", None)]["si_sdri_db"]["median"] > 5.0
     assert report["slime"]["clips"] == 2 and report["slime"]["mixtures"]["counted_used"] == 2
     assert report["wall_time"]["slime_seconds_per_clip"] > 0
+    active = report["faithfulness_active_random"]
+    assert active["active_share"] == config.active_share and set(active["thresholds"]) == set(report["faithfulness"])
+    for t, v in active["thresholds"].items():
+        assert v["selected_mean"] <= report["faithfulness"][t]["l2i"]["selected_mean"] and v["active_mean"] <= 8
+    masks = report["mask_metrics"]
+    assert set(masks["l2i"]) == set(report["faithfulness"]) and masks["speechbrain_published_l2i"]["COMP"] == 11.38
+    assert {v["clips"] for v in masks["l2i"].values()} == {report["test_clips"]}
+    assert {v["clips"] for v in report["slime"]["mask_metrics"].values()} == {2}
     text = (tmp_path / "out" / "report.md").read_text()
+    assert "## SpeechBrain's interpretation metrics" in text and "| SpeechBrain's published L2I (theirs) |" in text
+    assert text.count("| SLIME (segment mask) | ") == len(report["faithfulness"]) and "active random logit" in text
     mixtures_heading = "## Mixtures: target + distractor at 20.0 dB (8 of 8 mixtures"
     for heading in ("## Fidelity", "## Faithfulness", mixtures_heading, "## Wall time", "SLIME"):
         assert heading in text
