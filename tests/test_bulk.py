@@ -175,7 +175,7 @@ def test_a_killed_run_restarted_ends_with_the_same_outputs(archive, tmp_path):
     out = tmp_path / "out"
     glob = str(archive["root"] / "archive" / "**")
     command = [sys.executable, "-m", "cli.main", "explain-bulk", str(archive["saved"]), glob, "--out", str(out)]
-    command += ["--components", "--direct-workers", "2", "--batch-size", "2"]
+    command += ["--components", "--direct-workers", "2", "--batch-size", "2", "--direct-mode", "multi_processing"]
     # Its own process group: the DirectRunner's worker processes are killed with it.
     proc = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
