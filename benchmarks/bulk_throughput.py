@@ -1,4 +1,4 @@
-"""Bulk explanation throughput: `l2i-tf explain-bulk` (Beam DirectRunner, multi-processing) vs a sequential
+"""Bulk explanation throughput: `l2i-tf explain-bulk` (Beam DirectRunner, 2 worker threads) vs a sequential
 `l2i-tf explain` loop over the same files in one process.
 
 The 400 bundled ESC-10 clips (5 s, 44.1 kHz ogg), each explained whole from one SavedModel. Each side runs as its own
@@ -9,7 +9,7 @@ memory and the ratio bulk / sequential (goal >= 1.6).
     python benchmarks/bulk_throughput.py                  # runs/esc10 if it exists, else an untrained demo-size export
     python benchmarks/bulk_throughput.py runs/esc10       # a run folder (exported first) or a SavedModel
     python benchmarks/bulk_throughput.py savedmodels/l2i --workers 2 --files 100
-    python benchmarks/bulk_throughput.py runs/esc10 --direct-mode multi_threading   # worker threads, not processes
+    python benchmarks/bulk_throughput.py runs/esc10 --direct-mode multi_processing  # worker processes, not threads
 """
 
 from __future__ import annotations
@@ -71,8 +71,8 @@ def measure(command: list[str]) -> tuple[float, int]:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source", nargs="?", default="runs/esc10", help="run folder or SavedModel")
-    parser.add_argument("--workers", type=int, default=2, help="DirectRunner worker processes")
-    parser.add_argument("--direct-mode", default="multi_processing", choices=["multi_processing", "multi_threading"])
+    parser.add_argument("--workers", type=int, default=2, help="DirectRunner workers")
+    parser.add_argument("--direct-mode", default="multi_threading", choices=["multi_threading", "multi_processing"])
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--files", type=int, default=400, help="the first N ESC-10 clips")
     args = parser.parse_args()

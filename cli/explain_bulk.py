@@ -39,10 +39,11 @@ Examples:
 )
 @click.option(
     "--direct-mode",
-    type=click.Choice(["multi_processing", "multi_threading"]),
-    default="multi_processing",
+    type=click.Choice(["multi_threading", "multi_processing"]),
+    default="multi_threading",
     show_default=True,
-    help="DirectRunner with several workers: processes, or threads of this one (no start-up per worker).",
+    help="DirectRunner with several workers: threads of this process (one model, no start-up per worker), or "
+    "processes.",
 )
 @click.option("--components", is_flag=True, help="Also write one wav per selected component.")
 @click.option("--threshold", type=float, default=None, help="τ: select components with relevance > τ [export's].")

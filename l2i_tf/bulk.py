@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 
 import apache_beam as beam
@@ -44,6 +45,9 @@ class BulkJob:
     components: bool
     metadata: dict
     max_batch_size: int = 8
+    tf_threads: int | None = None
+    """TensorFlow's intra-op threads where the model loads (:func:`l2i_tf.bulk_model.set_tf_threads`); None: one per
+    core. :func:`run_job` sets it for the DirectRunner's workers."""
 
     @property
     def settings(self) -> dict:
@@ -175,7 +179,11 @@ class ExplainFiles(beam.PTransform):
     def expand(self, root):
         job = self.job
         handler = ExplainModelHandler(
-            job.saved_model, job.threshold, job.max_batch_size, top_n_without_audio=_top_n_without_audio(job)
+            job.saved_model,
+            job.threshold,
+            job.max_batch_size,
+            top_n_without_audio=_top_n_without_audio(job),
+            tf_threads=job.tf_threads,
         )
         matched = root | "Match" >> fileio.MatchFiles(job.input_glob)
         planned = matched | "SkipComplete" >> beam.ParDo(_SkipComplete(job)).with_outputs("done", main="todo")
@@ -220,14 +228,22 @@ def pipeline(
     return ExplainFiles(make_job(saved_model, input_glob, out, threshold, components, max_batch_size))
 
 
-DIRECT_MODES = ("multi_processing", "multi_threading")
-"""The DirectRunner's running modes with several workers. Measured on 2 cores, 400 ESC-10 clips: multi-processing
-costs ~25 s of fixed start-up (each worker process imports TensorFlow and loads the SavedModel), multi-threading
-none (TensorFlow and the decoder release the GIL)."""
+DIRECT_MODES = ("multi_threading", "multi_processing")
+"""The DirectRunner's running modes with several workers, the default first. Measured on 2 cores, 400 ESC-10 clips:
+multi-processing costs ~20 s of CPU in start-up (each worker process imports TensorFlow and Beam and loads the
+SavedModel), multi-threading none (TensorFlow and the decoder release the GIL; one model is shared)."""
+
+
+def direct_tf_threads(runner: str, direct_workers: int) -> int | None:
+    """TensorFlow's intra-op threads for the DirectRunner's workers: the cores shared among them (None: one worker,
+    or another runner, whose workers are sized by their own options)."""
+    if runner != "DirectRunner" or direct_workers <= 1:
+        return None
+    return max(1, (os.cpu_count() or 1) // direct_workers)
 
 
 def pipeline_options(
-    runner: str = "DirectRunner", direct_workers: int = 1, beam_args=(), direct_mode: str = "multi_processing"
+    runner: str = "DirectRunner", direct_workers: int = 1, beam_args=(), direct_mode: str = "multi_threading"
 ) -> PipelineOptions:
     """Beam options: ``beam_args`` (any Beam flags) plus the runner; the DirectRunner runs ``direct_workers``
     workers in ``direct_mode`` (one of :data:`DIRECT_MODES`) when more than one."""
@@ -252,7 +268,7 @@ def run(
     threshold: float | None = None,
     components: bool = False,
     max_batch_size: int = 8,
-    direct_mode: str = "multi_processing",
+    direct_mode: str = "multi_threading",
 ) -> dict:
     """Run :func:`pipeline` to completion (see :func:`run_job`)."""
     job = make_job(saved_model, input_glob, out, threshold, components, max_batch_size)
@@ -260,12 +276,14 @@ def run(
 
 
 def run_job(
-    job: BulkJob, runner: str = "DirectRunner", direct_workers: int = 1, beam_args=(), direct_mode="multi_processing"
+    job: BulkJob, runner: str = "DirectRunner", direct_workers: int = 1, beam_args=(), direct_mode="multi_threading"
 ) -> dict:
     """Run a bulk explanation to completion; returns the counters of :data:`COUNTERS` plus ``audio_seconds``,
     ``wall_seconds``, and the lines of the index (``indexed``) and of the errors file (``errors``): these two are
     counted from the files, which stay exact where a runner drops metric updates."""
     t0 = time.perf_counter()
+    if job.tf_threads is None:
+        job = dataclasses.replace(job, tf_threads=direct_tf_threads(runner, direct_workers))
     p = beam.Pipeline(options=pipeline_options(runner, direct_workers, beam_args, direct_mode))
     _ = p | "ExplainFiles" >> ExplainFiles(job)
     result = p.run()

@@ -175,7 +175,7 @@ def test_a_killed_run_restarted_ends_with_the_same_outputs(archive, tmp_path):
     out = tmp_path / "out"
     glob = str(archive["root"] / "archive" / "**")
     command = [sys.executable, "-m", "cli.main", "explain-bulk", str(archive["saved"]), glob, "--out", str(out)]
-    command += ["--components", "--direct-workers", "2", "--batch-size", "2"]
+    command += ["--components", "--direct-workers", "2", "--batch-size", "2", "--direct-mode", "multi_processing"]
     # Its own process group: the DirectRunner's worker processes are killed with it.
     proc = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
@@ -238,3 +238,22 @@ def test_worker_threads_give_the_same_outputs_and_counts(archive, tmp_path):
     assert_same_as_explain(archive, tmp_path)
     with pytest.raises(ValueError, match="direct_mode must be one of"):
         bulk.pipeline_options(direct_workers=2, direct_mode="threads")
+
+
+def test_the_model_handler_leaves_tensorflow_hub_unimported():
+    """Beam's TensorFlow module imports tensorflow_hub (and tf_keras, pkg_resources); the handler derives from the
+    base ModelHandler, so a bulk job (and every worker process) skips them."""
+    code = "import sys, l2i_tf.bulk; print(sorted({'tensorflow_hub', 'tf_keras', 'pkg_resources'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_direct_workers_are_threads_sharing_the_cores():
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    options = bulk.pipeline_options(direct_workers=2).view_as(DirectOptions)
+    assert (options.direct_num_workers, options.direct_running_mode) == (2, "multi_threading")
+    assert bulk.pipeline_options(direct_workers=1).view_as(DirectOptions).direct_running_mode == "in_memory"
+    assert bulk.direct_tf_threads("DirectRunner", 2) == max(1, os.cpu_count() // 2)
+    assert bulk.direct_tf_threads("DirectRunner", 64 * os.cpu_count()) == 1
+    assert bulk.direct_tf_threads("DirectRunner", 1) is None and bulk.direct_tf_threads("FlinkRunner", 4) is None
