@@ -130,3 +130,12 @@ def test_windows_are_cut_per_clip_and_counted():
         p for clip in (np.ones(100, "float32"), np.ones(30, "float32")) for p in training_data.cut(clip, 40, counter)
     ]
     assert counter.counts() == {"clips": 2, "windows": len(pieces)} and all(len(p) == 40 for p in pieces)
+
+
+def test_multilabel_training_streams_its_mixtures_and_removes_its_cache(tmp_path):
+    from run_fixture import make_tone_job
+
+    config = make_tone_job(tmp_path, multilabel=True, mixtures=8, epochs=1)
+    result = training.train(tmp_path / "run", config)
+    assert result["multilabel"] and {"validation", "test"} <= set(result)
+    assert not (tmp_path / "run" / "cache").exists()
