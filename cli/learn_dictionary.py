@@ -53,7 +53,11 @@ Examples:
     show_default=True,
     help="dtype of the two frames-sized products (bfloat16: ~2x faster on CPUs with AMX/AVX512-BF16).",
 )
-@click.option("--streaming", is_flag=True, help="Re-read the frames every pass in blocks (bounded memory).")
+@click.option(
+    "--streaming",
+    is_flag=True,
+    help="Re-read the frames every pass in blocks (bounded memory). Default: streaming above 512 MB of frames.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out folder.")
 @click.option("-v", "--verbose", is_flag=True, help="Log progress.")
 def command(
@@ -107,7 +111,7 @@ def command(
 
         try:
             dictionary = learn_from_table(
-                train, stft, config, streaming=streaming, callback=progress, on_error=on_error
+                train, stft, config, streaming=streaming or None, callback=progress, on_error=on_error
             )
         except data.AudioDataError as e:
             raise click.ClickException(str(e)) from None

@@ -207,11 +207,29 @@ def frames_dataset(table, stft: STFTConfig, batch_frames: int = 8192, **kwargs) 
     )
 
 
+IN_MEMORY_LIMIT_BYTES = 512 * 2**20
+"""Above this size of the training frames (frames × F × 4 bytes, estimated from the files' headers) the dictionary
+is learnt streaming: ~262 000 frames at F = 513, ~840 five-second clips at 16 kHz. The bundled ESC-10 training
+folds (76 104 frames, 156 MB) stay in memory (faster, and today's dictionary); above the limit the matrix, H and
+the products would take GBs while streaming holds one block of ``batch_frames``."""
+
+
+def estimated_frames(infos, stft: STFTConfig) -> int:
+    """STFT frames of the clips ``infos`` (their headers: length and rate) at ``stft``'s rate, nothing decoded."""
+    samples = sum(round(info.frames * stft.sample_rate / info.sample_rate) for info in infos)
+    return int(samples // stft.frame_step + len(infos))
+
+
+def use_streaming(infos, stft: STFTConfig) -> bool:
+    """Whether the frames of ``infos`` exceed :data:`IN_MEMORY_LIMIT_BYTES` (see :func:`learn_from_table`)."""
+    return estimated_frames(infos, stft) * stft.num_bins * 4 > IN_MEMORY_LIMIT_BYTES
+
+
 def learn_from_table(
     table,
     stft: STFTConfig = STFTConfig(),
     config: nmf.NMFConfig = nmf.NMFConfig(),
-    streaming: bool = False,
+    streaming: bool | None = None,
     callback: nmf.Callback | None = None,
     cache_dir=None,
     on_error: str = "raise",
@@ -222,11 +240,14 @@ def learn_from_table(
     blocks of ``config.batch_frames``. With ``streaming`` they are re-read every pass (bounded
     memory, see :func:`learn_dictionary`); otherwise they are gathered once into one matrix and
     factorised in memory (faster, persistent H; needs frames × F × 4 bytes, 156 MB for the ESC-10
-    training folds).
+    training folds). ``streaming=None`` (the default) streams above :data:`IN_MEMORY_LIMIT_BYTES` of frames.
     """
     from l2i_tf import data
 
-    table, _, errors = data.probe_table(table, on_error=on_error)
+    table, infos, errors = data.probe_table(table, on_error=on_error)
+    if streaming is None:
+        streaming = use_streaming(infos, stft)
+        log.info("%s NMF: ~%d frames", "streaming" if streaming else "in-memory", estimated_frames(infos, stft))
     blocks = frames_dataset(table, stft, config.batch_frames, cache_dir=cache_dir)
     provenance = {
         "root": table.root,

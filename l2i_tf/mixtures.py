@@ -41,6 +41,32 @@ def make_mixtures(
     labels = np.asarray(labels)
     if labels.ndim != 1:
         raise AudioDataError(f"mixtures are built from single-label clips; labels have shape {labels.shape}")
+    recipes = mixture_recipes(labels, count, num_sources, snr_db, seed)
+    hi = recipes["classes"].shape[1]
+    n_samples = waveforms.shape[1]
+    mixture = np.zeros((count, n_samples), dtype="float32")
+    sources = np.zeros((count, hi, n_samples), dtype="float32") if keep_sources else None
+    multi_hot = np.zeros((count, num_classes), dtype="float32")
+    for m in range(count):
+        scaled = scaled_sources(recipes, m, lambda i: waveforms[i])
+        mixture[m] = mix(scaled, n_samples)
+        if keep_sources:
+            sources[m, : len(scaled)] = scaled
+        multi_hot[m, recipes["classes"][m][recipes["classes"][m] >= 0]] = 1.0
+    classes, snrs = recipes["classes"], recipes["snr_db"]
+    out = {"mixture": mixture, "labels": multi_hot, "classes": classes, "snr_db": snrs}
+    if keep_sources:
+        out["sources"] = sources
+    return out
+
+
+def mixture_recipes(labels: np.ndarray, count: int, num_sources=(2, 3), snr_db=(-5.0, 5.0), seed: int = 0) -> dict:
+    """What :func:`make_mixtures` mixes, without the audio: ``clips`` (row of each source, -1 for none), ``classes``
+    (-1 for none) and ``snr_db``, all ``[count, max_sources]``; the draws of :func:`make_mixtures` in its order, so
+    mixture ``m`` can be made alone (:func:`scaled_sources`) from clips read on demand (a few numbers a mixture)."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise AudioDataError(f"mixtures are built from single-label clips; labels have shape {labels.shape}")
     lo, hi = (num_sources, num_sources) if np.isscalar(num_sources) else num_sources
     present = np.unique(labels)
     if len(present) < hi:
@@ -48,34 +74,44 @@ def make_mixtures(
     snr_lo, snr_hi = (snr_db, snr_db) if np.isscalar(snr_db) else snr_db
     rng = np.random.default_rng(seed)
     by_class = {c: np.flatnonzero(labels == c) for c in present}
-    n_samples = waveforms.shape[1]
-    mixture = np.zeros((count, n_samples), dtype="float32")
-    sources = np.zeros((count, hi, n_samples), dtype="float32") if keep_sources else None
+    clips = -np.ones((count, hi), dtype="int64")
     classes = -np.ones((count, hi), dtype="int64")
     snrs = np.zeros((count, hi), dtype="float32")
-    multi_hot = np.zeros((count, num_classes), dtype="float32")
     for m in range(count):
         k = int(rng.integers(lo, hi + 1))
-        chosen = rng.choice(present, size=k, replace=False)
-        target_rms = None
-        for s, c in enumerate(chosen):
-            clip = waveforms[rng.choice(by_class[c])]
-            if s == 0:
-                scaled, snr = clip, 0.0
-                target_rms = rms(clip)
-            else:
-                snr = float(rng.uniform(snr_lo, snr_hi))
-                scaled = (clip * (target_rms / rms(clip) / 10 ** (snr / 20))).astype("float32")
-            mixture[m] += scaled
-            if keep_sources:
-                sources[m, s] = scaled
-            classes[m, s] = c
-            snrs[m, s] = snr
-            multi_hot[m, c] = 1.0
-    out = {"mixture": mixture, "labels": multi_hot, "classes": classes, "snr_db": snrs}
-    if keep_sources:
-        out["sources"] = sources
+        for s, c in enumerate(rng.choice(present, size=k, replace=False)):
+            clips[m, s], classes[m, s] = rng.choice(by_class[c]), c
+            snrs[m, s] = 0.0 if s == 0 else float(rng.uniform(snr_lo, snr_hi))
+    return {"clips": clips, "classes": classes, "snr_db": snrs}
+
+
+def scaled_sources(recipes: dict, m: int, clip) -> list[np.ndarray]:
+    """Mixture ``m``'s sources as :func:`make_mixtures` scales them: the target as it is, every other source at
+    its SNR below the target; ``clip(row)`` returns a clip's float32 waveform."""
+    out, target_rms = [], None
+    for row, snr in zip(recipes["clips"][m], recipes["snr_db"][m], strict=True):
+        if row < 0:
+            break
+        wave = clip(int(row))
+        if target_rms is None:
+            target_rms = rms(wave)
+            out.append(wave)
+        else:
+            out.append((wave * (target_rms / rms(wave) / 10 ** (float(snr) / 20))).astype("float32"))
     return out
+
+
+def mix(scaled: list[np.ndarray], n_samples: int) -> np.ndarray:
+    """The sum of scaled sources, float32 ``[n_samples]`` (accumulated in :func:`make_mixtures`' order)."""
+    out = np.zeros(n_samples, dtype="float32")
+    for wave in scaled:
+        out += wave
+    return out
+
+
+def split_counts(mixtures: int) -> tuple[int, int, int]:
+    """Mixtures of the train / validation / test splits: ``mixtures`` and a quarter as many for the other two."""
+    return mixtures, mixtures // 4, mixtures // 4
 
 
 SPLIT_NAMES = ("train", "validation", "test")
@@ -107,7 +143,7 @@ def split_mixtures(
     """
     if len(splits) != len(SPLIT_NAMES):
         raise ValueError(f"expected {len(SPLIT_NAMES)} splits ({', '.join(SPLIT_NAMES)}), got {len(splits)}")
-    counts = (mixtures, mixtures // 4, mixtures // 4)
+    counts = split_counts(mixtures)
     out = []
     for i, (part, count) in enumerate(zip(splits, counts, strict=True)):
         if part is None:

@@ -9,6 +9,8 @@ A run folder, as ``l2i-tf train`` writes it::
     interpreter.keras  the trained :class:`~l2i_tf.interpreter.Interpreter`
     metrics.json       fidelity on the validation and test splits, timings, history
     checkpoints/       per-epoch state for resuming; logs/ TensorBoard
+    cache/features/    the classifier's features in shards while training (removed at the end; a killed run's
+                       are reused by --resume)
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ INTERPRETER = "interpreter.keras"
 METRICS = "metrics.json"
 CHECKPOINTS = "checkpoints"
 LOGS = "logs"
+FEATURE_CACHE = "cache/features"
+"""The classifier's features of every example, in shards (:mod:`l2i_tf.feature_cache`); removed when the run ends."""
 RUN_FILES = (CONFIG, INTERPRETER, METRICS)
 """Files whose presence means a folder holds a run."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -11,13 +12,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from l2i_tf import audio, batches, checkpoints, data, files, metrics, mixtures, nmf, runs, tables, windows
+from l2i_tf import audio, batches, checkpoints, data, feature_cache, files, metrics, nmf, runs, tables, training_data
 from l2i_tf import classifier as classifier_lib
 from l2i_tf.dictionary import Dictionary, learn_from_table
 from l2i_tf.interpreter import Interpreter, check_input_length, tap_orders
 from l2i_tf.runs import TrainConfig
 
 log = logging.getLogger(__name__)
+
+epoch_order = feature_cache.epoch_order  # the training order of a split that fits one shard (see feature_cache)
 
 # (alpha, temperature) by task, chosen on the validation fold (fold 4) of ESC-10, never the test fold.
 # Multi-class, validation top-1 fidelity: α=10,T=1: 91.25 %; α=3: 92.5 %; T=3: 92.5 %; α=3,T=3: 95.0 %.
@@ -125,15 +128,8 @@ def fixed_length(model_f: keras.Model) -> int | None:
     return None if length is None else int(length)
 
 
-def _datasets(config: TrainConfig, sample_rate: int, num_classes: int, window: int | None = None):
-    """(train, val, test) waveforms as numpy (mixtures for multi-label), the data table, the skipped clips and the
-    windows' description.
-
-    Clips are padded/cropped to ``config.clip_seconds``; with a fixed-length classifier (``window`` samples) every
-    clip, at its own length, is cut into windows of ``window`` samples instead (:func:`l2i_tf.windows.cut`: hop
-    half a window, the last one aligned to the clip's end), so every second of the data is seen; multi-label
-    mixtures are made at ``clip_seconds`` and then cut. The description (``samples``, ``seconds`` and ``{split:
-    {"clips", "windows"}}``; empty without windows) goes to ``metrics.json``.
+def _tables(config: TrainConfig):
+    """The (probed) data table, its (train, validation, test) tables and the skipped clips.
 
     A manifest's labels must be classes of the classifier. With ``config.on_error == "skip"`` unreadable clips
     are left out and listed (``metrics.json`` counts them); otherwise the first one stops the job, named.
@@ -144,23 +140,7 @@ def _datasets(config: TrainConfig, sample_rate: int, num_classes: int, window: i
         names = config.class_names if config.layout == "manifest" else None
         table = tables.load_table(config.data, config.layout, class_names=names)
     table, _, skipped = data.probe_table(table, on_error=config.on_error)
-    parts = tables.split(table, config.splits)
-    mixing = config.multilabel and not table.multilabel
-    if window is None or mixing:
-        clip = int(config.clip_seconds * sample_rate)
-        arrays = [data.load_waveforms(p, sample_rate, clip) for p in parts]
-        if mixing:
-            arrays = mixtures.split_mixtures(arrays, num_classes, config.mixtures, config.seed, config.mixture_snr_db)
-    else:
-        arrays = [data.load_clips(p, sample_rate) for p in parts]
-    counts = {}
-    if window is not None:
-        cuts = [windows.cut(waves, labels, window) for waves, labels in arrays]
-        arrays = [(cut.waves, cut.labels) for cut in cuts]
-        counts = {name: cut.counts() for name, cut in zip(mixtures.SPLIT_NAMES, cuts, strict=True)}
-        counts = {"samples": window, "seconds": window / sample_rate, **counts}
-        log.info("windows of %d samples: %s", window, counts)
-    return table, arrays, skipped, counts
+    return table, tables.split(table, config.splits), skipped
 
 
 def existing_dictionary(out: Path, config: TrainConfig, stft: audio.STFTConfig) -> Dictionary | None:
@@ -210,54 +190,9 @@ def new_interpreter(model_f, config: TrainConfig, dictionary: Dictionary, stft: 
     return interpreter
 
 
-def _extra_inputs(waves: np.ndarray, config: TrainConfig) -> np.ndarray:
-    """More inputs for the interpreter from the training clips alone (it learns f's outputs, not labels).
-
-    ``augment_copies`` copies of every clip, circularly shifted by a random offset with a
-    random gain within ±6 dB, and ``mix_inputs`` mixtures of two random training clips
-    (the first at weight 0.5–1). Seeded by ``config.seed``.
-    """
-    rng = np.random.default_rng(config.seed + 7919)
-    n, length = waves.shape
-    out = []
-    for _ in range(config.augment_copies):
-        shifts = rng.integers(0, length, n)
-        gains = 10 ** (rng.uniform(-6, 6, n) / 20)
-        copies = [np.roll(w, s) * g for w, s, g in zip(waves, shifts, gains, strict=True)]
-        out.append(np.stack(copies).astype("float32"))
-    if config.mix_inputs:
-        i, j = rng.integers(0, n, config.mix_inputs), rng.integers(0, n, config.mix_inputs)
-        lam = rng.uniform(0.5, 1.0, (config.mix_inputs, 1)).astype("float32")
-        out.append(lam * waves[i] + (1 - lam) * waves[j])
-    return np.concatenate(out) if out else waves[:0]
-
-
-def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
-    """The order of the ``n`` training examples in ``epoch``: a pure function of (seed, epoch), so a resumed run
-    sees the same batches as an uninterrupted one."""
-    return np.random.default_rng([seed, epoch]).permutation(n)
-
-
-def _epochs_dataset(pre: dict, batch_size: int, seed: int, first_epoch: int, epochs: int):
-    """Batches of epochs ``first_epoch .. epochs - 1`` in :func:`epoch_order`; returns (dataset, steps per epoch).
-
-    Each epoch ends with its own (possibly short) batch; ``fit`` reads ``steps`` batches per epoch from one
-    iterator.
-    """
-    n = len(pre["classifier_logits"])
-    steps = -(-n // batch_size)
-    orders = np.stack([epoch_order(seed, e, n) for e in range(first_epoch, epochs)]).astype("int64")
-    tensors = tf.nest.map_structure(tf.convert_to_tensor, pre)
-    ds = tf.data.Dataset.from_tensor_slices(orders).flat_map(
-        lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
-    )
-    ds = ds.map(lambda idx: tf.nest.map_structure(lambda t: tf.gather(t, idx), tensors))
-    return ds.prefetch(2), steps
-
-
-def _fit(interpreter, cached: list, config: TrainConfig, out: Path, resumed, callbacks) -> list[dict]:
-    """Fit Ψ/Θ on the cached training split with early stopping on the validation split; returns the history of
-    every epoch done (including those before a resume)."""
+def _fit(interpreter, shards: list, config: TrainConfig, out: Path, resumed, callbacks) -> list[dict]:
+    """Fit Ψ/Θ on the training split's feature shards with early stopping on the validation split's; returns the
+    history of every epoch done (including those before a resume)."""
     monitor = "val_fidelity_micro_auprc" if config.multilabel else "val_fidelity_top1"
     first_epoch = resumed.epochs_done if resumed else 0
     history = list(resumed.history) if resumed else []
@@ -277,15 +212,14 @@ def _fit(interpreter, cached: list, config: TrainConfig, out: Path, resumed, cal
         *callbacks,
     ]
     if first_epoch < config.epochs:
-        train_ds, steps = _epochs_dataset(cached[0], config.batch_size, config.seed, first_epoch, config.epochs)
-        cached[0] = None  # the dataset holds its own copy as tensors
+        train_ds, steps = shards[0].epochs_dataset(config.batch_size, config.seed, first_epoch, config.epochs)
         interpreter.fit(
             train_ds,
             steps_per_epoch=steps,
-            validation_data=tf.data.Dataset.from_tensor_slices(cached[1]).batch(64).prefetch(2),
+            validation_data=shards[1].dataset(64),
             epochs=config.epochs,
             initial_epoch=first_epoch,
-            shuffle=False,  # the dataset is already in epoch_order
+            shuffle=False,  # the dataset is already in feature_cache's (seed, epoch) order
             callbacks=all_callbacks,
             verbose=2 if log.isEnabledFor(logging.INFO) else 0,
         )
@@ -325,8 +259,10 @@ def train(
     check_input_length(window, stft)  # and so does a fixed input shorter than one STFT frame
     dictionary = existing_dictionary(out, config, stft)  # one that does not fit stops it too
     runs.write_config(out, config, stft)
+    if not resume:
+        remove_feature_cache(out)  # a killed run's features are reused by a resume only
 
-    table, splits, skipped, window_counts = _datasets(config, stft.sample_rate, len(config.class_names), window)
+    table, parts, skipped = _tables(config)
     if skipped:
         log.warning("skipped %d unreadable clip(s): %s", len(skipped), "; ".join(skipped))
     timings = {"data_seconds": time.perf_counter() - start}
@@ -345,25 +281,22 @@ def train(
             interpreter = new_interpreter(model_f, config, dictionary, stft)
 
     t0 = time.perf_counter()
-    train_waves = splits[0][0]
-    extra = _extra_inputs(train_waves, config)
-    inputs = [np.concatenate([train_waves, extra]) if len(extra) else train_waves, splits[1][0], splits[2][0]]
-    cached = [interpreter.precompute(x) for x in inputs]
-    del inputs, splits, train_waves, extra  # `cached` holds what training needs
+    run = interpreter.stages.features_function
+    shards, window_counts = training_data.build_features(
+        out / runs.FEATURE_CACHE, config, parts, stft.sample_rate, window, lambda w: run(tf.constant(w))
+    )
     timings["features_seconds"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    history = _fit(interpreter, cached, config, out, resumed, callbacks)
+    history = _fit(interpreter, shards, config, out, resumed, callbacks)
     timings["train_seconds"] = time.perf_counter() - t0
 
     results = {"class_names": list(config.class_names), "multilabel": config.multilabel, "k": dictionary.k}
     results["skipped_clips"] = {"count": len(skipped), "errors": skipped}
     if window_counts:  # a fixed-length classifier: every split was cut into windows
         results["windows"] = window_counts
-    for split_name, split in zip(("validation", "test"), cached[1:], strict=True):
-        results[split_name] = metrics.fidelity(
-            split["classifier_logits"], cached_logits(interpreter, split), config.multilabel
-        )
+    for split_name, split in zip(("validation", "test"), shards[1:], strict=True):
+        results[split_name] = metrics.fidelity(*shard_logits(interpreter, split), config.multilabel)
     results["epochs_run"] = len(history) - (resumed.epochs_done if resumed else 0)
     results["epochs_done"] = len(history)
     results["history"] = checkpoints.history_table(history)
@@ -372,7 +305,25 @@ def train(
     with files.atomic_file(out / runs.INTERPRETER) as tmp:
         interpreter.save(tmp)
     files.write_json(out / runs.METRICS, results)
+    remove_feature_cache(out)  # kept only while the run may be resumed
     return results
+
+
+def remove_feature_cache(out: Path) -> None:
+    """Remove the run's feature shards (and ``cache/`` if that leaves it empty)."""
+    cache = out / runs.FEATURE_CACHE
+    shutil.rmtree(cache, ignore_errors=True)
+    if cache.parent.is_dir() and not any(cache.parent.iterdir()):
+        cache.parent.rmdir()
+
+
+def shard_logits(interpreter: Interpreter, shards: feature_cache.Shards, batch_size: int = 64):
+    """(the classifier's logits, Θ's logits) for every example of a split's feature shards, in stored order."""
+    ours, theirs = [], []
+    for batch in shards.dataset(batch_size):
+        ours.append(interpreter.forward(batch)[0]["logits"].numpy())
+        theirs.append(batch["classifier_logits"].numpy())
+    return np.concatenate(theirs), np.concatenate(ours)
 
 
 def cached_logits(interpreter: Interpreter, cached: dict, batch_size: int = 64) -> np.ndarray:

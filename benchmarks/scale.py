@@ -1,0 +1,140 @@
+"""Scale: `l2i-tf train` and `l2i-tf evaluate --quick` on synthetic data sets of growing size (issue 14).
+
+Each data set holds N clips in the `folders` layout, one folder per ESC-10 class: clip i of class c = a random clip of
+class c plus a random clip of any class at -12..0 dB, each circularly shifted by a random offset, written as 5 s
+16 kHz 16-bit wav to a temporary folder (remixes of the bundled ESC-10 clips, seeded). `l2i-tf train` runs with
+the demo classifier, ``--epochs`` epochs and ``--nmf-iterations`` NMF passes (the dictionary streams above 512 MB of
+frames: see l2i_tf.dictionary.IN_MEMORY_LIMIT_BYTES). Peak memory is the largest resident memory of the process
+tree, sampled every 0.2 s (as benchmarks/bulk_throughput.py). Prints per size: wall time, clips/s of the whole job,
+of the feature pass and of training (examples × epochs per second), and peak memory; then the goals' ratios.
+
+    python benchmarks/scale.py                       # 400, 4000 and 20000 clips
+    python benchmarks/scale.py --sizes 400,4000 --no-evaluate
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bulk_throughput import tree_rss  # noqa: E402
+
+RATE = 16000
+SECONDS = 5
+
+
+def build(folder: Path, count: int, seed: int = 0) -> None:
+    """Write ``count`` remixed ESC-10 clips into ``folder/<class name>/NNNNNN.wav``."""
+    import soundfile
+
+    from l2i_tf import data, tables
+
+    table = tables.esc10_table()
+    waves, labels = data.load_waveforms(table, RATE, RATE * SECONDS)
+    rng = np.random.default_rng(seed)
+    by_class = [np.flatnonzero(labels == c) for c in range(len(table.class_names))]
+    for name in table.class_names:
+        (folder / name).mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        c = i % len(by_class)
+        a, b = rng.choice(by_class[c]), rng.integers(len(waves))
+        gain = 10 ** (rng.uniform(-12, 0) / 20)
+        x = np.roll(waves[a], rng.integers(RATE * SECONDS)) + gain * np.roll(waves[b], rng.integers(RATE * SECONDS))
+        x = x / max(1.0, float(np.abs(x).max()) / 0.99)
+        soundfile.write(folder / table.class_names[c] / f"{i:06d}.wav", x, RATE, subtype="PCM_16")
+
+
+def measure(command: list[str], env: dict) -> tuple[float, int, str]:
+    """Run ``command``; (wall seconds, peak resident bytes of its process tree, its output's tail)."""
+    t0 = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        peak = 0
+        while proc.poll() is None:
+            peak = max(peak, tree_rss(proc.pid))
+            time.sleep(0.2)
+        seconds = time.perf_counter() - t0
+        log.seek(0)
+        output = log.read()
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(command[:5])}... failed ({proc.returncode}):\n{output[-3000:]}")
+    return seconds, peak, output[-2000:]
+
+
+def run_size(count: int, root: Path, args, env: dict) -> dict:
+    data_dir, out = root / f"data{count}", root / f"run{count}"
+    t0 = time.perf_counter()
+    build(data_dir, count)
+    print(f"{count} clips written in {time.perf_counter() - t0:.0f} s", flush=True)
+    cli = [sys.executable, "-m", "cli.main"]
+    train = [*cli, "train", "--data", str(data_dir), "--layout", "folders", "--out", str(out), "--overwrite"]
+    train += ["--epochs", str(args.epochs), "--nmf-iterations", str(args.nmf_iterations)]
+    seconds, peak, _ = measure(train, env)
+    metrics = json.loads((out / "metrics.json").read_text())
+    train_clips = round(count * 3 / 5)  # folds 1-3 of 5
+    row = {
+        "clips": count,
+        "train_s": seconds,
+        "clips_per_s": count / seconds,
+        "features_clips_per_s": count / metrics["features_seconds"],
+        "train_examples_per_s": train_clips * metrics["epochs_done"] / metrics["train_seconds"],
+        "dictionary_s": metrics["dictionary_seconds"],
+        "peak_gb": peak / 1e9,
+        "test_top1": metrics["test"].get("top1"),
+    }
+    if args.evaluate:
+        seconds, peak, _ = measure([*cli, "evaluate", str(out), "--quick"], env)
+        row.update(evaluate_s=seconds, evaluate_peak_gb=peak / 1e9)
+    if not args.keep:
+        shutil.rmtree(data_dir, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="400,4000,20000", help="comma-separated clip counts")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--nmf-iterations", type=int, default=5)
+    parser.add_argument("--no-evaluate", dest="evaluate", action="store_false", help="skip l2i-tf evaluate --quick")
+    parser.add_argument("--workdir", default=None, help="where to write data and runs [a temporary folder]")
+    parser.add_argument("--keep", action="store_true", help="keep each size's data and run folder")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    root = Path(args.workdir or tempfile.mkdtemp(prefix="l2i_scale_"))
+    env["L2I_TF_CACHE"] = str(root / "decode_cache")  # the decoded clips of every size, removed at the end
+    try:
+        rows = [run_size(count, root, args, env) for count in sizes]
+    finally:
+        if not args.keep:
+            shutil.rmtree(root / "decode_cache", ignore_errors=True)
+    print(f"\n{'clips':>6} {'train s':>8} {'clips/s':>8} {'feat/s':>8} {'train ex/s':>10} {'peak GB':>8}", end="")
+    print(f" {'eval s':>7} {'eval GB':>8}" if args.evaluate else "")
+    for r in rows:
+        print(
+            f"{r['clips']:>6} {r['train_s']:>8.0f} {r['clips_per_s']:>8.2f} {r['features_clips_per_s']:>8.2f} "
+            f"{r['train_examples_per_s']:>10.1f} {r['peak_gb']:>8.2f}",
+            end="",
+        )
+        print(f" {r['evaluate_s']:>7.0f} {r['evaluate_peak_gb']:>8.2f}" if args.evaluate else "")
+    if len(rows) > 1:
+        first, last = rows[0], rows[-1]
+        print(f"peak memory {last['clips']} / {first['clips']}: {last['peak_gb'] / first['peak_gb']:.2f} (goal ≤ 1.2)")
+        speeds = [r["clips_per_s"] for r in rows]
+        print(f"clips/s spread: {max(speeds) / min(speeds) - 1:.0%} (goal ≤ 20 %)")
+
+
+if __name__ == "__main__":
+    main()

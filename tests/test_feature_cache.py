@@ -1,0 +1,141 @@
+"""Issue 14: the classifier's features in disk shards, their (seed, epoch) training order, streamed mixtures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from l2i_tf import feature_cache, mixtures, training, training_data
+from l2i_tf.feature_cache import Shards
+
+
+def fake_features(batch: np.ndarray) -> dict:
+    """A stand-in classifier: deterministic functions of the batch, two sequences."""
+    mean = batch.mean(axis=1, keepdims=True)
+    return {
+        "waveform": batch,
+        "classifier_logits": np.concatenate([mean, -mean, batch[:, :1]], axis=1),
+        "sequences": (batch[:, :12].reshape(-1, 4, 3), batch[:, :8].reshape(-1, 2, 4)),
+    }
+
+
+def examples(n: int, length: int = 16) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((n, length)).astype("float32")
+
+
+@pytest.fixture
+def small_shards(tmp_path, monkeypatch):
+    monkeypatch.setattr(feature_cache, "SHARD_EXAMPLES", 64)
+    waves = examples(150)
+    shards = feature_cache.write_split(tmp_path / "train", feature_cache.rebatch(iter(waves)), fake_features)
+    return waves, shards
+
+
+def test_shards_round_trip_equal_the_in_memory_features(small_shards):
+    waves, shards = small_shards
+    assert shards.counts == [64, 64, 22] and len(shards) == 150
+    reloaded = Shards.load(shards.folder)
+    expected = fake_features(waves)
+    batches = list(reloaded.dataset(50))
+    assert [len(b["waveform"]) for b in batches] == [50, 50, 50]
+    got = {key: np.concatenate([b[key].numpy() for b in batches]) for key in ("waveform", "classifier_logits")}
+    np.testing.assert_array_equal(got["waveform"], expected["waveform"])
+    np.testing.assert_array_equal(got["classifier_logits"], expected["classifier_logits"])
+    for i, sequence in enumerate(expected["sequences"]):
+        np.testing.assert_array_equal(np.concatenate([b["sequences"][i].numpy() for b in batches]), sequence)
+    np.testing.assert_array_equal(reloaded.column("classifier_logits"), expected["classifier_logits"])
+
+
+def test_a_split_without_its_index_is_not_a_cache(small_shards):
+    _, shards = small_shards
+    (shards.folder / feature_cache.INDEX).unlink()
+    with pytest.raises(FileNotFoundError, match="index.json is missing"):
+        Shards.load(shards.folder)
+
+
+def _epoch_rows(shards, seed, first, epochs, batch_size=10):
+    """The examples (identified by their first sample) of every epoch, in the order training reads them."""
+    ds, steps = shards.epochs_dataset(batch_size, seed, first, epochs)
+    rows = [b["waveform"].numpy()[:, 0] for b in ds]
+    assert len(rows) == steps * (epochs - first)
+    return [np.concatenate(rows[i : i + steps]) for i in range(0, len(rows), steps)]
+
+
+def test_training_order_is_a_pure_function_of_seed_and_epoch_and_resumes_exactly(small_shards):
+    waves, shards = small_shards
+    full = _epoch_rows(shards, 3, 0, 4)
+    for epoch in full:  # every example once an epoch
+        np.testing.assert_array_equal(np.sort(epoch), np.sort(waves[:, 0]))
+    resumed = _epoch_rows(shards, 3, 2, 4)  # a run resumed after two epochs reads the same epochs 2 and 3
+    np.testing.assert_array_equal(resumed[0], full[2])
+    np.testing.assert_array_equal(resumed[1], full[3])
+    assert not np.array_equal(full[0], full[1])
+    assert not np.array_equal(_epoch_rows(shards, 4, 0, 1)[0], full[0])
+
+
+def test_one_shard_is_read_in_the_in_memory_epoch_order(tmp_path):
+    waves = examples(40)
+    shards = feature_cache.write_split(tmp_path / "one", feature_cache.rebatch(iter(waves)), fake_features)
+    assert shards.counts == [40]
+    for epoch, rows in enumerate(_epoch_rows(shards, 7, 0, 3, batch_size=16)):
+        np.testing.assert_array_equal(rows, waves[training.epoch_order(7, epoch, 40), 0])
+
+
+def test_orders_depend_on_their_arguments_only():
+    np.testing.assert_array_equal(feature_cache.shard_order(1, 2, 9), feature_cache.shard_order(1, 2, 9))
+    assert sorted(feature_cache.shard_order(1, 2, 9)) == list(range(9))
+    np.testing.assert_array_equal(feature_cache.example_order(1, 2, 0, 30), training.epoch_order(1, 2, 30))
+    a = feature_cache.example_order(1, 2, 3, 30)
+    np.testing.assert_array_equal(a, feature_cache.example_order(1, 2, 3, 30))
+    assert not np.array_equal(a, feature_cache.example_order(1, 2, 4, 30))
+    assert not np.array_equal(a, feature_cache.example_order(1, 3, 3, 30))
+
+
+def test_mixtures_streamed_from_clips_on_disk_equal_the_in_memory_mixtures(tmp_path):
+    rng = np.random.default_rng(1)
+    waves = rng.standard_normal((12, 300)).astype("float32")
+    labels = np.arange(12) % 4
+    path = tmp_path / "clips.npy"
+    store, stored_labels = training_data.ClipFile.write(path, iter(zip(waves, labels, strict=True)), 12, 300)
+    try:
+        np.testing.assert_array_equal(stored_labels, labels)
+        np.testing.assert_array_equal(store(5), waves[5])
+        streamed = np.stack(list(training_data.mixture_examples(store, labels, 9, seed=4, snr_db=(-5.0, 5.0))))
+    finally:
+        store.close()
+    expected = mixtures.make_mixtures(waves, labels, 4, 9, seed=4, keep_sources=False)["mixture"]
+    np.testing.assert_array_equal(streamed, expected)
+    # mixture m depends on (seed, m) only: the recipes of 5 mixtures are the first 5 of 9
+    five = mixtures.mixture_recipes(labels, 5, seed=4)
+    nine = mixtures.mixture_recipes(labels, 9, seed=4)
+    for key in five:
+        np.testing.assert_array_equal(five[key], nine[key][:5])
+
+
+def test_extra_examples_stream_equals_the_in_memory_augmentation(small_shards):
+    waves, shards = small_shards
+    got = np.stack(list(training_data.extra_examples(shards, augment_copies=1, mix_inputs=7, seed=2)))
+    rng = np.random.default_rng(2 + 7919)  # the in-memory convention of earlier versions
+    n, length = waves.shape
+    shifts, gains = rng.integers(0, length, n), 10 ** (rng.uniform(-6, 6, n) / 20)
+    copies = np.stack([np.roll(w, s) * g for w, s, g in zip(waves, shifts, gains, strict=True)]).astype("float32")
+    i, j = rng.integers(0, n, 7), rng.integers(0, n, 7)
+    lam = rng.uniform(0.5, 1.0, (7, 1)).astype("float32")
+    np.testing.assert_array_equal(got, np.concatenate([copies, lam * waves[i] + (1 - lam) * waves[j]]))
+
+
+def test_windows_are_cut_per_clip_and_counted():
+    counter = training_data.Counter()
+    pieces = [
+        p for clip in (np.ones(100, "float32"), np.ones(30, "float32")) for p in training_data.cut(clip, 40, counter)
+    ]
+    assert counter.counts() == {"clips": 2, "windows": len(pieces)} and all(len(p) == 40 for p in pieces)
+
+
+def test_multilabel_training_streams_its_mixtures_and_removes_its_cache(tmp_path):
+    from run_fixture import make_tone_job
+
+    config = make_tone_job(tmp_path, multilabel=True, mixtures=8, epochs=1)
+    result = training.train(tmp_path / "run", config)
+    assert result["multilabel"] and {"validation", "test"} <= set(result)
+    assert not (tmp_path / "run" / "cache").exists()
