@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import click
 
@@ -14,6 +15,14 @@ class _QuietBeam(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno >= logging.ERROR or "apache_beam" not in record.pathname
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity; all cores where that is unknown)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 @click.command(
@@ -33,9 +42,9 @@ Examples:
 @click.option(
     "--direct-workers",
     type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="DirectRunner: workers (more than one: processes or threads, see --direct-mode).",
+    default=None,
+    help="DirectRunner: workers (more than one: processes or threads, see --direct-mode) [default: one per core "
+    "this process may use].",
 )
 @click.option(
     "--direct-mode",
@@ -73,6 +82,8 @@ def command(
     Needs the beam extra: pip install "l2i_tf[beam]".
     """
     options.setup(verbose)
+    if direct_workers is None:
+        direct_workers = usable_cores()
     if threshold is not None and threshold != threshold:
         raise click.BadParameter(f"{threshold!r} is not a number", param_hint="--threshold")
     if not verbose:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -257,3 +258,18 @@ def test_direct_workers_are_threads_sharing_the_cores():
     assert bulk.direct_tf_threads("DirectRunner", 2) == max(1, os.cpu_count() // 2)
     assert bulk.direct_tf_threads("DirectRunner", 64 * os.cpu_count()) == 1
     assert bulk.direct_tf_threads("DirectRunner", 1) is None and bulk.direct_tf_threads("FlinkRunner", 4) is None
+
+
+@pytest.mark.parametrize(("flag", "expected"), [((), None), (("--direct-workers", "3"), 3)])
+def test_the_cli_runs_one_worker_per_usable_core_by_default(monkeypatch, tmp_path, flag, expected):
+    calls = []
+    job = types.SimpleNamespace(input_glob="*.wav", saved_model="saved", threshold=0.5, out="out")
+    monkeypatch.setattr(bulk, "make_job", lambda *args: job)
+
+    def run_job(job, runner, direct_workers, beam_args, direct_mode):
+        calls.append(direct_workers)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(bulk, "run_job", run_job)
+    invoke("explain-bulk", tmp_path / "saved", str(tmp_path / "*.wav"), "--out", tmp_path / "out", *flag)
+    assert calls == [expected or len(os.sched_getaffinity(0))]
