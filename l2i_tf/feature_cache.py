@@ -1,20 +1,19 @@
 """What the frozen classifier gives for every training example, cached to disk shards once, and the tf.data
 pipelines that train and score the interpreter from them, so memory does not grow with the number of clips.
 
-A split's features live in ``<folder>/shard-NNNNN.npz`` (uncompressed npz, ``SHARD_EXAMPLES`` examples each, the
-last one shorter; every file written under a temporary name and renamed) and ``<folder>/index.json`` (written
-last: the split is complete when it exists), one array per key of :meth:`~l2i_tf.interpreter.Interpreter.precompute`
-(``waveform``, ``classifier_logits``, ``sequence_0..n``). :func:`write_split` fills them from a stream of examples in
-batches of ``FEATURE_BATCH`` (the classifier sees the same batches as the in-memory trainer), holding one shard.
+A split's features live in ``<folder>/shard-NNNNN.<key>.npy`` (``SHARD_EXAMPLES`` examples a shard, the last one
+shorter; one file per key of :meth:`~l2i_tf.interpreter.Interpreter.precompute` — ``waveform``,
+``classifier_logits``, ``sequence_0..n`` — each written under a temporary name and renamed) and
+``<folder>/index.json`` (written last: the split is complete when it exists). :func:`write_split` fills them from a
+stream of examples in batches of ``FEATURE_BATCH`` (the classifier sees the same batches as the in-memory trainer),
+holding one shard.
 
 Training order (:meth:`Shards.epochs_dataset`): in epoch ``e`` the shards are read in :func:`shard_order` (seed, e)
 and the examples of each shard in :func:`example_order` (seed, e, shard), both pure functions of their arguments,
 so a resumed run sees the batches of an uninterrupted one. Shard 0's order is :func:`epoch_order` (seed, e), so a
 split that fits one shard (the bundled ESC-10: 240 training clips) is trained in exactly the in-memory order.
-Peak memory: about two shards per pipeline (one being batched, the next being read when it runs out: shards are
-read one at a time, behind the prefetched batches), whatever the number of shards.
-Measured on the ESC-10 training folds (240 clips, 5 s at 16 kHz, 87 MB a shard): npz shards read back at ~1 GB/s
-(0.08 s a shard), faster than the step that consumes them; TFRecord would add a parse per example for nothing.
+Reading holds a batch, not a shard: each batch's rows are copied out of the memory-mapped files (mapped only while
+they are copied, so the pages read do not stay resident), so peak memory is the same for 240 clips and for 20 000.
 """
 
 from __future__ import annotations
@@ -33,6 +32,8 @@ SHARD_EXAMPLES = 256
 FEATURE_BATCH = 32
 """Examples per classifier pass while writing (as :meth:`~l2i_tf.interpreter.Interpreter.precompute`)."""
 INDEX = "index.json"
+FORMAT = "npy-per-key"
+"""The shards' layout, recorded in ``index.json``: a cache written in another (an older version's npz) is rebuilt."""
 _SHARD_TAG = 0x5A4D  # separates the shard order's seed from the examples' orders
 
 
@@ -88,10 +89,10 @@ def write_split(folder: str | Path, batches: Iterable[np.ndarray], features: Cal
     shapes = None
 
     def flush():
-        joined = {key: np.concatenate([p[key] for p in pending]) for key in pending[0]}
-        with files.atomic_file(folder / f"shard-{len(counts):05d}.npz") as tmp:
-            np.savez(tmp, **joined)
-        counts.append(len(joined["waveform"]))
+        for key in pending[0]:  # one key's copy at a time on top of the pending batches
+            with files.atomic_file(_key_path(folder, len(counts), key)) as tmp, open(tmp, "wb") as f:
+                np.save(f, np.concatenate([p[key] for p in pending]))
+        counts.append(sum(len(p["waveform"]) for p in pending))
         pending.clear()
 
     for batch in batches:
@@ -104,8 +105,12 @@ def write_split(folder: str | Path, batches: Iterable[np.ndarray], features: Cal
         flush()
     if not counts:
         raise ValueError(f"{folder}: no examples to cache")
-    files.write_json(folder / INDEX, {"counts": counts, "shapes": shapes})
+    files.write_json(folder / INDEX, {"format": FORMAT, "counts": counts, "shapes": shapes})
     return Shards.load(folder)
+
+
+def _key_path(folder: Path, shard: int, key: str) -> Path:
+    return folder / f"shard-{shard:05d}.{key}.npy"
 
 
 class Shards:
@@ -115,33 +120,68 @@ class Shards:
         self.folder, self.counts, self.shapes = folder, list(counts), shapes
         self.keys = tuple(shapes)
         self.sequences = sum(key.startswith("sequence_") for key in self.keys)
+        self._starts = np.concatenate([[0], np.cumsum(self.counts)]).astype("int64")
+        self._plan: tuple[int, np.ndarray, np.ndarray] | None = None
 
     @classmethod
     def load(cls, folder: str | Path) -> Shards:
-        """The complete split in ``folder``; FileNotFoundError naming it when its ``index.json`` is missing."""
+        """The complete split in ``folder``; FileNotFoundError naming it when its ``index.json`` is missing or was
+        written in another format (an older version's cache: the features are computed again)."""
         folder = Path(folder)
         if not (folder / INDEX).is_file():
             raise FileNotFoundError(f"{folder}: no complete feature cache ({INDEX} is missing)")
         index = json.loads((folder / INDEX).read_text())
+        if index.get("format") != FORMAT:
+            raise FileNotFoundError(f"{folder}: a feature cache in another format ({index.get('format')!r})")
         return cls(folder, index["counts"], index["shapes"])
 
     def __len__(self) -> int:
         return int(sum(self.counts))
 
-    def path(self, shard: int) -> Path:
-        return self.folder / f"shard-{shard:05d}.npz"
+    def _gather(self, shard: int, rows: np.ndarray, keys=None) -> dict[str, np.ndarray]:
+        """Rows ``rows`` of ``shard``, in that order, by key: each key's file memory-mapped only while its rows are
+        copied out, so no more than the rows is resident."""
+        out = {}
+        for key in keys or self.keys:
+            mapped = np.load(_key_path(self.folder, shard, key), mmap_mode="r")
+            if len(mapped) != self.counts[shard]:
+                path = _key_path(self.folder, shard, key)
+                raise ValueError(f"{path}: {len(mapped)} examples, {INDEX} says {self.counts[shard]}")
+            out[key] = np.array(mapped[rows])
+            del mapped
+        return out
 
-    def read(self, shard: int, order: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Shard ``shard``'s arrays by key, its examples in ``order`` (stored order by default)."""
-        with np.load(self.path(shard)) as npz:
-            arrays = {key: npz[key] for key in self.keys}
-        if len(arrays["waveform"]) != self.counts[shard]:
-            found = len(arrays["waveform"])
-            raise ValueError(f"{self.path(shard)}: {found} examples, {INDEX} says {self.counts[shard]}")
-        if order is not None:
-            for key in self.keys:  # one key at a time: a single array's copy on top of the shard, not a second shard
-                arrays[key] = arrays[key][order]
-        return arrays
+    def read(self, shard: int, order: np.ndarray | None = None, keys=None) -> dict[str, np.ndarray]:
+        """Shard ``shard``'s arrays by key (all keys, or ``keys``), its examples in ``order`` (stored order by
+        default)."""
+        rows = np.arange(self.counts[shard]) if order is None else np.asarray(order)
+        return self._gather(shard, rows, keys)
+
+    def _epoch_plan(self, seed: int | None, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(shard, row) of every example in the order ``epoch`` reads them (stored order when ``seed`` is None):
+        the shards in :func:`shard_order`, each shard's examples in :func:`example_order`."""
+        if self._plan is not None and self._plan[0] == (seed, epoch):
+            return self._plan[1], self._plan[2]
+        if seed is None:
+            shards, rows = np.arange(len(self.counts)), [np.arange(c) for c in self.counts]
+        else:
+            shards = shard_order(seed, epoch, len(self.counts))
+            rows = [example_order(seed, epoch, j, self.counts[j]) for j in shards]
+        shard_ids = np.concatenate([np.full(self.counts[j], j) for j in shards]).astype("int64")
+        plan = (shard_ids, np.concatenate(rows).astype("int64"))
+        self._plan = ((seed, epoch), *plan)
+        return plan
+
+    def _batch(self, seed: int | None, epoch: int, batch: int, batch_size: int) -> list[np.ndarray]:
+        """Batch ``batch`` of ``epoch`` (see :meth:`_epoch_plan`), key by key; the epoch's last may be short."""
+        at_batch = slice(batch * batch_size, (batch + 1) * batch_size)
+        shard_ids, rows = (part[at_batch] for part in self._epoch_plan(seed, epoch))
+        out = {key: np.empty([len(rows), *self.shapes[key]], np.float32) for key in self.keys}
+        for j in np.unique(shard_ids):
+            at = np.flatnonzero(shard_ids == j)
+            for key, value in self._gather(int(j), rows[at]).items():
+                out[key][at] = value
+        return [out[key] for key in self.keys]
 
     def _structure(self, flat) -> dict:
         by_key = dict(zip(self.keys, flat, strict=True))
@@ -149,45 +189,34 @@ class Shards:
         logits, waveform = by_key["classifier_logits"], by_key["waveform"]
         return {"sequences": sequences, "classifier_logits": logits, "waveform": waveform}
 
-    def _read_op(self, shard, epoch, seed: int | None):
-        """A shard as tensors (a tf.numpy_function), shuffled by :func:`example_order` unless ``seed`` is None."""
+    def _batches(self, seed: int | None, epochs: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
+        """Every batch of each epoch in ``epochs`` (a dataset of epoch numbers), read on demand, one at a time."""
+        steps = -(-len(self) // batch_size)
 
-        def run(j, e):
-            j, e = int(j), int(e)
-            order = None if seed is None else example_order(seed, e, j, self.counts[j])
-            arrays = self.read(j, order)
-            return [arrays[key] for key in self.keys]
+        def read(e, b):
+            return self._batch(seed, int(e), int(b), batch_size)
 
-        flat = tf.numpy_function(run, [shard, epoch], [tf.float32] * len(self.keys), stateful=False)
-        for tensor, key in zip(flat, self.keys, strict=True):
-            tensor.set_shape([None, *self.shapes[key]])
-        return self._structure(flat)
+        def one_batch(e, b):
+            flat = tf.numpy_function(read, [e, b], [tf.float32] * len(self.keys), stateful=False)
+            for tensor, key in zip(flat, self.keys, strict=True):
+                tensor.set_shape([None, *self.shapes[key]])
+            return self._structure(flat)
+
+        def one_epoch(e):
+            return tf.data.Dataset.range(steps).map(lambda b: one_batch(e, b))
+
+        return epochs.flat_map(one_epoch).prefetch(2)
 
     def dataset(self, batch_size: int) -> tf.data.Dataset:
         """Every example in stored order, in batches of ``batch_size`` (validation, test)."""
-        shards = tf.data.Dataset.range(len(self.counts))
-        ds = shards.map(lambda j: self._read_op(j, tf.constant(0, tf.int64), None))
-        return ds.unbatch().batch(batch_size).prefetch(2)
+        return self._batches(None, tf.data.Dataset.range(1), batch_size)
 
     def epochs_dataset(self, batch_size: int, seed: int, first_epoch: int, epochs: int) -> tuple[tf.data.Dataset, int]:
         """Batches of epochs ``first_epoch .. epochs - 1`` (see the module's docstring); returns (dataset, steps per
         epoch). Each epoch ends with its own (possibly short) batch; ``fit`` reads ``steps`` batches per epoch."""
         steps = -(-len(self) // batch_size)
-        plans = np.stack([shard_order(seed, e, len(self.counts)) for e in range(first_epoch, epochs)]).astype("int64")
-        epoch_ids = np.arange(first_epoch, epochs, dtype="int64")
-
-        def one_epoch(epoch, plan):
-            shards = tf.data.Dataset.from_tensor_slices(plan)
-            ds = shards.map(lambda j: self._read_op(j, epoch, seed))
-            return ds.unbatch().batch(batch_size)
-
-        ds = tf.data.Dataset.from_tensor_slices((epoch_ids, plans)).flat_map(one_epoch)
-        return ds.prefetch(2), steps
+        return self._batches(seed, tf.data.Dataset.range(first_epoch, epochs), batch_size), steps
 
     def column(self, key: str) -> np.ndarray:
         """One key's values over every example (small keys only, e.g. ``classifier_logits``)."""
-        parts = []
-        for j in range(len(self.counts)):
-            with np.load(self.path(j)) as npz:
-                parts.append(npz[key])
-        return np.concatenate(parts)
+        return np.concatenate([self.read(j, keys=[key])[key] for j in range(len(self.counts))])

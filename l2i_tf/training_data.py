@@ -110,7 +110,7 @@ def extra_examples(base: Shards, augment_copies: int, mix_inputs: int, seed: int
         gains = 10 ** (rng.uniform(-6, 6, n) / 20)
         i = 0
         for shard in range(len(base.counts)):
-            for wave in base.read(shard)["waveform"]:
+            for wave in base.read(shard, keys=["waveform"])["waveform"]:
                 yield (np.roll(wave, shifts[i]) * gains[i]).astype("float32")
                 i += 1
     if mix_inputs:
@@ -127,8 +127,8 @@ def _rows(shards: Shards, wanted: set) -> dict[int, np.ndarray]:
     for shard, count in enumerate(shards.counts):
         inside = [i for i in wanted if start <= i < start + count]
         if inside:
-            waves = shards.read(shard)["waveform"]
-            rows.update({i: waves[i - start].copy() for i in inside})
+            waves = shards.read(shard, np.array(inside) - start, keys=["waveform"])["waveform"]
+            rows.update(zip(inside, waves, strict=True))
         start += count
     return rows
 
@@ -163,9 +163,13 @@ def build_features(cache: Path, config, parts, sample_rate: int, window: int | N
     mixtures of them (:func:`extra_examples`), in that order.
     """
     if (cache / FEATURES).is_file():
-        log.info("reusing the cached features in %s", cache)
-        shards = [Shards.load(cache / name) for name in mixtures.SPLIT_NAMES]
-        return shards, json.loads((cache / FEATURES).read_text())["windows"]
+        try:
+            shards = [Shards.load(cache / name) for name in mixtures.SPLIT_NAMES]
+            log.info("reusing the cached features in %s", cache)
+            return shards, json.loads((cache / FEATURES).read_text())["windows"]
+        except FileNotFoundError as e:  # another version's cache: compute the features again
+            log.info("not reusing the cached features: %s", e)
+            (cache / FEATURES).unlink()
     counters = [Counter() for _ in parts]
     shards = []
     for index, (part, counter) in enumerate(zip(parts, counters, strict=True)):
@@ -189,5 +193,5 @@ def build_features(cache: Path, config, parts, sample_rate: int, window: int | N
 def _chain_shards(base: Shards, extra: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
     """The base examples' waveforms (from their shards), then ``extra``."""
     for shard in range(len(base.counts)):
-        yield from base.read(shard)["waveform"]
+        yield from base.read(shard, keys=["waveform"])["waveform"]
     yield from extra

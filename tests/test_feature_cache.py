@@ -139,3 +139,25 @@ def test_multilabel_training_streams_its_mixtures_and_removes_its_cache(tmp_path
     result = training.train(tmp_path / "run", config)
     assert result["multilabel"] and {"validation", "test"} <= set(result)
     assert not (tmp_path / "run" / "cache").exists()
+
+
+def test_a_cache_in_another_format_is_not_reused(small_shards):
+    _, shards = small_shards
+    index = shards.folder / feature_cache.INDEX
+    index.write_text(index.read_text().replace(feature_cache.FORMAT, "npz"))
+    with pytest.raises(FileNotFoundError, match="another format"):
+        Shards.load(shards.folder)
+
+
+def test_batches_span_shards_in_the_epoch_order(small_shards):
+    """A batch that crosses a shard boundary holds the end of one shard and the start of the next, as planned."""
+    waves, shards = small_shards
+    order = np.concatenate(
+        [
+            shards._starts[j] + feature_cache.example_order(5, 1, int(j), shards.counts[j])
+            for j in feature_cache.shard_order(5, 1, len(shards.counts))
+        ]
+    )
+    ds, _ = shards.epochs_dataset(48, 5, 1, 2)
+    got = np.concatenate([b["waveform"].numpy() for b in ds])
+    np.testing.assert_array_equal(got, waves[order])
