@@ -113,6 +113,22 @@ class _Stages:
         """Waveform -> every output of the interpreter (see :class:`Interpreter`)."""
         return self.finish(self.features(waveform), training)
 
+    def without_spectrogram(self, waveform) -> dict:
+        """Waveform -> the classifier's ``classifier_logits`` and ``waveform`` (prepared), Ψ's ``activations`` H and
+        Θ's ``logits`` and ``contributions``, with no STFT: Ψ reads only X's frame count, which the waveform's
+        length gives (an explanation's first pass; its synthesis makes the one STFT)."""
+        feats = self.features(waveform)
+        frames = self.analysis.config.num_frames(tf.shape(feats["waveform"])[1])
+        h = self.heads.get_layer("psi")(list(feats["sequences"]), num_frames=frames, training=False)
+        logits, _, contributions = self.heads.get_layer("theta")(h)
+        return {
+            "classifier_logits": feats["classifier_logits"],
+            "waveform": feats["waveform"],
+            "activations": h,
+            "logits": logits,
+            "contributions": contributions,
+        }
+
     def finish(self, feats: dict, training=False) -> dict:
         """The outputs of :meth:`features` -> every output of the interpreter."""
         spectrogram, phase = self.analysis(feats["waveform"])
