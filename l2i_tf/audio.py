@@ -287,7 +287,7 @@ def masked_spectrum_waveform(spectrum, mask, num_samples, config: STFTConfig, do
 
     Args:
         spectrum: complex ``[..., frames, bins]`` (:func:`stft`).
-        mask: broadcastable to ``spectrum``, in [0, 1].
+        mask: broadcastable to ``spectrum``, >= 0 (soft masks are in [0, 1)).
         num_samples: length of the analysed waveform, samples (int or scalar tensor).
         config: the configuration that made ``spectrum``.
         domain: one of :data:`DOMAINS`.
@@ -296,13 +296,11 @@ def masked_spectrum_waveform(spectrum, mask, num_samples, config: STFTConfig, do
         float32 ``[..., num_samples]``.
     """
     check_domain(domain)
+    gain = tf.convert_to_tensor(mask, tf.float32)
     if domain == "log1p":
         magnitude = tf.abs(spectrum)
-        gain = tf.math.divide_no_nan(tf.math.expm1(tf.nn.relu(mask * tf.math.log1p(magnitude))), magnitude)
-    else:
-        gain = tf.convert_to_tensor(mask, tf.float32)
-    real, imag = tf.math.real(spectrum) * gain, tf.math.imag(spectrum) * gain
-    return istft(tf.complex(real, imag), num_samples, config)
+        gain = tf.math.divide_no_nan(tf.math.expm1(gain * tf.math.log1p(magnitude)), magnitude)
+    return istft(spectrum * tf.cast(gain, spectrum.dtype), num_samples, config)
 
 
 @keras.saving.register_keras_serializable(package="l2i_tf")
