@@ -79,12 +79,14 @@ def main():
     for _, fn in calls:  # warm up
         fn(waveform=x)
     times = {name: [] for name, _ in calls}
+    cpu = {name: [] for name, _ in calls}  # process CPU seconds (all threads): steadier than wall time under load
     for _ in range(args.runs):
         for name, fn in calls:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             out = fn(waveform=x)
             _ = [v.numpy() for v in out.values()]
             times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
     classifier_s = statistics.median(times["classifier"])
     explain_s = statistics.median(times["explanation"])
     audio_s = args.batch * args.seconds
@@ -96,6 +98,9 @@ def main():
     if args.baseline:
         baseline_s = statistics.median(times["baseline"])
         print(f"baseline {baseline} (serving_default): {baseline_s:.3f} s, ratio {baseline_s / classifier_s:.3f}")
+    cpu_s = {name: statistics.median(v) for name, v in cpu.items()}
+    cpu_ratios = ", ".join(f"{name} {v / cpu_s['classifier']:.3f}" for name, v in cpu_s.items() if name != "classifier")
+    print(f"CPU time: classifier {cpu_s['classifier']:.3f} s; ratios to it: {cpu_ratios}")
     print(f"real-time factor: {explain_s / audio_s:.4f} (explanation), {classifier_s / audio_s:.4f} (classifier)")
     tmp.cleanup()
 
