@@ -88,7 +88,8 @@ class Psi(keras.layers.Layer):
 
     Inputs: ``[seq_1, ..., seq_n, X]``. Per branch a Conv1D maps a sequence to ``hidden`` channels and it is
     resampled (bilinear) to T frames — the frame count of X for *this* input, so any clip length works (only X's
-    shape is read; ``psi(sequences, num_frames=T)`` gives the same H without X). Branches are concatenated, mixed by a Conv1D, mapped to K channels and passed through a ReLU.
+    shape is read; ``psi(sequences, num_frames=T)`` gives the same H without X). Branches are concatenated, mixed
+    by a Conv1D, mapped to K channels and passed through a ReLU.
 
     Args:
         k: number of dictionary components K.
