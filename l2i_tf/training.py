@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import logging
 import shutil
@@ -169,16 +168,15 @@ def learn(out: Path, config: TrainConfig, table, stft: audio.STFTConfig) -> Dict
     return dictionary
 
 
-def new_interpreter(model_f, config: TrainConfig, dictionary: Dictionary | None, stft: audio.STFTConfig):
-    """A compiled, untrained interpreter of ``model_f`` as ``config`` describes it (``dictionary`` None: W is set
-    later, before training, with ``interpreter.decoder.set_weights``)."""
+def new_interpreter(model_f, config: TrainConfig, dictionary: Dictionary, stft: audio.STFTConfig):
+    """A compiled, untrained interpreter of ``model_f`` as ``config`` describes it."""
     names, orders = tap_orders(model_f, config.layers)
     interpreter = Interpreter(
         model_f,
         names,
         orders,
-        dictionary.k if dictionary is not None else config.k,
-        stft.num_bins,
+        dictionary.k,
+        dictionary.num_bins,
         stft.to_dict(),
         multilabel=config.multilabel,
         alpha=config.alpha,
@@ -186,7 +184,7 @@ def new_interpreter(model_f, config: TrainConfig, dictionary: Dictionary | None,
         temperature=config.temperature,
         psi={"hidden": config.hidden, "dropout": config.dropout, "freq_reduce": config.freq_reduce},
         theta={"pooling": config.pooling},
-        dictionary=dictionary.W if dictionary is not None else None,
+        dictionary=dictionary.W,
         precision=config.precision,
     )
     interpreter.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
@@ -268,31 +266,27 @@ def train(
     table, parts, skipped = _tables(config)
     if skipped:
         log.warning("skipped %d unreadable clip(s): %s", len(skipped), "; ".join(skipped))
-    timings = {"data_seconds": time.perf_counter() - start, "dictionary_seconds": 0.0}
-    # The dictionary (NMF) and the classifier's features need each other's results only at fit: they run side by
-    # side (a thread each), so neither leaves the other core idle. Neither draws from a global RNG (the NMF is
-    # seeded statelessly), so the run's figures do not depend on the overlap.
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        learning = None if dictionary is not None else pool.submit(_timed, learn, out, config, table, stft)
-        with (strategy or tf.distribute.get_strategy()).scope():
-            resumed = None
-            if resume:
-                optimizer = keras.optimizers.Adam(config.learning_rate)
-                resumed = checkpoints.resume(out / runs.CHECKPOINTS, optimizer, safe_mode)
-                interpreter = resumed.interpreter
-            else:
-                interpreter = new_interpreter(model_f, config, dictionary, stft)
+    timings = {"data_seconds": time.perf_counter() - start}
+    t0 = time.perf_counter()
+    if dictionary is None:
+        dictionary = learn(out, config, table, stft)
+    timings["dictionary_seconds"] = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        run = interpreter.stages.features_function
-        shards, window_counts = training_data.build_features(
-            out / runs.FEATURE_CACHE, config, parts, stft.sample_rate, window, lambda w: run(tf.constant(w))
-        )
-        timings["features_seconds"] = time.perf_counter() - t0
-        if learning is not None:
-            dictionary, timings["dictionary_seconds"] = learning.result()
-            if not resume:
-                interpreter.decoder.set_weights([dictionary.W])
+    with (strategy or tf.distribute.get_strategy()).scope():
+        resumed = None
+        if resume:
+            optimizer = keras.optimizers.Adam(config.learning_rate)
+            resumed = checkpoints.resume(out / runs.CHECKPOINTS, optimizer, safe_mode)
+            interpreter = resumed.interpreter
+        else:
+            interpreter = new_interpreter(model_f, config, dictionary, stft)
+
+    t0 = time.perf_counter()
+    run = interpreter.stages.features_function
+    shards, window_counts = training_data.build_features(
+        out / runs.FEATURE_CACHE, config, parts, stft.sample_rate, window, lambda w: run(tf.constant(w))
+    )
+    timings["features_seconds"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     history = _fit(interpreter, shards, config, out, resumed, callbacks)
@@ -314,12 +308,6 @@ def train(
     files.write_json(out / runs.METRICS, results)
     remove_feature_cache(out)  # kept only while the run may be resumed
     return results
-
-
-def _timed(fn, *args):
-    """(``fn(*args)``, its wall seconds)."""
-    t0 = time.perf_counter()
-    return fn(*args), time.perf_counter() - t0
 
 
 def remove_feature_cache(out: Path) -> None:
