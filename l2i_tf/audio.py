@@ -280,21 +280,11 @@ def masked_waveform(x, phase, mask, num_samples, config: STFTConfig, domain: str
 
 
 def masked_spectrum_waveform(spectrum, mask, num_samples, config: STFTConfig, domain: str = "log1p") -> tf.Tensor:
-    """:func:`masked_waveform` from the complex STFT ``S`` itself: ``ISTFT(S·g)`` with the real gain
-    ``g = expm1(M ⊙ log1p|S|) / |S|`` (``"log1p"``) or ``g = M`` (``"linear"``), 0 where ``|S| = 0``. No phase
-    tensor and no complex division (the costly part of :func:`magnitude_phase`); equal to :func:`masked_waveform`
-    of ``analyze(x)`` to float32 rounding.
-
-    Args:
-        spectrum: complex ``[..., frames, bins]`` (:func:`stft`).
-        mask: broadcastable to ``spectrum``, >= 0 (soft masks are in [0, 1)).
-        num_samples: length of the analysed waveform, samples (int or scalar tensor).
-        config: the configuration that made ``spectrum``.
-        domain: one of :data:`DOMAINS`.
-
-    Returns:
-        float32 ``[..., num_samples]``.
-    """
+    """:func:`masked_waveform` from the complex STFT ``S`` [..., frames, bins] itself: float32 ``ISTFT(S·g)``
+    [..., num_samples] with the real gain ``g = expm1(M ⊙ log1p|S|) / |S|`` (``"log1p"``) or ``g = M``
+    (``"linear"``), 0 where ``|S| = 0``; ``mask`` >= 0, broadcastable to ``S``. No phase tensor and no complex
+    division (the costly part of :func:`magnitude_phase`); equal to :func:`masked_waveform` of ``analyze(x)`` to
+    float32 rounding."""
     check_domain(domain)
     gain = tf.convert_to_tensor(mask, tf.float32)
     if domain == "log1p":
