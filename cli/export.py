@@ -20,6 +20,7 @@ Examples:
   l2i-tf export runs/esc10                        # -> savedmodels/l2i/1 (then 2, 3, ...)
   l2i-tf export runs/esc10 --name esc10 --top 10 --max-seconds 30
   l2i-tf export runs/esc10 --version 7 --domain linear
+  l2i-tf export runs/esc10 --mixed-precision float16   # for a GPU server
 """,
 )
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
@@ -39,10 +40,23 @@ Examples:
     help="Longer recordings are rejected with an error (0: no limit).",
 )
 @options.window_options(defaults=True)
+@options.mixed_precision_option(None, "the run's (float32 unless trained with the flag)")
 @options.unsafe_load_option
 @click.option("-v", "--verbose", is_flag=True)
 def command(
-    run_dir, name, out, version, threshold, top, domain, max_seconds, window_seconds, aggregate, unsafe_load, verbose
+    run_dir,
+    name,
+    out,
+    version,
+    threshold,
+    top,
+    domain,
+    max_seconds,
+    window_seconds,
+    aggregate,
+    precision,
+    unsafe_load,
+    verbose,
 ):
     """Export RUN_DIR as one SavedModel under OUT/NAME/VERSION/ (never overwriting; atomic).
 
@@ -54,7 +68,7 @@ def command(
     options.setup(verbose)
     try:
         config = ExplainConfig(threshold, top, domain, max_seconds, window_seconds, aggregate)
-        path = export_lib.export(run_dir, out, name, config, version, safe_mode=not unsafe_load)
+        path = export_lib.export(run_dir, out, name, config, version, safe_mode=not unsafe_load, precision=precision)
     except runs.UnsafeModelError as e:
         raise errors.unsafe_model(e, "RUN_DIR") from None
     except runs.RunFolderError as e:

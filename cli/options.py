@@ -137,6 +137,20 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def mixed_precision_option(absent: str | None, absent_help: str):
+    """``--mixed-precision float16|bfloat16`` -> the keyword ``precision`` (``"mixed_float16"``, ...; ``absent``
+    without the flag)."""
+    return click.option(
+        "--mixed-precision",
+        "precision",
+        type=click.Choice(["float16", "bfloat16"]),
+        default=None,
+        callback=lambda ctx, param, value: f"mixed_{value}" if value else absent,
+        help="The classifier computes in float16/bfloat16 (float32 weights; Ψ, Θ, the loss and the outputs stay "
+        f"float32): for GPUs. Default: {absent_help}.",
+    )
+
+
 def unsafe_load_option(func):
     """--unsafe-load: load .keras files with Keras' safe mode off (they may run stored Python code)."""
     return click.option(

@@ -279,6 +279,20 @@ def masked_waveform(x, phase, mask, num_samples, config: STFTConfig, domain: str
     return istft(tf.cast(magnitude, phase.dtype) * phase, num_samples, config)
 
 
+def masked_spectrum_waveform(spectrum, mask, num_samples, config: STFTConfig, domain: str = "log1p") -> tf.Tensor:
+    """:func:`masked_waveform` from the complex STFT ``S`` [..., frames, bins] itself: float32 ``ISTFT(S·g)``
+    [..., num_samples] with the real gain ``g = expm1(M ⊙ log1p|S|) / |S|`` (``"log1p"``) or ``g = M``
+    (``"linear"``), 0 where ``|S| = 0``; ``mask`` >= 0, broadcastable to ``S``. No phase tensor and no complex
+    division (the costly part of :func:`magnitude_phase`); equal to :func:`masked_waveform` of ``analyze(x)`` to
+    float32 rounding."""
+    check_domain(domain)
+    gain = tf.convert_to_tensor(mask, tf.float32)
+    if domain == "log1p":
+        magnitude = tf.abs(spectrum)
+        gain = tf.math.divide_no_nan(tf.math.expm1(gain * tf.math.log1p(magnitude)), magnitude)
+    return istft(spectrum * tf.cast(gain, spectrum.dtype), num_samples, config)
+
+
 @keras.saving.register_keras_serializable(package="l2i_tf")
 class LogMelSpectrogram(keras.layers.Layer):
     """Waveform ``[batch, samples]`` (or ``[batch, samples, 1]``) -> log-mel ``[batch, frames, mels]``.
@@ -412,6 +426,17 @@ class MaskedSynthesis(keras.layers.Layer):
         if mask.shape.rank == 4:
             x, phase = x[:, None], phase[:, None]
         return masked_waveform(x, phase, mask, tf.shape(reference)[-1], self.config, self.domain)
+
+    def spectrum(self, waveform):
+        """Waveform ``[batch, samples]`` -> its complex STFT ``[batch, frames, bins]``, for :meth:`from_spectrum`."""
+        return stft(waveform, self.config)
+
+    def from_spectrum(self, spectrum, mask, reference):
+        """:meth:`call` from the complex STFT (:meth:`spectrum`) rather than ``(X, phase)``: the same waveform to
+        float32 rounding, at the cost of one STFT and no phase tensor (:func:`masked_spectrum_waveform`)."""
+        if mask.shape.rank == 4:
+            spectrum = spectrum[:, None]
+        return masked_spectrum_waveform(spectrum, mask, tf.shape(reference)[-1], self.config, self.domain)
 
     def compute_output_spec(self, x, phase, mask, reference):
         return keras.KerasTensor(tuple(mask.shape[:-2]) + (None,), dtype="float32")

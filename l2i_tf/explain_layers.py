@@ -141,11 +141,13 @@ class TargetClass(keras.layers.Layer):
 
 @_register
 class Active(keras.layers.Layer):
-    """X ``[B, T, F]`` -> bool ``[B]``: the clip's spectrogram is not all zero (a silent clip has nothing to
-    explain: it gets zero relevance and no selection)."""
+    """X ``[B, T, F]`` or the waveform ``[B, S]`` -> bool ``[B]``: the clip is not all zero (a silent clip has
+    nothing to explain: it gets zero relevance and no selection). A silent waveform has an all-zero STFT and any
+    other one a nonzero STFT (unless its only nonzero samples fall where every frame's window is 0), so the
+    explanation's first pass reads the waveform and needs no STFT."""
 
     def call(self, spectrogram):
-        return tf.reduce_max(spectrogram, axis=[1, 2]) > 0
+        return tf.reduce_max(tf.abs(spectrogram), axis=list(range(1, spectrogram.shape.rank))) > 0
 
     def compute_output_spec(self, spectrogram):
         return keras.KerasTensor(spectrogram.shape[:1], dtype="bool")

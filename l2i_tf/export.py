@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from l2i_tf import files, recording, runs
 from l2i_tf.explainer import ExplainConfig, Explainer
+from l2i_tf.interpreter import with_precision
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,7 @@ def export(
     config: ExplainConfig = ExplainConfig(),
     version: int | None = None,
     safe_mode: bool = True,
+    precision: str | None = None,
 ) -> Path:
     """Export a run as ``<out>/<name>/<version>/`` (a SavedModel) and return that folder.
 
@@ -189,6 +191,8 @@ def export(
         config: τ, N, domain, maximum length.
         version: explicit version (must not exist).
         safe_mode: load the run's ``.keras`` file with Keras' safe mode (refuses ``Lambda`` layers' code).
+        precision: the classifier's compute in the export (:data:`~l2i_tf.interpreter.PRECISIONS`); None: the
+            run's. Ψ, Θ and every output stay float32.
 
     Raises:
         ExportError: the folder cannot be written, the version exists, or the name is not a plain folder name.
@@ -201,11 +205,13 @@ def export(
         raise ExportError(f"version {version} of model {name!r} already exists at {str(target)!r}", "version", version)
     if not isinstance(run, runs.Run):
         run = runs.load_run(run, safe_mode=safe_mode)
-    explainer = Explainer(run.interpreter, run.class_names, config)
+    interpreter = run.interpreter if precision is None else with_precision(run.interpreter, precision)
+    explainer = Explainer(interpreter, run.class_names, config)
     start = time.perf_counter()
     metadata = {"format": FORMAT, **explainer.metadata(), "signatures": list(SIGNATURES)}
     metadata.update(name=name, version=version, run=str(run.folder), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     metadata["versions"] = {"tensorflow": tf.__version__, "keras": keras.__version__}
+    metadata["precision"] = interpreter.precision
     try:
         with files.atomic_folder(target) as tmp:
             write_saved_model(explainer, tmp)

@@ -53,6 +53,31 @@ def check_input_length(clip_samples: int | None, stft: audio.STFTConfig) -> None
         )
 
 
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+"""The frozen classifier's compute: float32, or float16/bfloat16 with float32 weights (Keras mixed precision); Ψ, Θ,
+the decoder and the loss are float32 in every case."""
+
+
+def mixed_copy(classifier: keras.Model, precision: str) -> keras.Model:
+    """``classifier`` with every built-in Keras layer (but the inputs) computing in ``precision``'s low float, the
+    same weights; the package's and the user's own layers (e.g. a log-mel front end on ``tf.signal``, which has no
+    float16 kernels) stay float32. Keras casts each layer's input to its compute dtype."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "float32":
+        return classifier
+
+    def clone(layer):
+        builtin = type(layer).__module__.startswith("keras.") and not isinstance(layer, keras.layers.InputLayer)
+        config = {**layer.get_config(), "dtype": precision} if builtin else layer.get_config()
+        return type(layer).from_config(config)
+
+    copy_ = keras.models.clone_model(classifier, clone_function=clone)
+    copy_.set_weights(classifier.get_weights())
+    copy_.trainable = False
+    return copy_
+
+
 def parse_layer_spec(spec: str) -> tuple[str, str | None]:
     """``"name"`` or ``"name:order"`` -> (name, order or None)."""
     name, _, order = spec.partition(":")
@@ -106,12 +131,29 @@ class _Stages:
         ``classifier_logits``. The frozen classifier always runs in inference mode."""
         prepared = self.prepare(waveform)
         x = self.add_channel(prepared) if self.add_channel is not None else prepared
-        *maps, classifier_logits = self.extractor(x, training=False)
+        # float32 from here on, whatever the classifier computes in (see PRECISIONS)
+        *maps, classifier_logits = (keras.ops.cast(t, "float32") for t in self.extractor(x, training=False))
         return {"waveform": prepared, "sequences": self.sequences(maps), "classifier_logits": classifier_logits}
 
     def flow(self, waveform, training=False) -> dict:
         """Waveform -> every output of the interpreter (see :class:`Interpreter`)."""
         return self.finish(self.features(waveform), training)
+
+    def without_spectrogram(self, waveform) -> dict:
+        """Waveform -> the classifier's ``classifier_logits`` and ``waveform`` (prepared), Ψ's ``activations`` H and
+        Θ's ``logits`` and ``contributions``, with no STFT: Ψ reads only X's frame count, which the waveform's
+        length gives (an explanation's first pass; its synthesis makes the one STFT)."""
+        feats = self.features(waveform)
+        frames = self.analysis.config.num_frames(tf.shape(feats["waveform"])[1])
+        h = self.heads.get_layer("psi")(list(feats["sequences"]), num_frames=frames, training=False)
+        logits, _, contributions = self.heads.get_layer("theta")(h)
+        return {
+            "classifier_logits": feats["classifier_logits"],
+            "waveform": feats["waveform"],
+            "activations": h,
+            "logits": logits,
+            "contributions": contributions,
+        }
 
     def finish(self, feats: dict, training=False) -> dict:
         """The outputs of :meth:`features` -> every output of the interpreter."""
@@ -170,6 +212,8 @@ class Interpreter(keras.Model):
         theta: keyword arguments of Θ.
         clip_samples: fixed input length of the classifier (clips are padded/cropped), or None.
         dictionary: optional W ``[F, K]`` to initialise the decoder with.
+        precision: the frozen classifier's compute, one of :data:`PRECISIONS` (mixed: float16/bfloat16 compute,
+            float32 weights; Ψ, Θ and the loss stay float32).
     """
 
     def __init__(
@@ -188,6 +232,7 @@ class Interpreter(keras.Model):
         clip_samples=None,
         dictionary=None,
         temperature=1.0,
+        precision="float32",
         **kwargs,
     ):
         check_classifier(classifier)
@@ -203,9 +248,10 @@ class Interpreter(keras.Model):
         head_psi = {key: value for key, value in psi_kwargs.items() if key != "freq_reduce"}
         classifier_rank = len(classifier.inputs[0].shape)
         num_classes = int(classifier.outputs[0].shape[-1])
+        compute = mixed_copy(classifier, precision)
         extractor = keras.Model(
-            classifier.inputs,
-            [classifier.get_layer(n).output for n in layers] + [classifier.outputs[0]],
+            compute.inputs,
+            [compute.get_layer(n).output for n in layers] + [compute.outputs[0]],
             name="extractor",
         )
         waveform = keras.Input((None,), name="waveform")
@@ -239,6 +285,7 @@ class Interpreter(keras.Model):
         self.alpha = float(alpha)
         self.beta = float(beta)
         self.temperature = float(temperature)
+        self.precision = precision
         self.psi_kwargs = psi_kwargs
         self.theta_kwargs = dict(theta or {})
         self.clip_samples = clip_samples
@@ -341,6 +388,7 @@ class Interpreter(keras.Model):
             "psi": self.psi_kwargs,
             "theta": self.theta_kwargs,
             "clip_samples": self.clip_samples,
+            "precision": self.precision,
         }
 
     @classmethod
@@ -348,3 +396,14 @@ class Interpreter(keras.Model):
         config = copy.deepcopy(config)  # Keras' deserialisation consumes nested configs
         config["classifier"] = keras.saving.deserialize_keras_object(config["classifier"])
         return cls(**config)
+
+
+def with_precision(interpreter: Interpreter, precision: str) -> Interpreter:
+    """``interpreter`` with its classifier computing in ``precision`` (:data:`PRECISIONS`), the same weights (the
+    classifier's and Ψ/Θ/W's); ``interpreter`` itself when it already does."""
+    if precision == interpreter.precision:
+        return interpreter
+    config = {k: v for k, v in interpreter.get_config().items() if k not in ("classifier", "trainable", "dtype")}
+    other = Interpreter(interpreter.classifier, **{**config, "precision": precision})
+    other.heads.set_weights(interpreter.heads.get_weights())
+    return other

@@ -88,7 +88,8 @@ class Psi(keras.layers.Layer):
 
     Inputs: ``[seq_1, ..., seq_n, X]``. Per branch a Conv1D maps a sequence to ``hidden`` channels and it is
     resampled (bilinear) to T frames — the frame count of X for *this* input, so any clip length works (only X's
-    shape is read). Branches are concatenated, mixed by a Conv1D, mapped to K channels and passed through a ReLU.
+    shape is read; ``psi(sequences, num_frames=T)`` gives the same H without X). Branches are concatenated, mixed
+    by a Conv1D, mapped to K channels and passed through a ReLU.
 
     Args:
         k: number of dictionary components K.
@@ -125,9 +126,13 @@ class Psi(keras.layers.Layer):
         self.merge.build((None, None, self.hidden * len(sequences)))
         self.to_k.build((None, None, self.hidden))
 
-    def call(self, inputs, training=None):
-        *sequences, spectrogram = inputs
-        num_frames = tf.shape(spectrogram)[1]
+    def call(self, inputs, training=None, num_frames=None):
+        """``num_frames`` (scalar int): T itself, when ``inputs`` are the sequences alone (no X to read it from)."""
+        if num_frames is None:
+            *sequences, spectrogram = inputs
+            num_frames = tf.shape(spectrogram)[1]
+        else:
+            sequences = list(inputs)
         outs = []
         for x, branch in zip(sequences, self.branches):
             seq = branch(x)

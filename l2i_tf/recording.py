@@ -1,12 +1,14 @@
 """The Explainer's graph over a whole recording: windows (:mod:`l2i_tf.timeline`) through the Explainer's own
 layers, in two passes of bounded batches.
 
-1. Every window: the frozen classifier, Ψ/Θ -> window logits, H, Θ's contributions.
+1. Every window: the frozen classifier, Ψ/Θ -> window logits, H, Θ's contributions (no STFT: Ψ reads only the
+   frame count, which the window's length gives).
 2. The recording's decision aggregates the window logits; its class (or the asked one) is the target in every
    window: relevance and selection per window, the recording's relevance is their mean, its top-N components the
    most relevant of that mean.
-3. Every window again: STFT, the selected components' soft mask and the top-N components' masks -> ISTFT; each
-   batch of windows is overlap-added into the recording's output as it comes (memory: the outputs and one batch).
+3. Every window again: its one STFT, the selected components' soft mask and the top-N components' masks ->
+   ISTFT; each batch of windows is overlap-added into the recording's output as it comes (memory: the outputs and
+   one batch). The classifier does not run again.
 
 Outputs: those of :mod:`l2i_tf.explainer` for the whole recording, plus the timeline (W windows):
 ``window_start`` / ``window_end`` int32 [B, W] (samples), ``window_predicted_class`` int32 [B, W],
@@ -54,24 +56,21 @@ class Parts:
 
 
 def _first_pass(parts: Parts, windows) -> dict:
-    out = parts.stages.flow(windows)
-    return {
-        "classifier_logits": out["classifier_logits"],
-        "logits": out["logits"],
-        "contributions": out["contributions"],
-        "activations": out["activations"],
-        "active": parts.active(out["spectrogram"]),
-    }
+    """The classifier and Ψ/Θ; no STFT (Ψ needs only the frame count, silence is read on the waveform)."""
+    out = parts.stages.without_spectrogram(windows)
+    out["active"] = parts.active(out.pop("waveform"))
+    return out
 
 
 def _second_pass(parts: Parts, windows, h, selected, indices, components: bool) -> dict:
+    """The window's one STFT, masked by the selected components (and each of the top N) -> ISTFT."""
     prepared = parts.stages.prepare(windows)
-    x, phase = parts.stages.analysis(prepared)
+    spectrum = parts.synthesis.spectrum(prepared)
     mask = parts.decoder(h, selected=selected)
-    out = {"interpretation": parts.fit(parts.synthesis(x, phase, mask, prepared), windows)}
+    out = {"interpretation": parts.fit(parts.synthesis.from_spectrum(spectrum, mask, prepared), windows)}
     if components:
         masks = parts.decoder(h, indices=indices)
-        out["component_audio"] = parts.fit(parts.synthesis(x, phase, masks, prepared), windows)
+        out["component_audio"] = parts.fit(parts.synthesis.from_spectrum(spectrum, masks, prepared), windows)
     return out
 
 

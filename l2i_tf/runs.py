@@ -103,6 +103,8 @@ class TrainConfig(Settings):
     mixtures: int = 2400
     mixture_snr_db: tuple[float, float] = (-5.0, 5.0)
     seed: int = 0
+    # The classifier's compute (l2i_tf.interpreter.PRECISIONS): "mixed_float16"/"mixed_bfloat16" for GPUs.
+    precision: str = "float32"
     # The STFT asked for: None takes the rate from the classifier's sidecar (else 16 kHz) and the sizes from
     # audio.STFTConfig.for_rate. `stft` is the resolved configuration, recorded in config.json; when set (a resumed
     # run, a library caller), it is used as it is.

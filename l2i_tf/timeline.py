@@ -123,24 +123,29 @@ def overlap_add_chunks(fn, elems, chunk_samples, length, hop: int, count, batch,
     elems = tuple(tf.pad(x, [[0, chunks * chunk - n]] + [[0, 0]] * (x.shape.rank - 1)) for x in elems)
     weights = tf.where(count > 1, window_weights(length), tf.ones([length]))
     norm = tf.signal.overlap_and_add(tf.tile(weights[None], [count, 1]), hop)  # [(W - 1)·hop + L]
+    # One window per recording, all in one batch: each window is its recording (weights 1), no scatter needed.
+    whole = (count == 1) & (chunks == 1) & (length == samples)
 
-    def body(i, buffers):
-        ids = i * chunk + tf.range(chunk)
-        out = fn(*(x[i * chunk : (i + 1) * chunk] for x in elems))
+    def scatter(ids, x, buffer):
         position = (tf.minimum(ids, n - 1) % count)[:, None] * hop + tf.range(length)[None]  # [c, L]
         # padded windows and samples past the recording's end add zeros (to its first row)
         keep = (ids[:, None] < n) & (position < samples)
         scale = tf.where(keep, weights[None] / tf.gather(norm, position), 0.0)
         rows = (tf.minimum(ids, n - 1) // count)[:, None] * samples + tf.where(keep, position, 0)
-        rows = tf.reshape(rows, [-1, 1])
-        new = {}
-        for key, buffer in buffers.items():
-            x = out[key]  # [c, ..., L]
-            rank = x.shape.rank
-            x = x * tf.reshape(scale, tf.concat([[chunk], tf.ones([rank - 2], tf.int32), [length]], 0))
-            x = tf.transpose(x, [0, rank - 1, *range(1, rank - 1)])  # [c, L, ...]
-            new[key] = tf.tensor_scatter_nd_add(buffer, rows, tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], 0)))
-        return i + 1, new
+        x = x * tf.reshape(scale, tf.concat([[chunk], tf.ones([x.shape.rank - 2], tf.int32), [length]], 0))
+        return tf.tensor_scatter_nd_add(buffer, tf.reshape(rows, [-1, 1]), _rows(x))
+
+    def body(i, buffers):
+        ids = i * chunk + tf.range(chunk)
+        out = fn(*(x[i * chunk : (i + 1) * chunk] for x in elems))
+        return i + 1, {
+            key: tf.cond(
+                whole,
+                lambda b=buffer, x=out[key]: tf.reshape(_rows(x), tf.shape(b)),
+                lambda b=buffer, x=out[key]: scatter(ids, x, b),
+            )
+            for key, buffer in buffers.items()
+        }
 
     buffers = {
         key: tf.zeros(tf.concat([[batch * samples], tf.constant(inner, tf.int32)], 0), dtype)
@@ -153,6 +158,13 @@ def overlap_add_chunks(fn, elems, chunk_samples, length, hop: int, count, batch,
         x = tf.reshape(buffer, tf.concat([[batch, samples], tf.shape(buffer)[1:]], 0))
         result[key] = tf.transpose(x, [0, *range(2, inner + 2), 1]) if inner else x
     return result
+
+
+def _rows(x) -> tf.Tensor:
+    """Windows ``[c, ..., L]`` -> samples as rows ``[c·L, ...]``."""
+    rank = x.shape.rank
+    x = tf.transpose(x, [0, rank - 1, *range(1, rank - 1)])  # [c, L, ...]
+    return tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], 0))
 
 
 def check_window(window_seconds: float, sample_rate: int, clip_samples: int | None, frame_length: int) -> int:

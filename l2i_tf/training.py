@@ -185,6 +185,7 @@ def new_interpreter(model_f, config: TrainConfig, dictionary: Dictionary, stft: 
         psi={"hidden": config.hidden, "dropout": config.dropout, "freq_reduce": config.freq_reduce},
         theta={"pooling": config.pooling},
         dictionary=dictionary.W,
+        precision=config.precision,
     )
     interpreter.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
     return interpreter

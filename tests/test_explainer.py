@@ -147,3 +147,25 @@ def test_the_graph_shows_the_whole_data_flow(explainer):
     text = "\n".join(lines)
     for layer_type in ("(Psi)", "(Theta)", "(NMFDecoder)", "(MaskedSynthesis)", "(Selection)", "(Relevance)"):
         assert layer_type in text, layer_type
+
+
+def graph_ops(graph_def) -> dict:
+    """``{op type: count}`` over a graph and every function in its library (while bodies, map_fn, nested calls)."""
+    counts = {}
+    nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
+    for node in nodes:
+        counts[node.op] = counts.get(node.op, 0) + 1
+    return counts
+
+
+def test_the_explanation_graph_makes_one_stft_per_window_and_one_classifier_pass(explainer):
+    spec = (tf.TensorSpec([None, None]), tf.TensorSpec([None], tf.int32), tf.TensorSpec([None]))
+    serve = graph_ops(explainer.calls.serve.get_concrete_function(*spec).graph.as_graph_def())
+    explain_ = graph_ops(explainer.calls.explain.get_concrete_function(*spec).graph.as_graph_def())
+    classify = graph_ops(explainer.calls.classify.get_concrete_function(spec[0]).graph.as_graph_def())
+    assert classify["RFFT"] == 1  # the demo classifier's log-mel front end
+    # + the explanation's one STFT: the first pass makes none, the synthesis masks the one it makes
+    assert serve["RFFT"] == explain_["RFFT"] == 2
+    assert serve["IRFFT"] == 1 and explain_["IRFFT"] == 2  # the interpretation (+ the top-N components at once)
+    psi_convs = len(explainer.interpreter.psi.branches) + 2  # branches, merge, to_k
+    assert serve["Conv2D"] == explain_["Conv2D"] == classify["Conv2D"] + psi_convs  # the classifier runs once

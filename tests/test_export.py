@@ -333,3 +333,14 @@ def test_request_client_and_rest_contract_against_the_serving_standin(exported, 
         assert result.exit_code == 1 and "22050" in result.output and "16000" in result.output, result.output
         result = CliRunner().invoke(main, ["request", "--url", server.url, str(mono), "--out", str(tmp_path / "x")])
         assert result.exit_code == 2 and "not a TF Serving model URL" in result.output
+
+
+def test_the_exported_explanation_makes_one_stft_per_window(exported):
+    from test_explainer import graph_ops
+
+    signatures = exported["model"].signatures
+    serve = graph_ops(signatures["serving_default"].graph.as_graph_def())
+    classify = graph_ops(signatures["classify"].graph.as_graph_def())
+    # the explanation's STFTs beyond the classifier's own front end: one, and one ISTFT
+    assert serve.get("RFFT", 0) - classify.get("RFFT", 0) == 1
+    assert serve.get("IRFFT", 0) == 1
