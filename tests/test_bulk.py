@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import soundfile
-from run_fixture import chirp, invoke, make_run, noise, write
+from run_fixture import chirp, invoke, noise, write
 
 from cli.explain import _folders
 from l2i_tf import bulk, bulk_files, export
@@ -57,12 +57,11 @@ def bad_inputs(root: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def archive(tmp_path_factory):
-    """A tiny export (max 3 s, τ = 0, N = 3), the archive, one bulk run with components, and `l2i-tf explain`'s
-    outputs for the same files."""
+def archive(tmp_path_factory, tiny_run):
+    """A tiny export (conftest's ``tiny_run``; max 3 s, τ = 0, N = 3), the archive, one bulk run with components, and
+    `l2i-tf explain`'s outputs for the same files."""
     root = tmp_path_factory.mktemp("bulk")
-    run = make_run(root / "run")
-    saved = export.export(run, root / "savedmodels", "l2i", ExplainConfig(threshold=0.0, top_n=3, max_seconds=3.0))
+    saved = export.export(tiny_run, root / "savedmodels", "l2i", ExplainConfig(threshold=0.0, top_n=3, max_seconds=3.0))
     good, bad = good_inputs(root / "archive"), bad_inputs(root / "archive")
     t0 = time.perf_counter()
     counts = bulk.run(saved, str(root / "archive" / "**"), root / "out", components=True, max_batch_size=4)
