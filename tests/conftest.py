@@ -1,4 +1,5 @@
-"""Shared fixtures: a session-wide decode cache, ESC-10 fold-5 waveforms, tiny generated data sets, a layer checker.
+"""Shared fixtures: a session-wide decode cache, ESC-10 fold-5 waveforms, tiny generated data sets, a layer checker,
+one tiny run folder and its export, and one tiny trained run per session (read-only: copy them to change them).
 
 The decoded-audio cache (``L2I_TF_CACHE``) points at one folder for the whole session, so
 the bundled ESC-10 clips are decoded and resampled once per run. Set ``L2I_TF_TEST_CACHE``
@@ -38,6 +39,55 @@ def esc10_fold5(decode_cache):
     table = tables.esc10_table().with_folds([5])
     waveforms, labels = data.load_waveforms(table, SAMPLE_RATE, ESC10_SAMPLES)
     return waveforms, labels, table
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """``run_fixture.make_run``'s tiny untrained run (classes dog, rain, siren; K = 8), made once a session.
+
+    Read-only: a test that writes into a run folder copies it (``shutil.copytree``) first.
+    """
+    from run_fixture import make_run
+
+    return make_run(tmp_path_factory.mktemp("tiny_run") / "run")
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_run, tmp_path_factory) -> dict:
+    """``tiny_run`` exported once a session by ``l2i-tf export --top 3 --max-seconds 1 --threshold 0`` into a model
+    folder that already held version 1 (with a file in it), so the export is version 2.
+
+    Returns ``{"root", "run", "path", "output"}``: ``path`` is ``<root>/savedmodels/l2i/2``, ``output`` what the
+    command printed. Read-only, like ``tiny_run``.
+    """
+    from run_fixture import invoke
+
+    root = tmp_path_factory.mktemp("tiny_export")
+    older = root / "savedmodels" / "l2i" / "1"
+    older.mkdir(parents=True)
+    (older / "keep.txt").write_text("an older version")
+    args = ("--top", 3, "--max-seconds", 1, "--threshold", 0)
+    result = invoke("export", tiny_run, "--out", root / "savedmodels", *args)
+    assert result.exit_code == 0, result.output
+    return {"root": root, "run": tiny_run, "path": root / "savedmodels" / "l2i" / "2", "output": result.output}
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tmp_path_factory) -> dict:
+    """``run_fixture.make_tone_job``'s tiny job (4 epochs, no augmented copies or mixed inputs, no early stop),
+    trained once a session by ``training.train``.
+
+    Returns ``{"root", "config", "run", "metrics"}`` (``metrics``: what ``train`` returned). Read-only: a test that
+    resumes or changes the run copies it (``shutil.copytree``) first.
+    """
+    from run_fixture import make_tone_job
+
+    from l2i_tf import training
+
+    root = tmp_path_factory.mktemp("tiny_trained")
+    config = make_tone_job(root, epochs=4, augment_copies=0, mix_inputs=0, patience=50)
+    metrics = training.train(root / "run", config)
+    return {"root": root, "config": config, "run": root / "run", "metrics": metrics}
 
 
 def tone(freq: float, seconds: float, rate: int = SAMPLE_RATE, seed: int = 0, noise: float = 0.05) -> np.ndarray:

@@ -18,7 +18,7 @@ import soundfile as sf
 import tensorflow as tf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from run_fixture import assert_clean_error, chirp, invoke, make_run, write_wav
+from run_fixture import assert_clean_error, chirp, invoke, write_wav
 
 from l2i_tf import audio, classifier, data, explain
 
@@ -29,13 +29,10 @@ SR = 16000
 
 
 @pytest.fixture(scope="module")
-def sources(tmp_path_factory):
-    """A tiny run folder and its export (at most 1 s)."""
+def sources(tmp_path_factory, tiny_export):
+    """A tiny run folder and its export (at most 1 s): conftest's ``tiny_export``; ``root`` is this module's own."""
     root = tmp_path_factory.mktemp("bad_inputs")
-    run = make_run(root / "run")
-    result = invoke("export", run, "--out", root / "savedmodels", "--max-seconds", 1)
-    assert result.exit_code == 0, result.output
-    return {"root": root, "run": run, "savedmodel": root / "savedmodels" / "l2i" / "1"}
+    return {"root": root, "run": tiny_export["run"], "savedmodel": tiny_export["path"]}
 
 
 def _truncated(path):
@@ -56,15 +53,28 @@ ACCEPTED = {  # file -> expected number of samples at 16 kHz in the interpretati
 }
 
 
+@pytest.fixture(scope="module")
+def accepted(sources, tmp_path_factory):
+    """Every ACCEPTED file explained by one `l2i-tf explain` per source (it explains its inputs one by one; the source
+    is loaded once): ``{source: (result, {kind: output folder})}``."""
+    root = tmp_path_factory.mktemp("accepted")
+    paths = {kind: make(root / "inputs" / f"accepted{i}.wav") for i, (kind, (make, _)) in enumerate(ACCEPTED.items())}
+    outputs = {}
+    for source in ("run", "savedmodel"):
+        result = invoke("explain", sources[source], *paths.values(), "--out", root / source)
+        outputs[source] = (result, {kind: root / source / path.stem for kind, path in paths.items()})
+    return outputs
+
+
 @pytest.mark.parametrize("source", ["run", "savedmodel"])
 @pytest.mark.parametrize("kind", list(ACCEPTED))
-def test_explain_accepts_unusual_but_valid_files_with_finite_audio_of_the_input_length(sources, tmp_path, kind, source):
-    make, samples = ACCEPTED[kind]
-    path = make(tmp_path / "input.wav")
-    result = invoke("explain", sources[source], path, "--out", tmp_path / "out")
+def test_explain_accepts_unusual_but_valid_files_with_finite_audio_of_the_input_length(accepted, kind, source):
+    _, samples = ACCEPTED[kind]
+    result, folders = accepted[source]
     assert result.exit_code == 0, result.output
-    audio_out, rate = sf.read(tmp_path / "out" / "interpretation.wav")
-    report = json.loads((tmp_path / "out" / "explanation.json").read_text())
+    out = folders[kind]
+    audio_out, rate = sf.read(out / "interpretation.wav")
+    report = json.loads((out / "explanation.json").read_text())
     assert rate == SR and len(audio_out) == samples == report["samples"]
     assert np.all(np.isfinite(audio_out)) and np.all(np.isfinite(report["relevance"]))
 

@@ -1,4 +1,4 @@
-"""`l2i-tf explain-bulk` on Apache Beam's DirectRunner: 42 files of mixed formats, rates, channels and lengths (2 of
+"""`l2i-tf explain-bulk` on Apache Beam's DirectRunner: 26 files of mixed formats, rates, channels and lengths (2 of
 them corrupt) give what `l2i-tf explain` gives, an index, a dead-letter file; reruns and killed runs are resumable."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import soundfile
-from run_fixture import chirp, invoke, make_run, noise, write
+from run_fixture import chirp, invoke, noise, write
 
 from cli.explain import _folders
 from l2i_tf import bulk, bulk_files, export
@@ -35,11 +35,12 @@ FORMATS = [
     ("wav", "FLOAT", 11025, 1),
 ]
 SECONDS = [0.5, 0.5, 0.8, 1.0, 1.3, 2.0, 0.5]  # repeats: clips of equal length share a batch
+GOOD = 24  # good files: every format three times, every length at least three times
 
 
 def good_inputs(root: Path) -> list[Path]:
     paths = []
-    for i in range(40):
+    for i in range(GOOD):
         fmt, subtype, rate, channels = FORMATS[i % len(FORMATS)]
         x = chirp(SECONDS[i % len(SECONDS)], rate, seed=i)
         if channels == 2:
@@ -58,12 +59,11 @@ def bad_inputs(root: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def archive(tmp_path_factory):
-    """A tiny export (max 3 s, τ = 0, N = 3), the archive, one bulk run with components, and `l2i-tf explain`'s
-    outputs for the same files."""
+def archive(tmp_path_factory, tiny_run):
+    """A tiny export (conftest's ``tiny_run``; max 3 s, τ = 0, N = 3), the archive, one bulk run with components, and
+    `l2i-tf explain`'s outputs for the same files."""
     root = tmp_path_factory.mktemp("bulk")
-    run = make_run(root / "run")
-    saved = export.export(run, root / "savedmodels", "l2i", ExplainConfig(threshold=0.0, top_n=3, max_seconds=3.0))
+    saved = export.export(tiny_run, root / "savedmodels", "l2i", ExplainConfig(threshold=0.0, top_n=3, max_seconds=3.0))
     good, bad = good_inputs(root / "archive"), bad_inputs(root / "archive")
     t0 = time.perf_counter()
     counts = bulk.run(saved, str(root / "archive" / "**"), root / "out", components=True, max_batch_size=4)
@@ -118,7 +118,7 @@ def test_mirror_base_of_globs():
 
 def test_outputs_equal_l2i_tf_explain_on_the_same_files(archive):
     assert_same_as_explain(archive, archive["out"])
-    print(f"bulk run of 42 files: {archive['seconds']:.1f} s")
+    print(f"bulk run of {GOOD + 2} files: {archive['seconds']:.1f} s")
 
 
 def test_index_has_one_line_per_good_file_and_errors_name_the_bad_ones(archive):
@@ -139,8 +139,8 @@ def test_index_has_one_line_per_good_file_and_errors_name_the_bad_ones(archive):
     assert [e["path"] for e in errors] == sorted(str(p) for p in archive["bad"])
     assert all(e["path"] in e["reason"] for e in errors)
     counts = archive["counts"]
-    assert (counts["files_explained"], counts["files_failed"], counts["files_skipped"]) == (40, 2, 0)
-    assert (counts["indexed"], counts["errors"]) == (40, 2)
+    assert (counts["files_explained"], counts["files_failed"], counts["files_skipped"]) == (GOOD, 2, 0)
+    assert (counts["indexed"], counts["errors"]) == (GOOD, 2)
     assert counts["audio_seconds"] == pytest.approx(sum(r["seconds"] for r in lines), abs=0.05)
 
 
@@ -148,14 +148,14 @@ def test_a_rerun_writes_nothing_new(archive):
     before = snapshot(archive["out"])
     counts = bulk.run(archive["saved"], str(archive["root"] / "archive" / "**"), archive["out"], components=True)
     assert snapshot(archive["out"]) == before
-    assert (counts["files_skipped"], counts["files_explained"], counts["files_failed"]) == (40, 0, 2)
+    assert (counts["files_skipped"], counts["files_explained"], counts["files_failed"]) == (GOOD, 0, 2)
 
 
 def test_fail_on_error_sets_the_exit_code(archive):
     args = ("explain-bulk", archive["saved"], str(archive["root"] / "archive" / "**"), "--out", archive["out"])
     result = invoke(*args, "--components")
     assert result.exit_code == 0, result.output
-    assert "skipped (already complete) 40, failed 2" in result.output
+    assert f"skipped (already complete) {GOOD}, failed 2" in result.output
     result = invoke(*args, "--components", "--fail-on-error")
     assert result.exit_code == 1
     assert "2 input(s) failed" in result.output and "errors.jsonl" in result.output
@@ -189,9 +189,9 @@ def test_a_killed_run_restarted_ends_with_the_same_outputs(archive, tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(60)
     done = len(list(out.rglob("*.json")))
-    assert 8 <= done < 40 and not (out / "index.jsonl").exists()
+    assert 8 <= done < GOOD and not (out / "index.jsonl").exists()
     counts = bulk.run(archive["saved"], glob, out, components=True)
-    assert counts["files_skipped"] >= 8 and counts["files_skipped"] + counts["files_explained"] == 40
+    assert counts["files_skipped"] >= 8 and counts["files_skipped"] + counts["files_explained"] == GOOD
     assert sorted(snapshot(out)) == sorted(snapshot(archive["out"]))  # same files, no leftovers
     assert_same_as_explain(archive, out)
     assert (out / "errors.jsonl").read_text() == (archive["out"] / "errors.jsonl").read_text()

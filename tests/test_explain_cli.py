@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
 from click.testing import CliRunner
-from run_fixture import CLASS_NAMES, SAMPLE_RATE, K, chirp, make_run, write_wav
+from run_fixture import CLASS_NAMES, SAMPLE_RATE, K, chirp, write_wav
 
 from cli.main import main
 
@@ -18,12 +20,9 @@ def invoke(*args):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """A run, its export through the CLI (top 3, at most 1 s) and a few input files."""
+def setup(tmp_path_factory, tiny_export):
+    """A run, its export through the CLI (top 3, at most 1 s; conftest's ``tiny_export``) and a few input files."""
     root = tmp_path_factory.mktemp("cli")
-    run = make_run(root / "run")
-    result = invoke("export", run, "--out", root / "savedmodels", "--top", 3, "--max-seconds", 1, "--threshold", 0)
-    assert result.exit_code == 0, result.output
     inputs = root / "inputs"
     files = {
         "mono": write_wav(inputs / "mono.wav", chirp(0.6)),
@@ -38,18 +37,19 @@ def setup(tmp_path_factory):
     }
     return {
         "root": root,
-        "run": run,
-        "export": root / "savedmodels" / "l2i" / "1",
+        "run": tiny_export["run"],
+        "savedmodels": tiny_export["root"] / "savedmodels",
+        "export": tiny_export["path"],
         "files": files,
-        "out": result.output,
+        "out": tiny_export["output"],
     }
 
 
-def test_export_command_writes_version_1_and_refuses_to_overwrite_it(setup):
-    assert f"exported {setup['export']}" in setup["out"]
+def test_export_command_writes_the_next_version_and_refuses_to_overwrite_it(setup):
+    assert f"exported {setup['export']}" in setup["out"] and setup["export"].name == "2"  # version 1 existed
     assert (setup["export"] / "saved_model.pb").is_file()
-    again = invoke("export", setup["run"], "--out", setup["root"] / "savedmodels", "--version", 1)
-    assert again.exit_code == 2 and "version 1 of model 'l2i' already exists" in again.output
+    again = invoke("export", setup["run"], "--out", setup["savedmodels"], "--version", 2)
+    assert again.exit_code == 2 and "version 2 of model 'l2i' already exists" in again.output
 
 
 def test_export_command_names_an_unwritable_folder(setup, tmp_path):
@@ -128,7 +128,7 @@ def test_explain_rejects_bad_audio_with_a_clear_error(setup, tmp_path, name, cod
     assert result.exit_code == code and message in result.output, result.output
 
 
-def test_a_run_whose_interpreter_does_not_fit_this_version_is_named_with_what_to_do(tmp_path):
+def test_a_run_whose_interpreter_does_not_fit_this_version_is_named_with_what_to_do(tiny_run, tmp_path):
     """An interpreter.keras whose weights do not fit the graph (as one written before the functional Interpreter)."""
     import zipfile
 
@@ -136,7 +136,7 @@ def test_a_run_whose_interpreter_does_not_fit_this_version_is_named_with_what_to
 
     from l2i_tf import runs
 
-    run = make_run(tmp_path / "run")
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run"))  # a copy: the session's run stays whole
     original = run / "interpreter.keras"
     with zipfile.ZipFile(original) as archive:
         files = {name: archive.read(name) for name in archive.namelist()}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -18,10 +17,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 import tensorflow as tf
-from run_fixture import assert_clean_error, chirp, invoke, make_run, make_tone_job
+from run_fixture import assert_clean_error, chirp, invoke
 
 from l2i_tf import classifier, export, runs, training
-from l2i_tf.explainer import ExplainConfig
 
 SR = 16000
 TINY = classifier.DemoConfig(channels=(4, 8, 8, 8))
@@ -30,10 +28,9 @@ TIMING = ("data_seconds", "dictionary_seconds", "features_seconds", "train_secon
 
 
 @pytest.fixture(scope="module")
-def job(tmp_path_factory):
-    """The tiny tone job of tests/run_fixture.py, 5 epochs, no early stop."""
-    root = tmp_path_factory.mktemp("hardening")
-    return root, make_tone_job(root, epochs=5, augment_copies=0, mix_inputs=0, patience=50)
+def job(tiny_trained):
+    """The tiny tone job of tests/run_fixture.py, 4 epochs, no early stop (conftest's ``tiny_trained``)."""
+    return tiny_trained["root"], tiny_trained["config"]
 
 
 def kill_when(command: list[str], ready, what: str, timeout: float = 300) -> None:
@@ -92,9 +89,10 @@ KILLED_RUN = textwrap.dedent(
 )
 
 
-def test_training_killed_mid_epoch_resumes_to_the_metrics_and_weights_of_an_uninterrupted_run(job, tmp_path):
-    root, config = job
-    reference = training.train(tmp_path / "uninterrupted", config)
+def test_training_killed_mid_epoch_resumes_to_the_metrics_and_weights_of_an_uninterrupted_run(tiny_trained, tmp_path):
+    config = tiny_trained["config"]
+    reference, uninterrupted = tiny_trained["metrics"], tiny_trained["run"]  # the same job, run through once
+    assert config.epochs == 4  # killed in the third epoch, resumed for the third and fourth
 
     killed = tmp_path / "killed"
     (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
@@ -113,15 +111,15 @@ def test_training_killed_mid_epoch_resumes_to_the_metrics_and_weights_of_an_unin
     result = invoke("train", "--out", killed, "--resume", "--epochs", config.epochs)
     assert result.exit_code == 0, result.output
     resumed = json.loads((killed / "metrics.json").read_text())
-    assert resumed["epochs_done"] == reference["epochs_done"] == config.epochs and resumed["epochs_run"] == 3
+    assert resumed["epochs_done"] == reference["epochs_done"] == config.epochs and resumed["epochs_run"] == 2
     for split in ("validation", "test"):
         for key, value in reference[split].items():
             assert resumed[split][key] == pytest.approx(value, abs=1e-5), (split, key)
     for key, values in reference["history"].items():
         np.testing.assert_allclose(resumed["history"][key], values, atol=1e-5, err_msg=key)
-    _assert_same_weights(tmp_path / "uninterrupted" / "interpreter.keras", killed / "interpreter.keras")
-    last = "checkpoints/epoch-0005.keras"
-    _assert_same_weights(tmp_path / "uninterrupted" / last, killed / last)
+    _assert_same_weights(uninterrupted / "interpreter.keras", killed / "interpreter.keras")
+    last = "checkpoints/epoch-0004.keras"
+    _assert_same_weights(uninterrupted / last, killed / last)
 
 
 def test_epoch_order_depends_on_seed_and_epoch_only():
@@ -135,22 +133,21 @@ def test_epoch_order_depends_on_seed_and_epoch_only():
 # ---------------------------------------------------------------- 5. reproducibility
 
 
-def test_same_seed_and_inputs_give_an_identical_dictionary_and_metrics_json(job, tmp_path):
-    _, config = job
-    config = dataclasses.replace(config, epochs=2)
-    for name in ("a", "b"):
-        training.train(tmp_path / name, config)
+def test_same_seed_and_inputs_give_an_identical_dictionary_and_metrics_json(tiny_trained, tmp_path):
+    # "a": the session's run of the tiny job (trained earlier in this process); "b": the same job again.
+    runs_ = {"a": tiny_trained["run"], "b": tmp_path / "b"}
+    training.train(runs_["b"], tiny_trained["config"])
     np.testing.assert_array_equal(
-        np.load(tmp_path / "a" / "dictionary" / "dictionary.npz")["W"],
-        np.load(tmp_path / "b" / "dictionary" / "dictionary.npz")["W"],
+        np.load(runs_["a"] / "dictionary" / "dictionary.npz")["W"],
+        np.load(runs_["b"] / "dictionary" / "dictionary.npz")["W"],
     )
 
     def without_timings(name):
-        m = json.loads((tmp_path / name / "metrics.json").read_text())
+        m = json.loads((runs_[name] / "metrics.json").read_text())
         return {k: v for k, v in m.items() if k not in TIMING}
 
     assert without_timings("a") == without_timings("b")
-    a, b = (json.loads((tmp_path / n / "config.json").read_text()) for n in ("a", "b"))
+    a, b = (json.loads((runs_[n] / "config.json").read_text()) for n in ("a", "b"))
     assert a["train"] == b["train"] and a["environment"]["versions"] == b["environment"]["versions"]
 
 
@@ -159,8 +156,8 @@ def test_same_seed_and_inputs_give_an_identical_dictionary_and_metrics_json(job,
 KILLED_EXPORT = "import sys; from cli.main import main; main(sys.argv[1:])"
 
 
-def test_an_export_killed_while_writing_leaves_no_version_and_the_next_export_works(tmp_path):
-    run = make_run(tmp_path / "run")
+def test_an_export_killed_while_writing_leaves_no_version_and_the_next_export_works(tiny_run, tmp_path):
+    run = tiny_run  # read only: the exports go to tmp_path
     base = tmp_path / "savedmodels" / "l2i"
     command = [sys.executable, "-c", KILLED_EXPORT, "export", str(run), "--out", str(tmp_path / "savedmodels")]
 
@@ -235,10 +232,8 @@ def test_a_lambda_layer_is_refused_naming_unsafe_load_which_opts_in(job, tmp_pat
 # ---------------------------------------------------------------- 6. serving under load
 
 
-def test_the_savedmodel_called_from_8_threads_matches_sequential_calls(tmp_path):
-    run = make_run(tmp_path / "run")
-    path = export.export(run, tmp_path / "savedmodels", "l2i", ExplainConfig(threshold=0.0, top_n=3))
-    serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+def test_the_savedmodel_called_from_8_threads_matches_sequential_calls(tiny_export):
+    serve = tf.saved_model.load(str(tiny_export["path"])).signatures["serving_default"]  # τ = 0, N = 3
     # 24 requests: batches of 1-3 clips of three lengths, all different.
     requests = [
         np.stack([chirp(0.2 + 0.1 * (i % 3), seed=10 * i + j) for j in range(1 + i % 3)]) * (0.5 + i / 24)

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from click.testing import CliRunner
-from run_fixture import make_tone_job
 
 from cli.main import main
 from l2i_tf import audio, classifier, losses, runs, training
@@ -204,20 +203,21 @@ def test_a_feature_model_wrapped_with_the_front_end_is_accepted():
 
 
 @pytest.fixture(scope="module")
-def tiny_job(tmp_path_factory):
-    """A 3-class data set of tones in the `folders` layout (5 clips a class) and a tiny classifier."""
-    return make_tone_job(tmp_path_factory.mktemp("tones"))
+def tiny_job(tiny_trained):
+    """A 3-class data set of tones in the `folders` layout (5 clips a class) and a tiny classifier: the job of
+    conftest's ``tiny_trained`` (whose run is that job trained once)."""
+    return tiny_trained["config"]
 
 
-def test_train_writes_a_complete_run_folder(tiny_job, tmp_path):
-    results = training.train(tmp_path / "run", tiny_job)
+def test_train_writes_a_complete_run_folder(tiny_trained):
+    results, folder = tiny_trained["metrics"], tiny_trained["run"]
     for name in ("config.json", "stft.json", "interpreter.keras", "metrics.json", "dictionary", "logs", "checkpoints"):
-        assert (tmp_path / "run" / name).exists(), name
+        assert (folder / name).exists(), name
     assert set(results["test"]) == {"top1", "top3"}
-    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    saved = json.loads((folder / "config.json").read_text())
     assert saved["train"]["class_names"] == ["a", "b", "c"]
     assert saved["environment"]["versions"]["tensorflow"].startswith("2.17")
-    run = runs.load_run(tmp_path / "run")
+    run = runs.load_run(folder)
     assert run.interpreter.k == K
 
 
@@ -230,15 +230,16 @@ def test_train_refuses_a_folder_that_holds_a_run(tiny_job, tmp_path):
     assert (out / "config.json").read_text() == "{}"  # untouched
 
 
-def test_resume_continues_from_the_last_checkpoint(tiny_job, tmp_path):
+def test_resume_continues_from_the_last_checkpoint(tiny_trained, tmp_path):
     import dataclasses
+    import shutil
 
-    out = tmp_path / "run"
-    training.train(out, tiny_job)
+    job, out = tiny_trained["config"], tmp_path / "run"
+    shutil.copytree(tiny_trained["run"], out)  # a copy of the session's trained run: resuming changes it
     state = json.loads((out / "checkpoints" / "state.json").read_text())
-    assert state["epochs_done"] == 2
-    results = training.train(out, dataclasses.replace(tiny_job, epochs=3), resume=True)
-    assert json.loads((out / "checkpoints" / "state.json").read_text())["epochs_done"] == 3
+    assert state["epochs_done"] == job.epochs
+    results = training.train(out, dataclasses.replace(job, epochs=job.epochs + 1), resume=True)
+    assert json.loads((out / "checkpoints" / "state.json").read_text())["epochs_done"] == job.epochs + 1
     assert results["epochs_run"] == 1
 
 
@@ -256,11 +257,11 @@ def test_class_names_whose_count_differs_are_refused(tiny_job, tmp_path):
         training.train(tmp_path / "run", dataclasses.replace(tiny_job, class_names=("x", "y")))
 
 
-def test_a_dictionary_with_another_k_is_refused(tiny_job, tmp_path):
+def test_a_dictionary_with_another_k_is_refused(tiny_trained, tmp_path):
     import dataclasses
 
-    training.train(tmp_path / "first", tiny_job)
-    first = tmp_path / "first" / "dictionary"
+    tiny_job = tiny_trained["config"]
+    first = tiny_trained["run"] / "dictionary"  # the dictionary of a run of the same job
     with pytest.raises(ValueError) as refused:
         training.train(tmp_path / "second", dataclasses.replace(tiny_job, dictionary=str(first), k=5))
     assert type(refused.value) is DictionaryMismatchError and refused.value.differences == {"k": (K, 5)}

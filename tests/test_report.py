@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from run_fixture import chirp, make_run, write_wav
+from run_fixture import chirp, write_wav
 
 from cli.main import main
 from l2i_tf import report
@@ -39,10 +39,11 @@ def invoke(*args):
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """A report of two generated clips, one undecodable file and one bundled example, from a tiny run."""
+def built(tmp_path_factory, tiny_run):
+    """A report of two generated clips, one undecodable file and one bundled example, from a tiny run (a copy of
+    conftest's ``tiny_run``)."""
     root = tmp_path_factory.mktemp("report")
-    run = make_run(root / "run")
+    run = Path(shutil.copytree(tiny_run, root / "run"))
     (run / "evaluation").mkdir()
     (run / "evaluation" / "report.md").write_text(EVALUATION_MD)  # as l2i-tf evaluate writes it
     inputs = root / "inputs"
@@ -170,11 +171,11 @@ def test_report_without_inputs_or_with_an_unknown_class_is_refused(built, tmp_pa
     assert unknown.exit_code == 2 and "unknown class 'Cat'" in unknown.output and not (tmp_path / "r").exists()
 
 
-def test_savedmodel_report_says_h_is_not_available_when_its_run_is_gone(built, tmp_path):
+def test_savedmodel_report_says_h_is_not_available_when_its_run_is_gone(built, tiny_export, tmp_path):
     from l2i_tf import export
-    from l2i_tf.explainer import ExplainConfig
 
-    saved = export.export(built["run"], tmp_path / "models", config=ExplainConfig(threshold=0.0, top_n=3))
+    # A copy of the session's export of the same tiny run (τ = 0, N = 3), so its metadata can be changed.
+    saved = Path(shutil.copytree(tiny_export["path"], tmp_path / "models" / "l2i" / "1"))
     metadata = saved / export.METADATA_FILE
     metadata.write_text(json.dumps({**json.loads(metadata.read_text()), "run": str(tmp_path / "moved")}))
     page = report.build_report(saved, [built["inputs"][0]], tmp_path / "r")

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
 import soundfile
-from run_fixture import K, assert_clean_error, chirp, invoke, make_tone_job, write_wav
+from run_fixture import K, assert_clean_error, chirp, invoke, write_wav
 
 from l2i_tf import audio, classifier, runs, training
 from l2i_tf.dictionary import Dictionary, DictionaryMismatchError
@@ -128,13 +129,13 @@ def test_a_dictionary_at_another_rate_is_refused_naming_both_configurations(job,
     assert_clean_error(result, 2, "--dictionary", "sample_rate: dictionary 16000, given 22050", str(folder))
 
 
-def test_resuming_with_another_stft_is_refused_by_the_runs_own_dictionary(tmp_path):
-    config = make_tone_job(tmp_path, epochs=1, nmf_iterations=3)
-    out = tmp_path / "run"
-    training.train(out, config)
+def test_resuming_with_another_stft_is_refused_by_the_runs_own_dictionary(tiny_trained, tmp_path):
+    config, out = tiny_trained["config"], tmp_path / "run"
+    shutil.copytree(tiny_trained["run"], out)  # a copy of the session's trained run (16 kHz STFT): resuming changes it
+    more = config.epochs + 1
     recorded = (out / "config.json").read_text()
     with pytest.raises(DictionaryMismatchError) as refused:
-        training.train(out, dataclasses.replace(config, epochs=2, frame_length=2048), resume=True)
+        training.train(out, dataclasses.replace(config, epochs=more, frame_length=2048), resume=True)
     assert refused.value.folder == str(out / "dictionary")
     assert refused.value.differences == {
         "frame_length": (1024, 2048),
@@ -144,13 +145,15 @@ def test_resuming_with_another_stft_is_refused_by_the_runs_own_dictionary(tmp_pa
     assert (out / "config.json").read_text() == recorded  # the run is left as it was
 
     args = ["train", "--classifier", config.classifier, "--data", config.data, "--layout", "folders", "--out", out]
-    result = invoke(*args, "--resume", "--epochs", 2, "--frame-length", 2048)
+    result = invoke(*args, "--resume", "--epochs", more, "--frame-length", 2048)
     assert_clean_error(
         result, 2, "--frame-length/--frame-step/--fft-length", "frame_length: dictionary 1024, given 2048"
     )
     # the same STFT spelt out is no change: the resume goes on
-    resumed = training.train(out, dataclasses.replace(config, epochs=2, sample_rate=16000, frame_step=256), resume=True)
-    assert resumed["epochs_done"] == 2
+    resumed = training.train(
+        out, dataclasses.replace(config, epochs=more, sample_rate=16000, frame_step=256), resume=True
+    )
+    assert resumed["epochs_done"] == more
 
 
 BAD_RATES = ["0", "-8000", "16000.5", "abc"]
