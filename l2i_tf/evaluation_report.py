@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from l2i_tf import method_table
+
 
 def _f(value, digits=2, pct=False):
     if value is None or (isinstance(value, float) and np.isnan(value)):
@@ -21,6 +23,8 @@ def markdown(report: dict) -> str:
     """The report as Markdown tables shaped like the paper's."""
     lines = [f"# L2I evaluation of `{report['run']}`", ""]
     lines += [f"K = {report['k']}, {report['test_clips']} test clips, multi-label: {report['multilabel']}.", ""]
+    if "methods" in report:
+        lines += method_table.markdown(report["methods"])
     lines += _fidelity(report["fidelity"], report["multilabel"])
     if "cv" in report:
         lines += _cross_validation(report["cv"], report["multilabel"])
@@ -28,7 +32,8 @@ def markdown(report: dict) -> str:
     if "mask_metrics" in report:
         lines += mask_metrics_table(report["mask_metrics"], report.get("slime"))
     if "mixtures" in report:
-        lines += _mixtures(report["mixtures"], report.get("slime"))
+        vibi = report.get("baselines", {}).get("vibi", {})
+        lines += _mixtures(report["mixtures"], report.get("slime"), vibi.get("mixtures", {}).get("rows", []))
     lines += _wall_time(report)
     return "\n".join(lines)
 
@@ -144,7 +149,7 @@ def mask_metrics_table(mm: dict, slime: dict | None = None) -> list[str]:
     return lines
 
 
-def _mixtures(m: dict, slime: dict | None) -> list[str]:
+def _mixtures(m: dict, slime: dict | None, vibi_rows=()) -> list[str]:
     lines = [
         f"## Mixtures: target + distractor at {m['snr_db']} dB ({m['counted']} of {m['mixtures']} "
         f"mixtures the classifier gets right)",
@@ -156,6 +161,7 @@ def _mixtures(m: dict, slime: dict | None) -> list[str]:
     rows = list(m["rows"])
     if slime and "mixtures" in slime:
         rows += slime["mixtures"]["rows"]
+    rows += vibi_rows
     for r in rows:
         tau = "–" if r["threshold"] is None else r["threshold"]
         name = r["method"] + (" (oracle)" if r["method"].startswith("oracle") else "")
