@@ -126,7 +126,7 @@ def train_flint(run: runs.Run, shards, config: FlintConfig) -> tuple[Flint, dict
     """FLINT fitted once per weight candidate; the best on validation kept (its ``fit_seconds`` sum them all)."""
     interpreter = run.interpreter
     widths = [shards[0].shapes[f"sequence_{i}"] for i in range(shards[0].sequences)]
-    check_sequences([(None, None, *w) for w in widths], interpreter.layer_names)
+    check_sequences([(None, *w) for w in widths], interpreter.layer_names)
     best, trials = None, []
     for weights in config.weight_grid:
         model = Flint(

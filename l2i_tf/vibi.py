@@ -250,7 +250,7 @@ class Vibi(keras.Model):
         terms = losses.vibi_loss(logits, out["logits"], out["log_probs"], self.beta, self.multilabel)
         return terms, out["logits"]
 
-    def _metrics(self, terms, batch, logits):
+    def _record(self, terms, batch, logits):
         for name, tracker in self.trackers.items():
             tracker.update_state(terms[name])
         update_fidelity(self.fidelity_metric, batch["classifier_logits"], logits, self.multilabel)
@@ -265,11 +265,11 @@ class Vibi(keras.Model):
             terms, logits = self._step(batch, training=True)
         grads = tape.gradient(terms["loss"], self.trainable_variables)
         self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
-        return self._metrics(terms, batch, logits)
+        return self._record(terms, batch, logits)
 
     def test_step(self, batch):
         terms, logits = self._step(batch, training=False)  # hard top-k, as at test time
-        return self._metrics(terms, batch, logits)
+        return self._record(terms, batch, logits)
 
     def get_config(self):
         return {
