@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from l2i_tf import audio, losses, method_table
+from l2i_tf import audio, losses, method_table, report_page
 from l2i_tf.flint import BaselineFitError, Flint, FlintAttributes, FlintDecoder, check_sequences
 from l2i_tf.vibi import BandPool, ChunkMask, ChunkPool, KHot, Vibi, band_of_bin, hard_k_hot, relaxed_k_hot
 
@@ -180,3 +180,5 @@ def test_methods_table_marks_what_a_method_cannot_fill_and_a_failed_baseline():
     assert rows["vibi"]["note"].startswith("failed: vibi: 64 time chunks") and rows["vibi"]["top1"] is None
     text = "\n".join(method_table.markdown(table))
     assert "| FLINT | 80.0 | 90.0 | 100.0 | n/a |" in text and "| VIBI | n/a |" in text and "not listenable" in text
+    html = report_page.markdown_to_html(text)  # as `l2i-tf report` shows an evaluation's report.md
+    assert "<table" in html and "<td>FLINT</td>" in html and html.count("<tr>") >= 4
