@@ -237,6 +237,19 @@ def cross_validate(run: runs.Run, config: EvalConfig, safe_mode: bool = True) ->
 # ------------------------------------------------------------------------------------------------ the job
 
 
+def _slime(report: dict, explainer, waves, mix, counted, thresholds, config: EvalConfig) -> None:
+    """SLIME into ``report["slime"]`` (and its wall time); a failure is recorded in ``report["baseline_errors"]``
+    (e.g. more segments than the clip has frames) and the other methods still run."""
+    t0 = time.perf_counter()
+    try:
+        report["slime"] = slime_evaluation(explainer, waves, mix, counted, thresholds, config)
+        report["wall_time"]["slime_seconds_per_clip"] = report["slime"]["seconds_per_clip"]["mean"]
+    except ValueError as e:
+        log.error("SLIME failed: %s", e)
+        report["baseline_errors"] = {"slime": str(e)}
+    log.info("SLIME done (%.1f s)", time.perf_counter() - t0)
+
+
 def evaluate(
     run_dir: str | Path, config: EvalConfig = EvalConfig(), out: str | Path | None = None, safe_mode: bool = True
 ) -> dict:
@@ -287,14 +300,7 @@ def evaluate(
         counted = report["mixtures"].pop("counted_index")
         log.info("mixtures done (%.1f s)", time.perf_counter() - t0)
     if "slime" in config.baselines:
-        t0 = time.perf_counter()
-        try:
-            report["slime"] = slime_evaluation(explainer, waves, mix, counted, thresholds, config)
-            report["wall_time"]["slime_seconds_per_clip"] = report["slime"]["seconds_per_clip"]["mean"]
-        except ValueError as e:  # e.g. more segments than the clip has frames: the other methods still run
-            log.error("SLIME failed: %s", e)
-            report["baseline_errors"] = {"slime": str(e)}
-        log.info("SLIME done (%.1f s)", time.perf_counter() - t0)
+        _slime(report, explainer, waves, mix, counted, thresholds, config)
     t0 = time.perf_counter()
     report["baselines"] = baselines_evaluation(run, explainer, waves, mix, counted, config, safe_mode)
     if report["baselines"]:

@@ -29,8 +29,10 @@ def markdown(report: dict) -> str:
     if "cv" in report:
         lines += _cross_validation(report["cv"], report["multilabel"])
     lines += _faithfulness(report["faithfulness"], report.get("slime"), report.get("faithfulness_active_random"))
+    lines += _vibi_faithfulness(report.get("baselines", {}).get("vibi"))
     if "mask_metrics" in report:
-        lines += mask_metrics_table(report["mask_metrics"], report.get("slime"))
+        vibi = report.get("baselines", {}).get("vibi")
+        lines += mask_metrics_table(report["mask_metrics"], report.get("slime"), vibi)
     if "mixtures" in report:
         vibi = report.get("baselines", {}).get("vibi", {})
         lines += _mixtures(report["mixtures"], report.get("slime"), vibi.get("mixtures", {}).get("rows", []))
@@ -111,8 +113,21 @@ def _faithfulness(faithfulness: dict, slime: dict | None, active: dict | None = 
     return lines + [""]
 
 
-def mask_metrics_table(mm: dict, slime: dict | None = None) -> list[str]:
-    """SpeechBrain's ESC-50 interpretation metrics (see :mod:`l2i_tf.mask_metrics`) for L2I (and SLIME) per τ, with
+def _vibi_faithfulness(vibi: dict | None) -> list[str]:
+    if not vibi or "faithfulness" not in vibi:
+        return []
+    f = vibi["faithfulness"]
+    return [
+        f"VIBI (its top-{vibi['k']} of {vibi['chunks']} chunks removed, no τ): median logit drop "
+        f"{_f(f['vibi']['logit_drop']['median'])}, probability drop {_f(f['vibi']['probability_drop']['median'], 3)}; "
+        f"as many random other chunks: {_f(f['random']['logit_drop']['median'])}, "
+        f"{_f(f['random']['probability_drop']['median'], 3)}.",
+        "",
+    ]
+
+
+def mask_metrics_table(mm: dict, slime: dict | None = None, vibi: dict | None = None) -> list[str]:
+    """SpeechBrain's ESC-50 interpretation metrics (see :mod:`l2i_tf.mask_metrics`) for L2I (and SLIME, VIBI) per τ, with
     SpeechBrain's published L2I row for orientation."""
     keys = ("AI", "AD", "AG", "FF", "Fid-In", "SPS", "COMP", "AD_one_softmax")
     lines = [
@@ -125,6 +140,8 @@ def mask_metrics_table(mm: dict, slime: dict | None = None) -> list[str]:
     rows = [("L2I (soft mask)", t, v) for t, v in mm["l2i"].items()]
     if slime and "mask_metrics" in slime:
         rows += [("SLIME (segment mask)", t, v) for t, v in slime["mask_metrics"].items()]
+    if vibi and "mask_metrics" in vibi:
+        rows.append((f"VIBI (top-{vibi['k']} chunks)", "–", vibi["mask_metrics"]))
     for name, t, v in rows:
         cells = [_f(v[k]) for k in keys]
         lines.append(f"| {name} | {t} | {v['clips']} | " + " | ".join(cells) + " |")

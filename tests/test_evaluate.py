@@ -205,6 +205,7 @@ def test_evaluate_trains_flint_and_vibi_once_and_fills_the_methods_table(planted
     assert vibi["faithfulness"]["vibi"]["logit_drop"]["count"] == report["test_clips"]
     text = (tmp_path / "out" / "report.md").read_text()
     assert "## Methods compared (multi-class)" in text and "| VIBI (top-8 chunks) | log1p |" in text
+    assert f"| VIBI (top-8 chunks) | – | {report['test_clips']} |" in text and "VIBI (its top-8 of 80 chunks" in text
     stamps = {name: path.stat().st_mtime_ns for name, path in saved.items()}
     again = evaluate.evaluate(planted_eval_run, config, tmp_path / "again")  # reused, not retrained
     assert {name: path.stat().st_mtime_ns for name, path in saved.items()} == stamps
