@@ -127,8 +127,8 @@ def _vibi_faithfulness(vibi: dict | None) -> list[str]:
 
 
 def mask_metrics_table(mm: dict, slime: dict | None = None, vibi: dict | None = None) -> list[str]:
-    """SpeechBrain's ESC-50 interpretation metrics (see :mod:`l2i_tf.mask_metrics`) for L2I (and SLIME, VIBI) per τ, with
-    SpeechBrain's published L2I row for orientation."""
+    """SpeechBrain's ESC-50 interpretation metrics (see :mod:`l2i_tf.mask_metrics`) for L2I (and SLIME, VIBI) per
+    τ, with SpeechBrain's published L2I row for orientation."""
     keys = ("AI", "AD", "AG", "FF", "Fid-In", "SPS", "COMP", "AD_one_softmax")
     lines = [
         "## SpeechBrain's interpretation metrics (ESC-50 recipe, L-MAC paper)",
