@@ -171,7 +171,8 @@ def test_evaluate_writes_every_table_and_figure(planted_eval_run, tmp_path):
     mixtures_heading = "## Mixtures: target + distractor at 20.0 dB (8 of 8 mixtures"
     for heading in ("## Fidelity", "## Faithfulness", mixtures_heading, "## Wall time", "SLIME"):
         assert heading in text
-    assert text.count("| L2I | ") == 2 * len(config.mixture_thresholds)
+    mixture_rows = sum(text.count(f"| L2I | {domain} | ") for domain in config.mixture_domains)
+    assert mixture_rows == 2 * len(config.mixture_thresholds) and text.count("| L2I | ") == mixture_rows + 1
 
 
 def test_cli_evaluate_quick_prints_the_tables_and_rejects_a_bad_run(tiny_eval_run, tmp_path):
