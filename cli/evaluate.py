@@ -22,12 +22,24 @@ def _floats(value: str, name: str) -> tuple[float, ...]:
     return out
 
 
+def _baselines(ctx, param, values) -> tuple[str, ...]:
+    """``--baselines slime,flint --baselines vibi`` -> ("slime", "flint", "vibi"); an unknown name lists the known."""
+    names = [n.strip().lower() for value in values for n in value.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(evaluate_lib.BASELINES))
+    if unknown:
+        raise click.BadParameter(
+            f"unknown baseline(s) {', '.join(unknown)}; known baselines: {', '.join(evaluate_lib.BASELINES)}"
+        )
+    return tuple(dict.fromkeys(names))
+
+
 @click.command(
     "evaluate",
     epilog="""\b
 Examples:
   l2i-tf evaluate runs/esc10                      # fidelity, faithfulness, mixtures -> runs/esc10/evaluation
   l2i-tf evaluate runs/esc10 --baselines slime    # + SLIME in the faithfulness, mixture and wall-time tables
+  l2i-tf evaluate runs/esc10 --baselines slime,flint,vibi   # + the methods table (FLINT, VIBI trained, saved)
   l2i-tf evaluate runs/esc10 --cv                 # + one interpreter per held-out fold: mean ± std
   l2i-tf evaluate runs/esc10 --quick --out /tmp/smoke
 """,
@@ -36,7 +48,14 @@ Examples:
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Report folder [RUN_DIR/evaluation].")
 @click.option("--cv", is_flag=True, help="Train (or reuse) one interpreter per held-out fold in RUN_DIR/cv/fold<n>.")
 @click.option("--folds", default="1,2,3,4,5", show_default=True, help="Folds of the cross-validation.")
-@click.option("--baselines", type=click.Choice(evaluate_lib.BASELINES), multiple=True, help="Extra methods to compare.")
+@click.option(
+    "--baselines",
+    multiple=True,
+    callback=_baselines,
+    help=f"Extra methods to compare, comma-separated: {', '.join(evaluate_lib.BASELINES)}. FLINT and VIBI are trained "
+    "on the run's classifier, layers and splits and saved in RUN_DIR/baselines (reused).",
+)
+@click.option("--retrain-baselines", is_flag=True, help="Train FLINT and VIBI again even if RUN_DIR holds them.")
 @click.option("--thresholds", default=None, help="τ values for faithfulness [0.9,0.7,0.5,0.3; +0.1 multi-label].")
 @click.option("--domain", type=click.Choice(audio.DOMAINS), default="log1p", show_default=True)
 @click.option(
@@ -62,6 +81,7 @@ def command(
     cv,
     folds,
     baselines,
+    retrain_baselines,
     thresholds,
     domain,
     active_share,
@@ -80,13 +100,15 @@ def command(
     removing the selected components, against two seeded random baselines: among all other components, and among
     the clip's active ones), SpeechBrain's interpretation metrics (AI, AD, AG, FF, Fid-In, SPS, COMP) beside their
     published L2I row, SI-SDRi of interpretations of mixtures with known sources (with the mixture, random and
-    oracle reference rows), wall time per clip; optionally 5-fold cross-validation and the SLIME baseline.
+    oracle reference rows), wall time per clip; optionally 5-fold cross-validation and the baselines (SLIME, FLINT,
+    VIBI) with one table comparing every method.
     """
     options.setup(verbose)
     changes = dict(
         cv=cv,
         folds=options.parse_folds(folds, "--folds"),
-        baselines=tuple(baselines),
+        baselines=baselines,
+        retrain_baselines=retrain_baselines,
         domain=domain,
         active_share=active_share,
         mixture_snr_db=snr_db,

@@ -4,6 +4,6 @@ Importing the package registers its Keras objects, so ``keras.saving.load_model`
 read any ``.keras`` file it wrote.
 """
 
-from l2i_tf import audio, classifier, dictionary, interpreter, layers, nmf  # noqa: F401  (registers Keras objects)
+from l2i_tf import audio, classifier, dictionary, flint, interpreter, layers, nmf, vibi  # noqa: F401  (registers Keras objects)
 
-__all__ = ["audio", "classifier", "dictionary", "interpreter", "layers", "nmf"]
+__all__ = ["audio", "classifier", "dictionary", "flint", "interpreter", "layers", "nmf", "vibi"]

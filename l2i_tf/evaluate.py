@@ -12,18 +12,21 @@ import numpy as np
 
 from l2i_tf import audio, batches, data, files, metrics, mixtures, runs, tables, training, windows
 from l2i_tf import slime as slime_lib
+from l2i_tf.baseline_evaluation import baselines_evaluation
+from l2i_tf.baseline_training import FlintConfig, VibiConfig
 from l2i_tf.evaluation_report import markdown
 from l2i_tf.explain import ACTIVE_SHARE
 from l2i_tf.explainer import ExplainConfig, Explainer
 from l2i_tf.faithfulness import faithfulness, paper_and_active
 from l2i_tf.mask_metrics import SPEECHBRAIN_L2I, SPEECHBRAIN_L2I_SOURCE, l2i_mask_metrics
+from l2i_tf.method_table import method_table
 from l2i_tf.separation import build_mixtures, mixture_separation
 from l2i_tf.settings import Settings
 from l2i_tf.slime_evaluation import slime_evaluation
 
 log = logging.getLogger(__name__)
 
-BASELINES = ("slime",)
+BASELINES = ("slime", "flint", "vibi")
 __all__ = ["EvalConfig", "evaluate", "markdown"]
 
 
@@ -63,7 +66,11 @@ class EvalConfig(Settings):
         mixture_snr_db: target-to-distractor ratio, dB.
         mixture_thresholds: τ values for the mixture table (0.0 = every component with positive relevance).
         mixture_domains: mask domains compared on mixtures.
-        baselines: extra methods, e.g. ``("slime",)``.
+        baselines: extra methods, any of :data:`BASELINES` (FLINT and VIBI are trained on the run's classifier,
+            layers and splits, and saved in ``<run>/baselines/``).
+        retrain_baselines: train FLINT and VIBI again even if the run folder holds them.
+        flint, vibi: their settings as dicts of :class:`~l2i_tf.baseline_training.FlintConfig` /
+            :class:`~l2i_tf.baseline_training.VibiConfig` fields.
         slime_clips: test clips (and counted mixtures) SLIME is run on (it is slow: one pass per mask).
         slime: SLIME settings as a dict of :class:`~l2i_tf.slime.SlimeConfig` fields.
         cv: also train/evaluate one interpreter per held-out fold.
@@ -82,6 +89,9 @@ class EvalConfig(Settings):
     mixture_thresholds: tuple[float, ...] = (0.9, 0.7, 0.5, 0.3, 0.0)
     mixture_domains: tuple[str, ...] = ("log1p", "linear")
     baselines: tuple[str, ...] = ()
+    retrain_baselines: bool = False
+    flint: dict = dataclasses.field(default_factory=lambda: FlintConfig().to_dict())
+    vibi: dict = dataclasses.field(default_factory=lambda: VibiConfig().to_dict())
     slime_clips: int = 20
     slime: dict = dataclasses.field(default_factory=lambda: slime_lib.SlimeConfig().to_dict())
     cv: bool = False
@@ -93,7 +103,7 @@ class EvalConfig(Settings):
     def __post_init__(self):
         unknown = set(self.baselines) - set(BASELINES)
         if unknown:
-            raise ValueError(f"unknown baselines {sorted(unknown)}; choose from {BASELINES}")
+            raise ValueError(f"unknown baselines {sorted(unknown)}; known baselines: {', '.join(BASELINES)}")
         if isinstance(self.active_share, bool) or not 0.0 <= self.active_share < 1.0:
             raise ValueError(f"active_share must be a number in [0, 1), got {self.active_share!r}")
         for d in (self.domain, *self.mixture_domains):
@@ -114,9 +124,6 @@ class EvalConfig(Settings):
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-BASELINES = ("slime",)
 
 
 def test_data(config: runs.TrainConfig, sample_rate: int, num_classes: int, window: int | None = None) -> dict:
@@ -230,6 +237,19 @@ def cross_validate(run: runs.Run, config: EvalConfig, safe_mode: bool = True) ->
 # ------------------------------------------------------------------------------------------------ the job
 
 
+def _slime(report: dict, explainer, waves, mix, counted, thresholds, config: EvalConfig) -> None:
+    """SLIME into ``report["slime"]`` (and its wall time); a failure is recorded in ``report["baseline_errors"]``
+    (e.g. more segments than the clip has frames) and the other methods still run."""
+    t0 = time.perf_counter()
+    try:
+        report["slime"] = slime_evaluation(explainer, waves, mix, counted, thresholds, config)
+        report["wall_time"]["slime_seconds_per_clip"] = report["slime"]["seconds_per_clip"]["mean"]
+    except ValueError as e:
+        log.error("SLIME failed: %s", e)
+        report["baseline_errors"] = {"slime": str(e)}
+    log.info("SLIME done (%.1f s)", time.perf_counter() - t0)
+
+
 def evaluate(
     run_dir: str | Path, config: EvalConfig = EvalConfig(), out: str | Path | None = None, safe_mode: bool = True
 ) -> dict:
@@ -280,10 +300,12 @@ def evaluate(
         counted = report["mixtures"].pop("counted_index")
         log.info("mixtures done (%.1f s)", time.perf_counter() - t0)
     if "slime" in config.baselines:
-        t0 = time.perf_counter()
-        report["slime"] = slime_evaluation(explainer, waves, mix, counted, thresholds, config)
-        report["wall_time"]["slime_seconds_per_clip"] = report["slime"]["seconds_per_clip"]["mean"]
-        log.info("SLIME done (%.1f s)", time.perf_counter() - t0)
+        _slime(report, explainer, waves, mix, counted, thresholds, config)
+    t0 = time.perf_counter()
+    report["baselines"] = baselines_evaluation(run, explainer, waves, mix, counted, config, safe_mode)
+    if report["baselines"]:
+        log.info("FLINT/VIBI done (%.1f s)", time.perf_counter() - t0)
+    report["methods"] = method_table(report, run.metrics)
     if config.cv:
         report["cv"] = cross_validate(run, config, safe_mode)
     report["seconds"] = time.perf_counter() - start

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from l2i_tf import method_table
+
 
 def _f(value, digits=2, pct=False):
     if value is None or (isinstance(value, float) and np.isnan(value)):
@@ -21,14 +23,19 @@ def markdown(report: dict) -> str:
     """The report as Markdown tables shaped like the paper's."""
     lines = [f"# L2I evaluation of `{report['run']}`", ""]
     lines += [f"K = {report['k']}, {report['test_clips']} test clips, multi-label: {report['multilabel']}.", ""]
+    if "methods" in report:
+        lines += method_table.markdown(report["methods"])
     lines += _fidelity(report["fidelity"], report["multilabel"])
     if "cv" in report:
         lines += _cross_validation(report["cv"], report["multilabel"])
     lines += _faithfulness(report["faithfulness"], report.get("slime"), report.get("faithfulness_active_random"))
+    lines += _vibi_faithfulness(report.get("baselines", {}).get("vibi"))
     if "mask_metrics" in report:
-        lines += mask_metrics_table(report["mask_metrics"], report.get("slime"))
+        vibi = report.get("baselines", {}).get("vibi")
+        lines += mask_metrics_table(report["mask_metrics"], report.get("slime"), vibi)
     if "mixtures" in report:
-        lines += _mixtures(report["mixtures"], report.get("slime"))
+        vibi = report.get("baselines", {}).get("vibi", {})
+        lines += _mixtures(report["mixtures"], report.get("slime"), vibi.get("mixtures", {}).get("rows", []))
     lines += _wall_time(report)
     return "\n".join(lines)
 
@@ -106,9 +113,22 @@ def _faithfulness(faithfulness: dict, slime: dict | None, active: dict | None = 
     return lines + [""]
 
 
-def mask_metrics_table(mm: dict, slime: dict | None = None) -> list[str]:
-    """SpeechBrain's ESC-50 interpretation metrics (see :mod:`l2i_tf.mask_metrics`) for L2I (and SLIME) per τ, with
-    SpeechBrain's published L2I row for orientation."""
+def _vibi_faithfulness(vibi: dict | None) -> list[str]:
+    if not vibi or "faithfulness" not in vibi:
+        return []
+    f = vibi["faithfulness"]
+    return [
+        f"VIBI (its top-{vibi['k']} of {vibi['chunks']} chunks removed, no τ): median logit drop "
+        f"{_f(f['vibi']['logit_drop']['median'])}, probability drop {_f(f['vibi']['probability_drop']['median'], 3)}; "
+        f"as many random other chunks: {_f(f['random']['logit_drop']['median'])}, "
+        f"{_f(f['random']['probability_drop']['median'], 3)}.",
+        "",
+    ]
+
+
+def mask_metrics_table(mm: dict, slime: dict | None = None, vibi: dict | None = None) -> list[str]:
+    """SpeechBrain's ESC-50 interpretation metrics (see :mod:`l2i_tf.mask_metrics`) for L2I (and SLIME, VIBI) per
+    τ, with SpeechBrain's published L2I row for orientation."""
     keys = ("AI", "AD", "AG", "FF", "Fid-In", "SPS", "COMP", "AD_one_softmax")
     lines = [
         "## SpeechBrain's interpretation metrics (ESC-50 recipe, L-MAC paper)",
@@ -120,6 +140,8 @@ def mask_metrics_table(mm: dict, slime: dict | None = None) -> list[str]:
     rows = [("L2I (soft mask)", t, v) for t, v in mm["l2i"].items()]
     if slime and "mask_metrics" in slime:
         rows += [("SLIME (segment mask)", t, v) for t, v in slime["mask_metrics"].items()]
+    if vibi and "mask_metrics" in vibi:
+        rows.append((f"VIBI (top-{vibi['k']} chunks)", "–", vibi["mask_metrics"]))
     for name, t, v in rows:
         cells = [_f(v[k]) for k in keys]
         lines.append(f"| {name} | {t} | {v['clips']} | " + " | ".join(cells) + " |")
@@ -144,7 +166,7 @@ def mask_metrics_table(mm: dict, slime: dict | None = None) -> list[str]:
     return lines
 
 
-def _mixtures(m: dict, slime: dict | None) -> list[str]:
+def _mixtures(m: dict, slime: dict | None, vibi_rows=()) -> list[str]:
     lines = [
         f"## Mixtures: target + distractor at {m['snr_db']} dB ({m['counted']} of {m['mixtures']} "
         f"mixtures the classifier gets right)",
@@ -156,6 +178,7 @@ def _mixtures(m: dict, slime: dict | None) -> list[str]:
     rows = list(m["rows"])
     if slime and "mixtures" in slime:
         rows += slime["mixtures"]["rows"]
+    rows += vibi_rows
     for r in rows:
         tau = "–" if r["threshold"] is None else r["threshold"]
         name = r["method"] + (" (oracle)" if r["method"].startswith("oracle") else "")

@@ -1,4 +1,5 @@
-"""The interpreter's loss terms as plain functions: fidelity to the classifier, reconstruction, sparsity."""
+"""Loss terms as plain functions: the interpreter's (fidelity, reconstruction, sparsity) and the FLINT and VIBI
+baselines'."""
 
 from __future__ import annotations
 
@@ -49,3 +50,53 @@ def l2i_loss(
     rec = reconstruction_loss(x, x_hat, mask)
     spa = sparsity_loss(h, mask)
     return {"loss": fid + alpha * rec + beta * spa, "fidelity_loss": fid, "reconstruction": rec, "sparsity": spa}
+
+
+# ------------------------------------------------------------------------------------------------ baselines
+
+
+def attribute_entropy(attributes, eps: float = 1e-8):
+    """FLINT's conciseness/diversity term: the mean per-sample entropy of the attributes normalised to sum to 1,
+    minus the entropy of their batch mean (nats). Minimal (−log B for B ≤ J) when every sample uses one attribute
+    and the batch uses different ones; 0 when every sample uses them all equally, or all use the same one.
+
+    Args:
+        attributes: Φ ``[batch, J] >= 0``.
+    """
+    p = attributes / (tf.reduce_sum(attributes, axis=-1, keepdims=True) + eps)
+    per_sample = -tf.reduce_sum(p * tf.math.log(p + eps), axis=-1)
+    q = tf.reduce_mean(p, axis=0)
+    return tf.reduce_mean(per_sample) + tf.reduce_sum(q * tf.math.log(q + eps))
+
+
+def flint_loss(classifier_logits, logits, x, x_hat, attributes, weights, multilabel=False):
+    """FLINT's post-hoc loss: ``CE(f, h(Φ)) + λ_rec·mean((d(Φ) − X)²) + λ_spa·mean|Φ| + λ_ent·entropy(Φ)``.
+
+    ``weights`` = (λ_rec, λ_spa, λ_ent); returns a dict of the total and each term.
+    """
+    fid = fidelity_loss(classifier_logits, logits, multilabel)
+    rec = reconstruction_loss(x, x_hat)
+    spa = tf.reduce_mean(tf.abs(attributes))
+    ent = attribute_entropy(attributes)
+    total = fid + weights[0] * rec + weights[1] * spa + weights[2] * ent
+    return {"loss": total, "fidelity_loss": fid, "reconstruction": rec, "sparsity": spa, "entropy": ent}
+
+
+def kl_to_uniform(log_probs):
+    """``KL(p ‖ uniform) = log N − H(p)`` per row of log-probabilities ``[batch, N]``, batch mean (nats)."""
+    n = tf.cast(tf.shape(log_probs)[-1], log_probs.dtype)
+    return tf.reduce_mean(tf.reduce_sum(tf.exp(log_probs) * log_probs, axis=-1) + tf.math.log(n))
+
+
+def vibi_loss(classifier_logits, logits, log_probs, beta, multilabel=False):
+    """VIBI's loss: cross-entropy of the approximator against the classifier's prediction (its argmax, or its
+    sigmoids > 0.5 for multi-label) ``+ β·KL(p ‖ uniform)`` of the explainer's chunk distribution."""
+    classifier_logits = tf.stop_gradient(tf.cast(classifier_logits, tf.float32))
+    if multilabel:
+        target = tf.cast(classifier_logits > 0.0, tf.float32)
+        ce = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=target, logits=logits))
+    else:
+        target = tf.one_hot(tf.argmax(classifier_logits, axis=-1), tf.shape(logits)[-1])
+        ce = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(labels=target, logits=logits))
+    kl = kl_to_uniform(log_probs)
+    return {"loss": ce + beta * kl, "fidelity_loss": ce, "kl": kl}

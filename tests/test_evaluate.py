@@ -171,7 +171,8 @@ def test_evaluate_writes_every_table_and_figure(planted_eval_run, tmp_path):
     mixtures_heading = "## Mixtures: target + distractor at 20.0 dB (8 of 8 mixtures"
     for heading in ("## Fidelity", "## Faithfulness", mixtures_heading, "## Wall time", "SLIME"):
         assert heading in text
-    assert text.count("| L2I | ") == 2 * len(config.mixture_thresholds)
+    mixture_rows = sum(text.count(f"| L2I | {domain} | ") for domain in config.mixture_domains)
+    assert mixture_rows == 2 * len(config.mixture_thresholds) and text.count("| L2I | ") == mixture_rows + 1
 
 
 def test_cli_evaluate_quick_prints_the_tables_and_rejects_a_bad_run(tiny_eval_run, tmp_path):
@@ -187,3 +188,43 @@ def test_cli_evaluate_quick_prints_the_tables_and_rejects_a_bad_run(tiny_eval_ru
     bad = runner.invoke(main, ["evaluate", str(tiny_eval_run), "--thresholds", "a,b"])
     assert bad.exit_code != 0 and "comma-separated numbers" in bad.output
     assert "Examples:" in runner.invoke(main, ["evaluate", "--help"]).output
+
+
+def test_evaluate_trains_flint_and_vibi_once_and_fills_the_methods_table(planted_eval_run, tmp_path):
+    config = evaluate.EvalConfig.quick_config(baselines=("flint", "vibi"), mixture_snr_db=20.0)
+    report = evaluate.evaluate(planted_eval_run, config, tmp_path / "out")
+    saved = {name: planted_eval_run / "baselines" / f"{name}.keras" for name in ("flint", "vibi")}
+    assert all(path.is_file() for path in saved.values()) and not (planted_eval_run / "baselines" / "cache").exists()
+    rows = {r["method"]: r for r in report["methods"]["rows"]}
+    assert list(rows) == ["l2i", "flint", "vibi"] and report["methods"]["threshold"] == 0.3
+    for name in ("flint", "vibi"):
+        assert 0.0 <= rows[name]["top1"] <= 1.0 and rows[name]["training_seconds"] > 0
+    assert rows["flint"]["faithfulness"] is None and rows["flint"]["si_sdri_db"] is None  # not listenable
+    vibi = report["baselines"]["vibi"]
+    assert vibi["mask_metrics"]["clips"] == report["test_clips"] and rows["vibi"]["SPS"] is not None
+    assert vibi["mixtures"]["counted_used"] == 8 and rows["vibi"]["si_sdri_db"] is not None
+    assert vibi["faithfulness"]["vibi"]["logit_drop"]["count"] == report["test_clips"]
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "## Methods compared (multi-class)" in text and "| VIBI (top-8 chunks) | log1p |" in text
+    assert f"| VIBI (top-8 chunks) | – | {report['test_clips']} |" in text and "VIBI (its top-8 of 80 chunks" in text
+    stamps = {name: path.stat().st_mtime_ns for name, path in saved.items()}
+    again = evaluate.evaluate(planted_eval_run, config, tmp_path / "again")  # reused, not retrained
+    assert {name: path.stat().st_mtime_ns for name, path in saved.items()} == stamps
+    assert again["baselines"]["flint"]["fidelity"] == report["baselines"]["flint"]["fidelity"]
+
+
+def test_a_baseline_that_does_not_fit_is_marked_and_the_others_still_run(planted_eval_run, tmp_path):
+    vibi = dict(evaluate.EvalConfig().vibi, time_chunks=64)  # 0.5 s clips have 35 frames
+    config = evaluate.EvalConfig.quick_config(
+        baselines=("flint", "vibi"), vibi=vibi, mixtures=0, retrain_baselines=True
+    )
+    report = evaluate.evaluate(planted_eval_run, config, tmp_path / "out")
+    message = "vibi: 64 time chunks do not fit the 35 STFT frames of a 8000-sample training clip"
+    assert report["baselines"]["vibi"] == {"error": message}
+    assert "top1" in report["baselines"]["flint"]["fidelity"]
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "| VIBI | n/a |" in text and "failed: vibi: 64 time chunks" in text
+    with pytest.raises(ValueError, match="unknown baselines \\['lime'\\]; known baselines: slime, flint, vibi"):
+        evaluate.EvalConfig(baselines=("lime",))
+    bad = CliRunner().invoke(main, ["evaluate", str(planted_eval_run), "--baselines", "slime,lime"])
+    assert bad.exit_code != 0 and "unknown baseline(s) lime; known baselines: slime, flint, vibi" in bad.output
