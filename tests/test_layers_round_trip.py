@@ -14,11 +14,13 @@ from collections.abc import Callable
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import l2i_tf
-from l2i_tf import audio, classifier, dictionary, explain_layers, explainer, interpreter, layers
+from l2i_tf import audio, classifier, dictionary, explain_layers, explainer, flint, interpreter, layers, vibi
 
 K = 8
+BASELINE_BINS = audio.STFTConfig().num_bins  # FLINT's and VIBI's spectrogram bins (the default STFT's)
 SMALL_STFT = {"sample_rate": 8000, "frame_length": 64, "frame_step": 16, "fft_length": 64, "window": "hann"}
 
 
@@ -185,6 +187,54 @@ CASES = [
         variant="table",
     ),
     Case(explain_layers.FitLength, dict, lambda: (_random(2, 3, 50), _random(2, 40)), shapes=[(3, None), (None,)]),
+    Case(
+        flint.FlintAttributes,
+        lambda: dict(attributes=5, hidden=8),
+        lambda: ([_random(2, 12, 8), _random(2, 6, 4)],),
+        shapes=[(None, 8), (None, 4)],
+    ),
+    Case(
+        flint.FlintDecoder,
+        lambda: dict(num_bins=BASELINE_BINS, hidden=8, steps=4),
+        lambda: ([_random(2, 5), _random(2, 20, BASELINE_BINS)],),
+        shapes=[(5,), (None, BASELINE_BINS)],
+    ),
+    Case(
+        flint.Flint,
+        lambda: dict(
+            widths=[8], num_bins=BASELINE_BINS, attributes=6, num_classes=3, stft=audio.STFTConfig().to_dict(), hidden=8
+        ),
+        lambda: ([np.abs(_random(2, 10, 8)), np.abs(_random(2, 40, BASELINE_BINS))],),
+        shapes=[(None, 8), (None, BASELINE_BINS)],
+    ),
+    Case(
+        vibi.BandPool,
+        lambda: dict(num_bins=BASELINE_BINS, bands=16, sample_rate=16000),
+        lambda: (_random(2, 20, BASELINE_BINS),),
+        shapes=[(None, BASELINE_BINS)],
+    ),
+    Case(vibi.ChunkPool, lambda: dict(time_chunks=5, freq_chunks=4), lambda: (_random(2, 20, 16, 3),)),
+    Case(vibi.KHot, lambda: dict(k=3), lambda: (_random(2, 20),)),
+    Case(
+        vibi.ChunkMask,
+        lambda: dict(time_chunks=5, freq_chunks=4, num_bins=BASELINE_BINS, bands=16, sample_rate=16000),
+        lambda: (np.asarray(vibi.hard_k_hot(tf.constant(_random(2, 20)), 3)), _random(2, 20, BASELINE_BINS)),
+        shapes=[(20,), (None, BASELINE_BINS)],
+    ),
+    Case(
+        vibi.Vibi,
+        lambda: dict(
+            num_bins=BASELINE_BINS,
+            num_classes=3,
+            stft=audio.STFTConfig().to_dict(),
+            k=3,
+            time_chunks=4,
+            freq_chunks=4,
+            bands=16,
+        ),  # fmt: skip
+        lambda: (np.abs(_random(2, 40, BASELINE_BINS)),),
+        shapes=[(None, BASELINE_BINS)],
+    ),
     Case(
         interpreter.Interpreter, _interpreter_init, lambda: (0.1 * _random(2, 4000),), saved_elsewhere=("dictionary",)
     ),
