@@ -12,8 +12,9 @@ Training order (:meth:`Shards.epochs_dataset`): in epoch ``e`` the shards are re
 and the examples of each shard in :func:`example_order` (seed, e, shard), both pure functions of their arguments,
 so a resumed run sees the batches of an uninterrupted one. Shard 0's order is :func:`epoch_order` (seed, e), so a
 split that fits one shard (the bundled ESC-10: 240 training clips) is trained in exactly the in-memory order.
-Reading holds a batch, not a shard: each batch's rows are copied out of the memory-mapped files (mapped only while
-they are copied, so the pages read do not stay resident), so peak memory is the same for 240 clips and for 20 000.
+Reading holds a batch, not a shard: each batch's rows are copied out of the memory-mapped files, one shard mapped
+at a time per pipeline (at most its pages read stay resident), so peak memory does not grow with the number of
+shards.
 """
 
 from __future__ import annotations
@@ -122,6 +123,7 @@ class Shards:
         self.sequences = sum(key.startswith("sequence_") for key in self.keys)
         self._starts = np.concatenate([[0], np.cumsum(self.counts)]).astype("int64")
         self._plan: tuple[int, np.ndarray, np.ndarray] | None = None
+        self._mapped: tuple[int | None, dict] = (None, {})
 
     @classmethod
     def load(cls, folder: str | Path) -> Shards:
@@ -139,16 +141,19 @@ class Shards:
         return int(sum(self.counts))
 
     def _gather(self, shard: int, rows: np.ndarray, keys=None) -> dict[str, np.ndarray]:
-        """Rows ``rows`` of ``shard``, in that order, by key: each key's file memory-mapped only while its rows are
-        copied out, so no more than the rows is resident."""
+        """Rows ``rows`` of ``shard``, in that order, by key, copied out of the shard's memory-mapped files. One
+        shard stays mapped (batches mostly follow each other within a shard): at most its pages read are resident."""
+        if self._mapped[0] != shard:
+            self._mapped = (shard, {})  # unmaps the previous shard: its pages stop counting as resident
+        mapped = self._mapped[1]
         out = {}
         for key in keys or self.keys:
-            mapped = np.load(_key_path(self.folder, shard, key), mmap_mode="r")
-            if len(mapped) != self.counts[shard]:
-                path = _key_path(self.folder, shard, key)
-                raise ValueError(f"{path}: {len(mapped)} examples, {INDEX} says {self.counts[shard]}")
-            out[key] = np.array(mapped[rows])
-            del mapped
+            if key not in mapped:
+                mapped[key] = np.load(_key_path(self.folder, shard, key), mmap_mode="r")
+                if len(mapped[key]) != self.counts[shard]:
+                    path = _key_path(self.folder, shard, key)
+                    raise ValueError(f"{path}: {len(mapped[key])} examples, {INDEX} says {self.counts[shard]}")
+            out[key] = np.array(mapped[key][rows])
         return out
 
     def read(self, shard: int, order: np.ndarray | None = None, keys=None) -> dict[str, np.ndarray]:
