@@ -144,8 +144,35 @@ def update_fidelity(metric, classifier_logits, logits, multilabel: bool) -> None
         metric.update_state(tf.cast(same, tf.float32))
 
 
+class FidelityTraining:
+    """The train/test steps FLINT and VIBI share: a subclass's ``_step(batch, training)`` returns (loss terms with
+    ``"loss"``, its logits); ``trackers`` (one Mean per term) and ``fidelity_metric`` record them. In training steps
+    the relaxed forms run (VIBI's relaxed top-k), in test steps the hard ones."""
+
+    def _record(self, terms, batch, logits):
+        for name, tracker in self.trackers.items():
+            tracker.update_state(terms[name])
+        update_fidelity(self.fidelity_metric, batch["classifier_logits"], logits, self.multilabel)
+        return {m.name: m.result() for m in self.metrics}
+
+    @property
+    def metrics(self):
+        return [*self.trackers.values(), self.fidelity_metric]
+
+    def train_step(self, batch):
+        with tf.GradientTape() as tape:
+            terms, logits = self._step(batch, training=True)
+        grads = tape.gradient(terms["loss"], self.trainable_variables)
+        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+        return self._record(terms, batch, logits)
+
+    def test_step(self, batch):
+        terms, logits = self._step(batch, training=False)
+        return self._record(terms, batch, logits)
+
+
 @_register
-class Flint(keras.Model):
+class Flint(FidelityTraining, keras.Model):
     """FLINT's interpreter of a frozen classifier: ``[seq_1..seq_n, X]`` -> ``attributes`` Φ ``[batch, J]``,
     ``logits`` h(Φ) ``[batch, C]``, ``reconstruction`` d(Φ) ``[batch, T, F]``.
 
@@ -201,27 +228,6 @@ class Flint(keras.Model):
             self.loss_weights, self.multilabel,
         )  # fmt: skip
         return terms, out["logits"]
-
-    def _record(self, terms, batch, logits):
-        for name, tracker in self.trackers.items():
-            tracker.update_state(terms[name])
-        update_fidelity(self.fidelity_metric, batch["classifier_logits"], logits, self.multilabel)
-        return {m.name: m.result() for m in self.metrics}
-
-    @property
-    def metrics(self):
-        return [*self.trackers.values(), self.fidelity_metric]
-
-    def train_step(self, batch):
-        with tf.GradientTape() as tape:
-            terms, logits = self._step(batch, training=True)
-        grads = tape.gradient(terms["loss"], self.trainable_variables)
-        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
-        return self._record(terms, batch, logits)
-
-    def test_step(self, batch):
-        terms, logits = self._step(batch, training=False)
-        return self._record(terms, batch, logits)
 
     def get_config(self):
         return {

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from l2i_tf import audio, losses, slime
-from l2i_tf.flint import BaselineFitError, fidelity_metric, update_fidelity
+from l2i_tf.flint import BaselineFitError, FidelityTraining, fidelity_metric
 
 
 def _register(cls):
@@ -189,7 +189,7 @@ def _convs(x, widths, pool: bool, prefix: str):
 
 
 @_register
-class Vibi(keras.Model):
+class Vibi(FidelityTraining, keras.Model):
     """VIBI's explainer and approximator: X ``[B, T, F]`` -> ``log_probs`` over the N chunks, ``chunks`` (k-hot;
     relaxed in training), ``mask`` ``[B, T, F]`` and the approximator's ``logits`` on ``X ⊙ mask``.
 
@@ -249,27 +249,6 @@ class Vibi(keras.Model):
         logits = batch["classifier_logits"]
         terms = losses.vibi_loss(logits, out["logits"], out["log_probs"], self.beta, self.multilabel)
         return terms, out["logits"]
-
-    def _record(self, terms, batch, logits):
-        for name, tracker in self.trackers.items():
-            tracker.update_state(terms[name])
-        update_fidelity(self.fidelity_metric, batch["classifier_logits"], logits, self.multilabel)
-        return {m.name: m.result() for m in self.metrics}
-
-    @property
-    def metrics(self):
-        return [*self.trackers.values(), self.fidelity_metric]
-
-    def train_step(self, batch):
-        with tf.GradientTape() as tape:
-            terms, logits = self._step(batch, training=True)
-        grads = tape.gradient(terms["loss"], self.trainable_variables)
-        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
-        return self._record(terms, batch, logits)
-
-    def test_step(self, batch):
-        terms, logits = self._step(batch, training=False)  # hard top-k, as at test time
-        return self._record(terms, batch, logits)
 
     def get_config(self):
         return {
