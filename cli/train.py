@@ -70,6 +70,19 @@ Examples:
     help="Distillation temperature of the fidelity term [3 multi-class, 1 multi-label].",
 )
 @click.option("--beta", type=click.FloatRange(min=0), default=DEFAULTS.beta, show_default=True)
+@click.option(
+    "--source-mixtures",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Single-label: training mixtures of two training clips, with their sources [task default; 0: none].",
+)
+@click.option(
+    "--source-weight",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Weight of the source-consistency term: the interpretation of the decided class should be that class's "
+    "source in those mixtures [task default; 0 with --source-mixtures 0: the paper's training].",
+)
 @click.option("--pooling", type=click.Choice(layers_lib.POOLINGS), default=DEFAULTS.pooling, show_default=True)
 @click.option("--epochs", type=click.IntRange(min=1), default=DEFAULTS.epochs, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size, show_default=True)

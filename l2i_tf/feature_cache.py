@@ -57,20 +57,29 @@ def example_order(seed: int, epoch: int, shard: int, count: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch, shard]).permutation(count)
 
 
-def rebatch(examples: Iterable[np.ndarray], batch_size: int = FEATURE_BATCH) -> Iterator[np.ndarray]:
-    """1-D examples of one length -> stacked batches ``[≤ batch_size, samples]`` in order."""
+def rebatch(examples: Iterable, batch_size: int = FEATURE_BATCH) -> Iterator:
+    """1-D examples of one length -> stacked batches ``[≤ batch_size, samples]`` in order (dict examples: a dict of
+    stacked arrays, key by key)."""
     pending = []
     for example in examples:
         pending.append(example)
         if len(pending) == batch_size:
-            yield np.stack(pending)
+            yield _stack(pending)
             pending = []
     if pending:
-        yield np.stack(pending)
+        yield _stack(pending)
+
+
+def _stack(examples: list):
+    if isinstance(examples[0], dict):
+        return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
+    return np.stack(examples)
 
 
 def _flatten(features: dict) -> dict[str, np.ndarray]:
-    out = {"waveform": features["waveform"], "classifier_logits": features["classifier_logits"]}
+    """The cached keys: ``waveform``, ``classifier_logits``, ``sequence_<i>``, and any extra key as it is (a
+    training split's ``source`` and ``source_weight``)."""
+    out = {key: value for key, value in features.items() if key != "sequences"}
     out.update({f"sequence_{i}": s for i, s in enumerate(features["sequences"])})
     return {key: np.asarray(value, dtype="float32") for key, value in out.items()}
 
@@ -191,8 +200,8 @@ class Shards:
     def _structure(self, flat) -> dict:
         by_key = dict(zip(self.keys, flat, strict=True))
         sequences = tuple(by_key[f"sequence_{i}"] for i in range(self.sequences))
-        logits, waveform = by_key["classifier_logits"], by_key["waveform"]
-        return {"sequences": sequences, "classifier_logits": logits, "waveform": waveform}
+        out = {key: value for key, value in by_key.items() if not key.startswith("sequence_")}
+        return {"sequences": sequences, **out}
 
     def _batches(self, seed: int | None, epochs: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
         """Every batch of each epoch in ``epochs`` (a dataset of epoch numbers), read on demand, one at a time."""

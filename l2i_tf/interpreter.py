@@ -214,6 +214,8 @@ class Interpreter(keras.Model):
         dictionary: optional W ``[F, K]`` to initialise the decoder with.
         precision: the frozen classifier's compute, one of :data:`PRECISIONS` (mixed: float16/bfloat16 compute,
             float32 weights; Ψ, Θ and the loss stay float32).
+        source_weight: λ of the source-consistency term (:func:`~l2i_tf.losses.source_consistency_loss`) on
+            cached batches that carry ``source`` and ``source_weight`` (training mixtures); 0: the paper's loss.
     """
 
     def __init__(
@@ -233,6 +235,7 @@ class Interpreter(keras.Model):
         dictionary=None,
         temperature=1.0,
         precision="float32",
+        source_weight=0.0,
         **kwargs,
     ):
         check_classifier(classifier)
@@ -290,13 +293,15 @@ class Interpreter(keras.Model):
         self.theta_kwargs = dict(theta or {})
         self.clip_samples = clip_samples
         self.num_classes = num_classes
-        self.trackers = {
-            name: keras.metrics.Mean(name=name) for name in ("loss", "fidelity_loss", "reconstruction", "sparsity")
-        }
+        self.source_weight = float(source_weight)
+        self.trackers, self.fidelity_metric = self._new_metrics()
+
+    def _new_metrics(self):
+        names = ("loss", "fidelity_loss", "reconstruction", "sparsity") + (("source",) if self.source_weight else ())
+        trackers = {name: keras.metrics.Mean(name=name) for name in names}
         if self.multilabel:
-            self.fidelity_metric = keras.metrics.AUC(curve="PR", name="fidelity_micro_auprc")
-        else:
-            self.fidelity_metric = keras.metrics.Mean(name="fidelity_top1")
+            return trackers, keras.metrics.AUC(curve="PR", name="fidelity_micro_auprc")
+        return trackers, keras.metrics.Mean(name="fidelity_top1")
 
     # ------------------------------------------------------------ training
 
@@ -335,11 +340,20 @@ class Interpreter(keras.Model):
             self.multilabel,
             temperature=self.temperature,
         )
+        if self.source_weight and isinstance(data, dict) and "source" in data:  # training mixtures with sources
+            source_x, _ = self.stages.analysis(data["source"])
+            classes = tf.argmax(classifier_logits, axis=-1, output_type=tf.int32)
+            terms["source"] = losses.source_consistency_loss(
+                out["activations"], out["contributions"], classes, spectrogram, source_x, data["source_weight"],
+                tf.convert_to_tensor(self.decoder.weights[0]),
+            )
+            terms["loss"] = terms["loss"] + self.source_weight * terms["source"]
         return terms, classifier_logits, out["logits"]
 
     def _update_metrics(self, terms, classifier_logits, logits):
         for name, tracker in self.trackers.items():
-            tracker.update_state(terms[name])
+            if name in terms:  # "source": on training batches only
+                tracker.update_state(terms[name])
         if self.multilabel:
             target = tf.cast(tf.sigmoid(classifier_logits) > 0.5, tf.float32)
             self.fidelity_metric.update_state(tf.reshape(target, [-1]), tf.reshape(tf.sigmoid(logits), [-1]))
@@ -389,6 +403,7 @@ class Interpreter(keras.Model):
             "theta": self.theta_kwargs,
             "clip_samples": self.clip_samples,
             "precision": self.precision,
+            "source_weight": self.source_weight,
         }
 
     @classmethod

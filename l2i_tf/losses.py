@@ -52,6 +52,41 @@ def l2i_loss(
     return {"loss": fid + alpha * rec + beta * spa, "fidelity_loss": fid, "reconstruction": rec, "sparsity": spa}
 
 
+SOURCE_THRESHOLD = 0.3
+"""τ the source-consistency term's soft selection is centred on (the τ explanations are judged at)."""
+SOURCE_SHARPNESS = 0.1
+"""Width of that soft selection: ``sigmoid((r − τ) / SOURCE_SHARPNESS)``."""
+
+
+def soft_selection(contributions, classes, threshold: float = SOURCE_THRESHOLD, sharpness: float = SOURCE_SHARPNESS):
+    """A differentiable version of "components with relevance > τ" for class ``classes`` [B]: ``sigmoid((r − τ) /
+    sharpness)`` [B, K], with ``r`` Θ's normalised relevance (:func:`l2i_tf.explain.class_relevance`)."""
+    contribution = tf.gather(contributions, tf.cast(classes, tf.int32), axis=2, batch_dims=1)  # [B, K]
+    scale = tf.reduce_max(tf.abs(contribution), axis=1, keepdims=True)
+    return tf.sigmoid((tf.math.divide_no_nan(contribution, scale) - threshold) / sharpness)
+
+
+def source_consistency_loss(h, contributions, classes, x, source_x, weight, W, threshold=SOURCE_THRESHOLD):
+    """How far the interpretation of class ``classes`` is from that class's source, on training mixtures whose
+    sources are known: ``Σ (M_c ⊙ |S_x| − |S_src|)² / Σ |S_x|²`` per example in the linear-magnitude domain, with
+    ``M_c`` the NMF soft mask of :func:`soft_selection` (``W·(H ⊙ s)ᵀ / W·Hᵀ``), as a ``weight``-ed mean.
+
+    Args:
+        h: H ``[B, T, K]``; contributions: Θ's ``[B, K, C]``; classes: int ``[B]``, the classifier's decision.
+        x, source_x: ``log1p|S|`` of the input and of the decided class's source ``[B, T, F]``.
+        weight: ``[B]``: 1 where the decided class is one of the sources, 0 elsewhere (no source to match).
+        W: the dictionary ``[F, K]``.
+    """
+    s = soft_selection(contributions, classes, threshold)
+    full = tf.einsum("btk,fk->btf", h, W) + 1e-8
+    kept = tf.einsum("btk,fk->btf", h * s[:, None, :], W)
+    magnitude = tf.math.expm1(tf.nn.relu(x))
+    error = tf.square(kept / full * magnitude - tf.math.expm1(tf.nn.relu(source_x)))
+    per = tf.reduce_sum(error, axis=[1, 2]) / (tf.reduce_sum(tf.square(magnitude), axis=[1, 2]) + 1e-8)
+    weight = tf.cast(weight, per.dtype)
+    return tf.math.divide_no_nan(tf.reduce_sum(weight * per), tf.reduce_sum(weight))
+
+
 # ------------------------------------------------------------------------------------------------ baselines
 
 

@@ -102,6 +102,11 @@ class TrainConfig(Settings):
     # ESC-10: 960 -> validation micro-AUPRC 0.77 (overfits); 2400 -> 0.94.
     mixtures: int = 2400
     mixture_snr_db: tuple[float, float] = (-5.0, 5.0)
+    # Single-label runs: training mixtures of two training clips with their sources, and λ of the source-consistency
+    # term that teaches the interpretation of the decided class to be that class's source (l2i_tf.source_mixtures).
+    # 0 and 0: the paper's training; None: the task's default (training.DEFAULT_SOURCES), recorded resolved.
+    source_mixtures: int | None = None
+    source_weight: float | None = None
     seed: int = 0
     # The classifier's compute (l2i_tf.interpreter.PRECISIONS): "mixed_float16"/"mixed_bfloat16" for GPUs.
     precision: str = "float32"

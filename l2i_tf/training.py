@@ -26,6 +26,8 @@ epoch_order = feature_cache.epoch_order  # the training order of a split that fi
 # Multi-class, validation top-1 fidelity: α=10,T=1: 91.25 %; α=3: 92.5 %; T=3: 92.5 %; α=3,T=3: 95.0 %.
 # Multi-label: α=10,T=1 (validation macro-AUPRC 0.925 with 2400 mixtures); the others were not measured.
 DEFAULT_LOSS_WEIGHTS = {False: (3.0, 3.0), True: (10.0, 1.0)}
+# (source_mixtures, source_weight) by task (l2i_tf.source_mixtures); multi-label: none (its data are mixtures).
+DEFAULT_SOURCES = {False: (0, 0.0), True: (0, 0.0)}
 
 
 class ClassNamesError(ValueError):
@@ -110,8 +112,11 @@ def resolve(config: TrainConfig, model_f: keras.Model) -> tuple[TrainConfig, aud
     stft = resolve_stft(config, info)
     multilabel = config.multilabel or bool(info and info.multilabel)
     alpha, temperature = DEFAULT_LOSS_WEIGHTS[multilabel]
+    mixtures, weight = DEFAULT_SOURCES[multilabel]
     config = dataclasses.replace(
         config,
+        source_mixtures=mixtures if config.source_mixtures is None else config.source_mixtures,
+        source_weight=weight if config.source_weight is None else config.source_weight,
         multilabel=multilabel,
         class_names=resolve_class_names(model_f, config, info),
         alpha=alpha if config.alpha is None else config.alpha,
@@ -119,7 +124,24 @@ def resolve(config: TrainConfig, model_f: keras.Model) -> tuple[TrainConfig, aud
         layers=tuple(config.layers or (info.layers if info else ())),
         stft=stft.to_dict(),
     )
+    check_sources(config, multilabel)
     return config, stft
+
+
+def check_sources(config: TrainConfig, multilabel: bool) -> None:
+    """The source-consistency settings must fit: counts and weights >= 0, a weight needs mixtures to learn from,
+    and both are for single-label runs (multi-label training data are mixtures already)."""
+    if not (isinstance(config.source_mixtures, int) and config.source_mixtures >= 0):
+        raise ValueError(f"source_mixtures must be an integer >= 0, got {config.source_mixtures!r}")
+    if not config.source_weight >= 0:
+        raise ValueError(f"source_weight must be >= 0, got {config.source_weight!r}")
+    if config.source_weight and not config.source_mixtures:
+        raise ValueError(f"source_weight={config.source_weight} needs source_mixtures > 0 (mixtures with sources)")
+    if multilabel and (config.source_mixtures or config.source_weight):
+        raise ValueError(
+            f"source_mixtures={config.source_mixtures}, source_weight={config.source_weight}: the source-consistency "
+            "term is for single-label classifiers; set both to 0 for a multi-label run"
+        )
 
 
 def fixed_length(model_f: keras.Model) -> int | None:
@@ -186,6 +208,7 @@ def new_interpreter(model_f, config: TrainConfig, dictionary: Dictionary, stft: 
         theta={"pooling": config.pooling},
         dictionary=dictionary.W,
         precision=config.precision,
+        source_weight=config.source_weight,
     )
     interpreter.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
     return interpreter

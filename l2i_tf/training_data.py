@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from l2i_tf import data, feature_cache, files, mixtures, windows
+from l2i_tf import data, feature_cache, files, mixtures, source_mixtures, windows
 from l2i_tf.feature_cache import Shards
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,8 @@ def build_features(cache: Path, config, parts, sample_rate: int, window: int | N
 
     A complete cache (``cache/features.json``, e.g. left by a killed run being resumed) is reused as it is.
     Training examples are the split's clips (or mixtures), then ``augment_copies`` copies and ``mix_inputs`` input
-    mixtures of them (:func:`extra_examples`), in that order.
+    mixtures of them (:func:`extra_examples`), then ``source_mixtures`` mixtures with their sources
+    (:func:`_with_source_mixtures`), in that order.
     """
     if (cache / FEATURES).is_file():
         try:
@@ -179,7 +180,11 @@ def build_features(cache: Path, config, parts, sample_rate: int, window: int | N
             base = feature_cache.write_split(cache / "base", feature_cache.rebatch(stream), features)
             extra = extra_examples(base, config.augment_copies, config.mix_inputs, config.seed)
             stream = _chain_shards(base, extra)
-        shards.append(feature_cache.write_split(cache / name, feature_cache.rebatch(stream), features))
+        split_features = features
+        if index == 0 and config.source_mixtures:
+            stream = _with_source_mixtures(stream, config, part, sample_rate, window, cache)
+            split_features = source_mixtures.decided_source(features)
+        shards.append(feature_cache.write_split(cache / name, feature_cache.rebatch(stream), split_features))
         shutil.rmtree(cache / "base", ignore_errors=True)
     counts = {}
     if window is not None:
@@ -188,6 +193,22 @@ def build_features(cache: Path, config, parts, sample_rate: int, window: int | N
         log.info("windows of %d samples: %s", window, counts)
     files.write_json(cache / FEATURES, {"windows": counts})
     return shards, counts
+
+
+def _with_source_mixtures(stream, config, part, sample_rate: int, window, cache: Path) -> Iterator[dict]:
+    """The training examples (with no source), then ``config.source_mixtures`` mixtures of the split's clips with
+    their sources (:mod:`l2i_tf.source_mixtures`), read from a file of the clips on disk."""
+    clip = int(config.clip_seconds * sample_rate)
+    path = cache / "clips" / "train_sources.npy"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    store, labels = ClipFile.write(path, clip_examples(part, sample_rate, clip), len(part), clip)
+    try:
+        yield from source_mixtures.plain(stream)
+        count, seed, snr = config.source_mixtures, config.seed, config.mixture_snr_db
+        yield from source_mixtures.with_sources(store, labels, count, seed, snr, window)
+    finally:
+        store.close()
+        path.unlink(missing_ok=True)
 
 
 def _chain_shards(base: Shards, extra: Iterator[np.ndarray]) -> Iterator[np.ndarray]:

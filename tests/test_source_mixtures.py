@@ -1,0 +1,126 @@
+"""Training mixtures with known sources and the source-consistency term (l2i_tf.source_mixtures, losses)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from run_fixture import make_tone_job
+
+from l2i_tf import losses, source_mixtures, training
+from l2i_tf.training_data import ClipFile
+
+T, F, K, C = 6, 5, 3, 2
+
+
+def _case(seed=0):
+    rng = np.random.default_rng(seed)
+    h = rng.random((1, T, K)).astype("float32")
+    W = rng.random((F, K)).astype("float32")
+    x = np.log1p(rng.random((1, T, F)).astype("float32") * 3)
+    return h, W, x
+
+
+def _contributions(relevance_of_class_0):
+    """Θ contributions [1, K, C] whose class-0 column is ``relevance_of_class_0`` (class 1: the opposite)."""
+    r = np.asarray(relevance_of_class_0, "float32")
+    return np.stack([r, -r], axis=-1)[None]
+
+
+def test_source_term_is_zero_when_everything_is_kept_and_the_source_is_the_input():
+    h, W, x = _case()
+    loss = losses.source_consistency_loss(h, _contributions([1, 1, 1]), [0], x, x, [1.0], W)
+    assert float(loss) == pytest.approx(0.0, abs=1e-4)  # sigmoid((1 - 0.3) / 0.1) = 0.999
+
+
+def test_source_term_is_one_when_nothing_is_kept_or_the_source_is_silent():
+    h, W, x = _case()
+    nothing = losses.source_consistency_loss(h, _contributions([-1, -1, -1]), [0], x, x, [1.0], W)
+    silent = losses.source_consistency_loss(h, _contributions([1, 1, 1]), [0], x, np.zeros_like(x), [1.0], W)
+    assert float(nothing) == pytest.approx(1.0, abs=1e-3)
+    assert float(silent) == pytest.approx(1.0, abs=2e-3)
+
+
+def test_source_term_keeps_the_selected_components_share_and_ignores_weight_zero():
+    h, W, x = _case()
+    one = np.zeros_like(h)
+    one[..., 0] = h[..., 0]  # the source is what component 0 explains of the input
+    share = np.einsum("btk,fk->btf", one, W) / np.einsum("btk,fk->btf", h, W)
+    source_x = np.log1p(share * np.expm1(x))
+    assert float(losses.source_consistency_loss(h, _contributions([1, -1, -1]), [0], x, source_x, [1.0], W)) < 1e-4
+    assert float(losses.source_consistency_loss(h, _contributions([1, 1, 1]), [0], x, source_x, [1.0], W)) > 0.01
+    batch = [np.concatenate([a, a]) for a in (h, _contributions([1, -1, -1]), x, source_x)]
+    mixed = losses.source_consistency_loss(batch[0], batch[1], [0, 0], batch[2], [source_x[0], x[0]], [1.0, 0.0], W)
+    assert float(mixed) < 1e-4  # the second example (weight 0) does not count
+
+
+def test_soft_selection_follows_the_decided_class():
+    s = losses.soft_selection(_contributions([1.0, 0.5, 0.1]), [1])  # class 1: relevance (-1, -0.5, -0.1)
+    assert np.all(np.asarray(s) < 0.02)
+    s = losses.soft_selection(_contributions([1.0, 0.5, 0.1]), [0])
+    np.testing.assert_allclose(np.asarray(s)[0], 1 / (1 + np.exp(-np.array([7.0, 2.0, -2.0]))), rtol=1e-5)
+
+
+def test_mixtures_are_the_sum_of_their_sources_from_training_clips(tmp_path):
+    rng = np.random.default_rng(1)
+    clips = rng.standard_normal((6, 400)).astype("float32")
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    store, _ = ClipFile.write(tmp_path / "c.npy", zip(clips, labels, strict=True), 6, 400)
+    items = list(source_mixtures.with_sources(store, labels, 5, seed=0, snr_db=(-5.0, 5.0), window=None))
+    assert len(items) == 5
+    for item in items:
+        np.testing.assert_allclose(item["waveform"], item["sources"].sum(axis=0), atol=1e-6)
+        assert item["classes"][0] != item["classes"][1]
+        assert any(np.allclose(item["sources"][0], clip) for clip in clips)  # the target as it is
+    windowed = list(source_mixtures.with_sources(store, labels, 5, seed=0, snr_db=0.0, window=160))
+    assert len(windowed) == 5 * 4  # windows at 0, 80, 160, 240 of 400 samples
+    for item in windowed:
+        assert item["waveform"].shape == (160,) and item["sources"].shape == (2, 160)
+        np.testing.assert_allclose(item["waveform"], item["sources"].sum(axis=0), atol=1e-6)
+    store.close()
+
+
+def test_the_decided_class_picks_its_source():
+    def features(waves):
+        logits = np.zeros((len(waves), 3), "float32")
+        logits[:, 2] = 5.0  # always decides class 2
+        return {"waveform": waves, "classifier_logits": logits, "sequences": (waves[:, :2],)}
+
+    sources = np.stack([np.full((2, 4), 1.0), np.full((2, 4), 2.0)]) * np.array([1.0, 10.0])[None, :, None]
+    batch = {"waveform": sources.sum(1), "sources": sources, "classes": np.array([[0, 2], [0, 1]])}
+    out = source_mixtures.decided_source(features)(batch)
+    np.testing.assert_allclose(out["source"], [[10.0] * 4, [0.0] * 4])
+    np.testing.assert_allclose(out["source_weight"], [1.0, 0.0])
+
+
+def test_training_with_source_mixtures_learns_the_term_and_records_it(tmp_path):
+    config = make_tone_job(tmp_path, epochs=1, source_mixtures=6, source_weight=1.0)
+    metrics = training.train(tmp_path / "run", config)
+    assert "source" in metrics["history"]
+    assert np.isfinite(metrics["history"]["source"]).all()
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
+    assert (recorded["source_mixtures"], recorded["source_weight"]) == (6, 1.0)
+    from l2i_tf import runs
+
+    assert runs.load_run(tmp_path / "run").interpreter.source_weight == 1.0
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"source_mixtures": 0, "source_weight": 1.0}, "needs source_mixtures > 0"),
+        ({"source_mixtures": -1}, "source_mixtures must be an integer >= 0"),
+        ({"source_mixtures": 4, "source_weight": 1.0, "multilabel": True}, "single-label"),
+    ],
+)
+def test_bad_source_settings_are_refused_before_any_work(tmp_path, changes, message):
+    config = make_tone_job(tmp_path, **changes)
+    with pytest.raises(ValueError, match=message):
+        training.train(tmp_path / "run", config)
+    assert not (tmp_path / "run" / "interpreter.keras").exists()
+
+
+def test_paper_training_has_no_source_term(tiny_trained):
+    assert "source" not in tiny_trained["metrics"]["history"]
+    assert training.DEFAULT_SOURCES[True] == (0, 0.0)  # multi-label: its training data are mixtures already
