@@ -10,6 +10,7 @@ from cli import errors, options
 from l2i_tf import audio, data, explain, runs
 from l2i_tf import evaluate as evaluate_lib
 from l2i_tf import slime as slime_lib
+from l2i_tf.explainer import ExplainConfig
 
 
 def _floats(value: str, name: str) -> tuple[float, ...]:
@@ -57,7 +58,7 @@ Examples:
 )
 @click.option("--retrain-baselines", is_flag=True, help="Train FLINT and VIBI again even if RUN_DIR holds them.")
 @click.option("--thresholds", default=None, help="τ values for faithfulness [0.9,0.7,0.5,0.3; +0.1 multi-label].")
-@click.option("--domain", type=click.Choice(audio.DOMAINS), default="log1p", show_default=True)
+@click.option("--domain", type=click.Choice(audio.DOMAINS), default=ExplainConfig.domain, show_default=True)
 @click.option(
     "--active-share",
     type=click.FloatRange(0.0, 1.0, max_open=True),

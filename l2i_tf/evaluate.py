@@ -82,7 +82,7 @@ class EvalConfig(Settings):
 
     thresholds: tuple[float, ...] = (0.9, 0.7, 0.5, 0.3)
     multilabel_thresholds: tuple[float, ...] = (0.9, 0.7, 0.5, 0.3, 0.1)
-    domain: str = "log1p"
+    domain: str = ExplainConfig.domain
     active_share: float = ACTIVE_SHARE
     mixtures: int = 200
     mixture_snr_db: float = 0.0
@@ -163,9 +163,12 @@ def test_data(config: runs.TrainConfig, sample_rate: int, num_classes: int, wind
 # ------------------------------------------------------------------------------------------------ fidelity, timing
 
 
-def explainer_of(run: runs.Run, domain: str = "log1p", threshold: float = 0.5) -> Explainer:
-    """The run's Explainer as evaluation uses it (no length limit)."""
-    return Explainer(run.interpreter, run.class_names, ExplainConfig(threshold=threshold, domain=domain, max_seconds=0))
+def explainer_of(run: runs.Run, domain: str | None = None, threshold: float | None = None) -> Explainer:
+    """The run's Explainer as evaluation uses it: an export's default selection (:class:`ExplainConfig`'s τ, top-N
+    and mask domain unless given), no length limit."""
+    given = {"domain": domain, "threshold": threshold}
+    config = ExplainConfig(max_seconds=0, **{k: v for k, v in given.items() if v is not None})
+    return Explainer(run.interpreter, run.class_names, config)
 
 
 def fidelity_on(explainer: Explainer, waves, batch_size: int = 16) -> dict:

@@ -344,7 +344,12 @@ class Interpreter(keras.Model):
             source_x, _ = self.stages.analysis(data["source"])
             classes = tf.argmax(classifier_logits, axis=-1, output_type=tf.int32)
             terms["source"] = losses.source_consistency_loss(
-                out["activations"], out["contributions"], classes, spectrogram, source_x, data["source_weight"],
+                out["activations"],
+                out["contributions"],
+                classes,
+                spectrogram,
+                source_x,
+                data["source_weight"],
                 tf.convert_to_tensor(self.decoder.weights[0]),
             )
             terms["loss"] = terms["loss"] + self.source_weight * terms["source"]

@@ -25,6 +25,11 @@ def _mixture_median(rows: list[dict], method: str, domain: str | None, tau) -> f
     return None
 
 
+def _default_median(rows: list[dict]) -> float | None:
+    """The median SI-SDRi of the explainer's default selection (the row marked ``"default"``), if evaluated."""
+    return next((r["si_sdri_db"]["median"] for r in rows if r.get("default")), None)
+
+
 def _fidelity_cells(fidelity: dict | None, multilabel: bool) -> dict:
     keys = ("macro_auprc",) if multilabel else ("top1", "top3", "top5")
     return {k: (fidelity or {}).get(k) for k in keys}
@@ -46,7 +51,7 @@ def _l2i_row(report, run_metrics, tau, multilabel) -> dict:
         **_fidelity_cells(report["fidelity"], multilabel),
         "faithfulness": report["faithfulness"][tau]["l2i"]["logit_drop"]["median"],
         **_masks(report.get("mask_metrics", {}).get("l2i", {}).get(tau)),
-        "si_sdri_db": _mixture_median(rows, "L2I", report["config"]["domain"], float(tau)),
+        "si_sdri_db": _default_median(rows) or _mixture_median(rows, "L2I", report["config"]["domain"], float(tau)),
         "seconds_per_clip": report["wall_time"]["l2i_seconds_per_clip"],
         "training_seconds": training,
     }
@@ -84,7 +89,10 @@ def method_table(report: dict, run_metrics: dict) -> dict:
     "rows": [{"method", "note", cells...}]}``. ``run_metrics``: the run's ``metrics.json`` (L2I's training time)."""
     multilabel = report["multilabel"]
     tau = _tau(report)
-    rows = [{"method": "l2i", "note": f"relevance > {tau}", **_l2i_row(report, run_metrics, tau, multilabel)}]
+    note = f"relevance > {tau}"
+    if _default_median(report.get("mixtures", {}).get("rows", [])) is not None:
+        note += "; SI-SDRi: default selection"
+    rows = [{"method": "l2i", "note": note, **_l2i_row(report, run_metrics, tau, multilabel)}]
     if "slime" in report:
         note = f"{report['slime']['clips']} clips, segments > {tau}"
         rows.append({"method": "slime", "note": note, **_slime_row(report["slime"], tau, multilabel)})

@@ -8,6 +8,10 @@ import tensorflow as tf
 
 from l2i_tf import audio, batches, explain, metrics, mixtures
 
+DEFAULT_METHOD = "L2I default"
+"""The mixture row of the explainer's own selection (its τ, top-N and active components, in its mask domain): what
+an export gives a user; ``"default": true`` in ``report.json``."""
+
 
 class Pooled:
     """Per-method rows of the mixture table, pooled over batches."""
@@ -35,6 +39,7 @@ class Pooled:
                     "target_energy_share": metrics.summarize(share),
                     "selected_mean": float(np.mean(count)) if counted else None,
                     "empty_share": float(np.mean(count == 0)) if counted else None,
+                    "default": method == DEFAULT_METHOD,
                 }
             )
         return out
@@ -81,7 +86,8 @@ def _selections(r, thresholds, seed) -> list:
 
 
 def _batch_rows(pooled: Pooled, explainer, f: dict, idx, mixture, sources, target, config, batch: int) -> None:
-    """Add the rows of the counted mixtures ``idx`` of one batch (``f``: the interpreter's outputs)."""
+    """Add the rows of the counted mixtures ``idx`` of one batch (``f``: the interpreter's outputs; ``mixture`` and
+    ``sources``: the counted ones)."""
     stft, W = explainer.stft_config, explainer.dictionary
     N = mixture.shape[1]
     X, phase, H, contributions = (
@@ -89,15 +95,17 @@ def _batch_rows(pooled: Pooled, explainer, f: dict, idx, mixture, sources, targe
     )
     r = explain.class_relevance(contributions, target[idx])
     ref = sources[:, 0]
-    base = metrics.si_sdr(mixture[idx], ref)
+    base = metrics.si_sdr(mixture, ref)
     S_t, S_d, P_t, P_d = source_powers(sources, stft)
     X_np = np.asarray(X)
     share = metrics.target_energy_share(np.ones_like(X_np[:1]), P_t, P_d)
     pooled.add("mixture", "-", None, np.zeros(len(idx)), share, np.full(len(idx), explainer.num_components))
     choices = _selections(r, config.mixture_thresholds, lambda i: tf.constant([config.seed, batch * 131 + i]))
     choices.append(("oracle components", None, oracle_components(W, H, P_t, P_d)))
+    selected = explainer.explain(mixture, target_class=target[idx])["selected"]  # as an export selects
+    default = (DEFAULT_METHOD, explainer.config.threshold, selected)
     for domain in config.mixture_domains:
-        for method, tau, sel in choices:
+        for method, tau, sel in choices + ([default] if domain == explainer.config.domain else []):
             mask = explain.selected_mask(W, H, sel)
             est = np.asarray(audio.masked_waveform(X, phase, mask, N, stft, domain))
             count = np.asarray(tf.reduce_sum(tf.cast(tf.cast(sel, tf.float32) > 0, tf.int32), axis=1))
@@ -132,7 +140,7 @@ def mixture_separation(explainer, mix: dict, config, batch_size: int = 16) -> di
         idx = np.flatnonzero(right)
         if len(idx):
             counted_index.append(part.start + idx)
-            _batch_rows(pooled, explainer, f, idx, x, mix["sources"][part][idx], target, config, b)
+            _batch_rows(pooled, explainer, f, idx, x[idx], mix["sources"][part][idx], target, config, b)
     counted = np.concatenate(counted_index) if counted_index else np.zeros(0, int)
     return {
         "mixtures": int(len(mix["mixture"])),

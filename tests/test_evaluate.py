@@ -13,6 +13,7 @@ from run_fixture import make_run, write_wav
 
 from cli.main import main
 from l2i_tf import audio, classifier, evaluate, explain, faithfulness, runs, slime
+from l2i_tf.explainer import ExplainConfig
 
 SR = 16000
 STFT = audio.STFTConfig()
@@ -149,7 +150,11 @@ def test_evaluate_writes_every_table_and_figure(planted_eval_run, tmp_path):
     for domain in config.mixture_domains:
         expected |= {(method, domain, tau) for method in ("L2I", "random") for tau in config.mixture_thresholds}
         expected |= {("L2I relevance-weighted", domain, 0.0), ("oracle components", domain, None)}
+    defaults = ExplainConfig()
+    expected.add(("L2I default", defaults.domain, defaults.threshold))  # the export's own selection, marked
     assert set(rows) == expected
+    assert [key for key, r in rows.items() if r["default"]] == [("L2I default", defaults.domain, defaults.threshold)]
+    assert rows[("L2I default", defaults.domain, defaults.threshold)]["selected_mean"] <= defaults.top_n
     assert {r["si_sdri_db"]["count"] for r in rows.values()} == {8}  # every row pools every counted mixture
     mixture = rows[("mixture", "-", None)]
     assert mixture["si_sdri_db"]["median"] == 0.0
