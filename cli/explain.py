@@ -36,9 +36,11 @@ Examples:
 @click.argument("source", type=click.Path(exists=True, file_okay=False))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--class", "class_name", default=None, help="Class to explain (default: the classifier's prediction).")
-@click.option("--threshold", type=float, default=None, help="τ: select components with relevance > τ [0.5/export's].")
-@click.option("--top", type=click.IntRange(min=0), default=None, help="At most N components (run folder) [5/export's].")
-@click.option("--domain", type=click.Choice(audio.DOMAINS), default=None, help="Mask domain [log1p/export's].")
+@click.option("--threshold", type=float, default=None, help="τ: select components with relevance > τ [0.3/export's].")
+@click.option(
+    "--top", type=click.IntRange(min=0), default=None, help="At most N components (run folder) [10/export's]."
+)
+@click.option("--domain", type=click.Choice(audio.DOMAINS), default=None, help="Mask domain [linear/export's].")
 @options.window_options(defaults=False)
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
 @options.unsafe_load_option

@@ -28,9 +28,11 @@ Examples:
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing report folder (once the new one is complete).")
 @click.option("--class", "class_name", default=None, help="Class to explain (default: the classifier's prediction).")
-@click.option("--threshold", type=float, default=None, help="τ: select components with relevance > τ [0.5/export's].")
-@click.option("--top", type=click.IntRange(min=0), default=None, help="At most N components (run folder) [5/export's].")
-@click.option("--domain", type=click.Choice(audio.DOMAINS), default=None, help="Mask domain [log1p/export's].")
+@click.option("--threshold", type=float, default=None, help="τ: select components with relevance > τ [0.3/export's].")
+@click.option(
+    "--top", type=click.IntRange(min=0), default=None, help="At most N components (run folder) [10/export's]."
+)
+@click.option("--domain", type=click.Choice(audio.DOMAINS), default=None, help="Mask domain [linear/export's].")
 @options.unsafe_load_option
 @click.option("-v", "--verbose", is_flag=True)
 def command(source, inputs, out, examples, overwrite, class_name, threshold, top, domain, unsafe_load, verbose):

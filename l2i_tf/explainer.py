@@ -77,9 +77,9 @@ class ExplainConfig(Settings):
         aggregate: the recording's decision from its windows' logits, ``"mean"`` or ``"max"``.
     """
 
-    threshold: float = 0.5
-    top_n: int = 5
-    domain: str = "log1p"
+    threshold: float = 0.3
+    top_n: int = 10
+    domain: str = "linear"
     max_seconds: float = 600.0
     window_seconds: float = 0.0
     aggregate: str = "mean"

@@ -33,6 +33,18 @@ def decode_cache(tmp_path_factory) -> Path:
         yield folder
 
 
+@pytest.fixture(scope="session", autouse=True)
+def paper_training_by_default():
+    """Training in tests (in this process) uses the paper's loss unless a test sets ``source_mixtures`` and
+    ``source_weight`` itself: the default 960 source mixtures would multiply every tiny training's examples. The
+    default itself is tested in tests/test_source_mixtures.py (which puts ``SOURCE_DEFAULTS`` back)."""
+    from l2i_tf import training
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(training, "DEFAULT_SOURCES", {False: (0, 0.0), True: (0, 0.0)})
+        yield
+
+
 @pytest.fixture(scope="session")
 def esc10_fold5(decode_cache):
     """Bundled ESC-10 fold 5 at 16 kHz: ``(waveforms float32 [80, 80000], labels int [80], table)``."""

@@ -77,6 +77,7 @@ def train_args(root: Path, out: Path) -> list:
         "train",
         *("--classifier", root / "classifier.keras", "--data", root / "data", "--layout", "folders"),
         *("--epochs", 1, "--nmf-iterations", 2, "-k", 4, "--hidden", 8, "--clip-seconds", 1, "--batch-size", 4),
+        *("--source-mixtures", 16, "--source-weight", 5),  # the default term, on fewer mixtures
         *("--out", out),
     ]
 

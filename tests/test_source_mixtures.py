@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 from run_fixture import make_tone_job
 
-from l2i_tf import losses, source_mixtures, training
+from l2i_tf import losses, runs, source_mixtures, training
 from l2i_tf.training_data import ClipFile
 
 T, F, K, C = 6, 5, 3, 2
@@ -97,12 +98,10 @@ def test_the_decided_class_picks_its_source():
 def test_training_with_source_mixtures_learns_the_term_and_records_it(tmp_path):
     config = make_tone_job(tmp_path, epochs=1, source_mixtures=6, source_weight=1.0)
     metrics = training.train(tmp_path / "run", config)
-    assert "source" in metrics["history"]
+    assert "source" in metrics["history"] and "val_fidelity_then_source" in metrics["history"]
     assert np.isfinite(metrics["history"]["source"]).all()
     recorded = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
     assert (recorded["source_mixtures"], recorded["source_weight"]) == (6, 1.0)
-    from l2i_tf import runs
-
     assert runs.load_run(tmp_path / "run").interpreter.source_weight == 1.0
 
 
@@ -121,6 +120,36 @@ def test_bad_source_settings_are_refused_before_any_work(tmp_path, changes, mess
     assert not (tmp_path / "run" / "interpreter.keras").exists()
 
 
+def test_unset_source_settings_take_the_task_default_and_are_recorded(tmp_path, monkeypatch):
+    monkeypatch.setattr(training, "DEFAULT_SOURCES", {False: (6, 2.0), True: (0, 0.0)})
+    config = make_tone_job(tmp_path, epochs=1)
+    assert (config.source_mixtures, config.source_weight) == (None, None)
+    model = runs.load_classifier(config.classifier)
+    resolved, _ = training.resolve(config, model)
+    assert (resolved.source_mixtures, resolved.source_weight) == (6, 2.0)
+    ml, _ = training.resolve(dataclasses.replace(config, multilabel=True), model)
+    assert (ml.source_mixtures, ml.source_weight) == (0, 0.0)
+    given, _ = training.resolve(dataclasses.replace(config, source_mixtures=0, source_weight=0.0), model)
+    assert (given.source_mixtures, given.source_weight) == (0, 0.0)  # the paper's training, asked for
+
+
 def test_paper_training_has_no_source_term(tiny_trained):
     assert "source" not in tiny_trained["metrics"]["history"]
-    assert training.DEFAULT_SOURCES[True] == (0, 0.0)  # multi-label: its training data are mixtures already
+
+
+def test_early_stopping_ranks_by_fidelity_then_source_loss():
+    from l2i_tf.checkpoints import FidelityThenSource
+
+    rank = FidelityThenSource("val_fidelity_top1")
+
+    def value(fidelity, source):
+        logs = {"val_fidelity_top1": fidelity, "source": source}
+        rank.on_epoch_end(0, logs)
+        return logs["val_fidelity_then_source"]
+
+    assert value(0.9, 0.1) > value(0.9, 0.2)  # equal fidelity: the better source match wins
+    assert value(0.9 + 1 / 80, 0.9) > value(0.9, 0.0)  # one more validation clip right beats any source loss
+    assert value(0.9 + 1 / 10_000, 0.3) > value(0.9, 0.0)  # ... up to 10 000 validation examples
+    logs = {"val_fidelity_top1": 0.9}
+    rank.on_epoch_end(0, logs)
+    assert "val_fidelity_then_source" not in logs  # the paper's training: nothing added
