@@ -43,7 +43,7 @@ def test_outputs_match_the_math_of_explain_step_by_step(explainer):
     selected = explain.select(relevance, 0.0, top_n=3)
     X, phase = audio.analyze(x, explainer.stft_config)
     W, H = explainer.dictionary, f["activations"]
-    expected = explain.interpret(X, phase, W, H, selected, 6000, explainer.stft_config)
+    expected = explain.interpret(X, phase, W, H, selected, 6000, explainer.stft_config, explainer.config.domain)
     assert out["target_class"].numpy().tolist() == target
     np.testing.assert_allclose(out["relevance"], relevance, atol=1e-6)
     np.testing.assert_array_equal(out["selected"], selected)

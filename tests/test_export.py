@@ -48,7 +48,7 @@ def test_export_takes_the_next_free_version_and_keeps_older_ones(exported):
     meta = export.load_metadata(path)
     assert meta["class_names"] == list(CLASS_NAMES)
     assert (meta["sample_rate"], meta["k"], meta["top_n"], meta["threshold"]) == (SAMPLE_RATE, K, TOP, 0.0)
-    assert meta["max_samples"] == SAMPLE_RATE and meta["version"] == 2 and meta["domain"] == "log1p"
+    assert meta["max_samples"] == SAMPLE_RATE and meta["version"] == 2 and meta["domain"] == ExplainConfig.domain
     assert export.resolve_saved_model(path.parent) == path
 
 
@@ -163,14 +163,16 @@ def test_fresh_tensorflow_process_loads_the_export_matches_keras_and_sees_only_c
     assert served["explain/component_audio"].shape == (2, TOP, x.shape[1])
 
 
-def reference_explanation(interp, x, target, threshold, top_n) -> dict:
-    """Relevance, selection and interpretation from l2i_tf.explain's functions (not the Explainer's layers)."""
+def reference_explanation(interp, x, target, threshold, top_n, domain=ExplainConfig.domain) -> dict:
+    """Relevance, selection and interpretation from l2i_tf.explain's functions (not the Explainer's layers); the
+    interpretation's mask in ``domain`` (an export's default unless given)."""
     out = interp(x)
     X, phase = audio.analyze(x, interp.stft_config)
     relevance = explain.relevance(out["pooled"], interp.theta.kernel, target)
     selected = explain.select(relevance, threshold, top_n)
     W = interp.decoder.weights[0]
-    interpretation = explain.interpret(X, phase, W, out["activations"], selected, x.shape[1], interp.stft_config)
+    stft = interp.stft_config
+    interpretation = explain.interpret(X, phase, W, out["activations"], selected, x.shape[1], stft, domain)
     return {"interpretation": interpretation, "relevance": relevance, "selected": selected}
 
 
