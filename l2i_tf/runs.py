@@ -175,7 +175,10 @@ def write_config(out: Path, config: TrainConfig, stft: audio.STFTConfig) -> None
 
 
 def read_config(folder: str | Path) -> TrainConfig:
-    return TrainConfig.from_dict(json.loads((Path(folder) / CONFIG).read_text())["train"])
+    """The run's recorded settings. A run recorded before the source-consistency term had none: it reads as the
+    paper's training (``source_mixtures`` 0, ``source_weight`` 0), so resuming or cross-validating it keeps it."""
+    recorded = json.loads((Path(folder) / CONFIG).read_text())["train"]
+    return TrainConfig.from_dict({"source_mixtures": 0, "source_weight": 0.0, **recorded})
 
 
 # -------------------------------------------------------------------- loading

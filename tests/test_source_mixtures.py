@@ -153,3 +153,19 @@ def test_early_stopping_ranks_by_fidelity_then_source_loss():
     logs = {"val_fidelity_top1": 0.9}
     rank.on_epoch_end(0, logs)
     assert "val_fidelity_then_source" not in logs  # the paper's training: nothing added
+
+
+def test_a_run_recorded_before_the_term_reads_as_the_paper_training(tmp_path):
+    recorded = runs.TrainConfig(source_mixtures=960, source_weight=5.0).to_dict()
+    del recorded["source_mixtures"], recorded["source_weight"]  # as an earlier version wrote config.json
+    (tmp_path / runs.CONFIG).write_text(json.dumps({"train": recorded}))
+    config = runs.read_config(tmp_path)
+    assert (config.source_mixtures, config.source_weight) == (0, 0.0)
+
+
+def test_quick_cross_validation_folds_use_few_source_mixtures():
+    from l2i_tf import evaluate
+
+    config = evaluate.fold_config(runs.TrainConfig(source_mixtures=960, source_weight=5.0), 2, quick=True)
+    assert (config.source_mixtures, config.source_weight) == (64, 5.0)
+    assert evaluate.fold_config(runs.TrainConfig(source_mixtures=0), 2, quick=True).source_mixtures == 0
