@@ -132,6 +132,8 @@ def make_tone_job(root: str | Path, **changes):
         hidden=8,
         epochs=2,
         batch_size=4,
+        source_mixtures=0,  # the paper's training, explicitly: also in a subprocess, where conftest's pin is absent
+        source_weight=0.0,
     )
     return runs.TrainConfig(**{**settings, **changes})
 

@@ -122,8 +122,7 @@ def test_bad_source_settings_are_refused_before_any_work(tmp_path, changes, mess
 
 def test_unset_source_settings_take_the_task_default_and_are_recorded(tmp_path, monkeypatch):
     monkeypatch.setattr(training, "DEFAULT_SOURCES", {False: (6, 2.0), True: (0, 0.0)})
-    config = make_tone_job(tmp_path, epochs=1)
-    assert (config.source_mixtures, config.source_weight) == (None, None)
+    config = make_tone_job(tmp_path, epochs=1, source_mixtures=None, source_weight=None)
     model = runs.load_classifier(config.classifier)
     resolved, _ = training.resolve(config, model)
     assert (resolved.source_mixtures, resolved.source_weight) == (6, 2.0)
