@@ -30,6 +30,12 @@ def _default_median(rows: list[dict]) -> float | None:
     return next((r["si_sdri_db"]["median"] for r in rows if r.get("default")), None)
 
 
+def _l2i_mixture_median(rows: list[dict], domain: str, tau: float) -> float | None:
+    """L2I's mixture SI-SDRi: the default selection's, else (reports written before that row) relevance > τ's."""
+    default = _default_median(rows)
+    return default if default is not None else _mixture_median(rows, "L2I", domain, tau)
+
+
 def _fidelity_cells(fidelity: dict | None, multilabel: bool) -> dict:
     keys = ("macro_auprc",) if multilabel else ("top1", "top3", "top5")
     return {k: (fidelity or {}).get(k) for k in keys}
@@ -51,7 +57,7 @@ def _l2i_row(report, run_metrics, tau, multilabel) -> dict:
         **_fidelity_cells(report["fidelity"], multilabel),
         "faithfulness": report["faithfulness"][tau]["l2i"]["logit_drop"]["median"],
         **_masks(report.get("mask_metrics", {}).get("l2i", {}).get(tau)),
-        "si_sdri_db": _default_median(rows) or _mixture_median(rows, "L2I", report["config"]["domain"], float(tau)),
+        "si_sdri_db": _l2i_mixture_median(rows, report["config"]["domain"], float(tau)),
         "seconds_per_clip": report["wall_time"]["l2i_seconds_per_clip"],
         "training_seconds": training,
     }
