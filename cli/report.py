@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from cli import errors, options
-from l2i_tf import audio, data
+from l2i_tf import audio, data, report_mixtures
 from l2i_tf import report as report_lib
 
 
@@ -16,6 +16,7 @@ from l2i_tf import report as report_lib
     epilog="""\b
 Examples:
   l2i-tf report runs/esc10 --examples 3 --out reports/esc10
+  l2i-tf report runs/esc10 --mixtures 10 --out reports/mixtures   # one mixture per class
   l2i-tf report runs/esc10 dog.wav rain.ogg --out reports/mine --threshold 0.3
   l2i-tf report savedmodels/l2i clip.flac --examples 2 --out reports/export --overwrite
 """,
@@ -26,6 +27,15 @@ Examples:
 @click.option(
     "--examples", type=click.IntRange(min=0), default=0, show_default=True, help="Also explain N bundled test clips."
 )
+@click.option(
+    "--mixtures",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Also N mixture examples, one class after another (10: one per ESC-10 class): a test clip of the class "
+    "mixed with one of another class, played as mixture, true source, interpretation.",
+)
+@click.option("--snr-db", type=float, default=0.0, show_default=True, help="True source to other source, mixtures.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing report folder (once the new one is complete).")
 @click.option("--class", "class_name", default=None, help="Class to explain (default: the classifier's prediction).")
 @click.option("--threshold", type=float, default=None, help="τ: select components with relevance > τ [0.3/export's].")
@@ -35,7 +45,9 @@ Examples:
 @click.option("--domain", type=click.Choice(audio.DOMAINS), default=None, help="Mask domain [linear/export's].")
 @options.unsafe_load_option
 @click.option("-v", "--verbose", is_flag=True)
-def command(source, inputs, out, examples, overwrite, class_name, threshold, top, domain, unsafe_load, verbose):
+def command(
+    source, inputs, out, examples, mixtures, snr_db, overwrite, class_name, threshold, top, domain, unsafe_load, verbose
+):
     """Write a static HTML page explaining each INPUT (and --examples N bundled test clips) to OUT/index.html.
 
     SOURCE is a run folder (l2i-tf train) or an exported SavedModel. For each input the page has players for
@@ -48,8 +60,10 @@ def command(source, inputs, out, examples, overwrite, class_name, threshold, top
     options.setup(verbose)
     if threshold is not None and threshold != threshold:
         raise click.BadParameter(f"{threshold!r} is not a number", param_hint="--threshold")
-    if not inputs and not examples:
-        raise click.UsageError("nothing to explain: give INPUT files or --examples N")
+    if not inputs and not examples and not mixtures:
+        raise click.UsageError("nothing to explain: give INPUT files, --examples N or --mixtures N")
+    if snr_db != snr_db or abs(snr_db) == float("inf"):
+        raise click.BadParameter(f"{snr_db!r} is not a finite number", param_hint="--snr-db")
     try:
         page = report_lib.build_report(
             source,
@@ -62,6 +76,8 @@ def command(source, inputs, out, examples, overwrite, class_name, threshold, top
             domain=domain,
             safe_mode=not unsafe_load,
             class_name=class_name,
+            mixtures=mixtures,
+            snr_db=snr_db,
         )
     except report_lib.ReportError as e:
         message = f"{e}; pass --overwrite to replace it" if e.reason == "exists" else str(e)
@@ -70,12 +86,15 @@ def command(source, inputs, out, examples, overwrite, class_name, threshold, top
         raise errors.source_error(e) from None
     except data.AudioDataError as e:
         raise click.BadParameter(str(e), param_hint="--examples") from None
+    except report_mixtures.MixtureExamplesError as e:
+        raise click.BadParameter(str(e), param_hint="--mixtures") from None
     for entry in page["inputs"]:
         if "error" in entry:
             click.echo(f"{entry['input']}: not explained: {entry['error']}")
         else:
+            separation = f"; SI-SDRi {entry['mixture']['si_sdri_db']:+.1f} dB" if "mixture" in entry else ""
             click.echo(
                 f"{entry['input']}: classifier says {entry['classifier'][0][0]}, interpreter says "
-                f"{entry['interpreter'][0][0]}; {len(entry['selected'])} component(s) selected"
+                f"{entry['interpreter'][0][0]}; {len(entry['selected'])} component(s) selected{separation}"
             )
     click.echo(f"wrote {Path(out) / 'index.html'}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import json
 import logging
@@ -11,17 +10,15 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import soundfile
 import tensorflow as tf
 
-from l2i_tf import audio, data, explain_files, files, runs, tables
+from l2i_tf import audio, data, explain_files, files, report_mixtures, runs, tables
 from l2i_tf.explain_files import ExplainSource
-from l2i_tf.report_figures import plot_activations, plot_relevance, plot_spectrograms
+from l2i_tf.report_inputs import Analysis, ReportInput, explain_input
 from l2i_tf.report_page import markdown_to_html, render
 
 log = logging.getLogger(__name__)
 
-TOP_PREDICTIONS = 3
 __all__ = ["ReportError", "ReportInput", "build_report", "describe", "example_inputs", "markdown_to_html"]
 
 
@@ -32,14 +29,6 @@ class ReportError(ValueError):
     def __init__(self, message: str, reason: str):
         super().__init__(message)
         self.reason = reason
-
-
-@dataclasses.dataclass(frozen=True)
-class ReportInput:
-    """One clip to explain: its file and, for a bundled example, its true class."""
-
-    path: str
-    true_class: str | None = None
 
 
 # -------------------------------------------------------------------- inputs
@@ -181,105 +170,6 @@ def find_evaluation(run_folder: Path) -> list[dict]:
     return found
 
 
-# -------------------------------------------------------------------- one input
-
-
-class _Analysis:
-    """The spectrogram and (when an interpreter is at hand) H of a waveform, as ``tf.function``s traced once."""
-
-    def __init__(self, stft: audio.STFTConfig, interpreter=None):
-        spec = [tf.TensorSpec([None, None], tf.float32)]
-        self._spectrogram = tf.function(lambda w: audio.analyze(w, stft)[0], input_signature=spec)
-        self._activations = None
-        if interpreter is not None:
-            self._activations = tf.function(
-                lambda w: interpreter(w, training=False)["activations"], input_signature=spec
-            )
-
-    def spectrogram(self, waveform: np.ndarray) -> np.ndarray:
-        """[S] -> log1p magnitude [T, F]."""
-        return self._spectrogram(tf.constant(waveform[None], tf.float32))[0].numpy()
-
-    def activations(self, waveform: np.ndarray) -> np.ndarray | None:
-        """[S] -> H [T, K], or None without an interpreter."""
-        if self._activations is None:
-            return None
-        return self._activations(tf.constant(waveform[None], tf.float32))[0].numpy()
-
-
-def _top(probabilities: dict, n: int = TOP_PREDICTIONS) -> list[tuple[str, float]]:
-    return sorted(probabilities.items(), key=lambda item: -item[1])[:n]
-
-
-def explain_input(source, analysis: _Analysis, item: ReportInput, slug: str, folder: Path, class_name=None) -> dict:
-    """Explain one input into ``folder/audio/<slug>/`` and ``folder/img/<slug>-*.png``; returns its page entry."""
-    audio_dir = folder / "audio" / slug
-    # Decode once; the model explains (and the page plays) exactly what was decoded, at the model's rate.
-    waveform = explain_files.load_audio(item.path, source.sample_rate)
-    explained = explain_files.explain_waveform(source, waveform, class_name)
-    interpretation = explained["audio"]["interpretation"]
-    result = explain_files.write_explanation(explained, audio_dir, input=item.path, decoded="input.wav")
-    soundfile.write(audio_dir / "input.wav", waveform, source.sample_rate, subtype="FLOAT")
-    stft = audio.STFTConfig.from_dict(source.metadata["stft"])
-    selected = [s["component"] for s in result["selected"]]
-    relevance = np.asarray(result["relevance"])
-    images = {}
-    size = plot_spectrograms(
-        analysis.spectrogram(waveform),
-        analysis.spectrogram(interpretation),
-        stft,
-        folder / "img" / f"{slug}-spectrograms.png",
-    )
-    images["spectrograms"] = {
-        "src": f"img/{slug}-spectrograms.png",
-        "size": size,
-        "alt": f"Spectrograms of the input (left) and the interpretation (right), {result['seconds']:.1f} s, "
-        f"0 to {stft.sample_rate / 2000:g} kHz, on the same colour scale.",
-    }
-    h = analysis.activations(waveform)
-    if h is not None:
-        size = plot_activations(h, selected, stft, folder / "img" / f"{slug}-activations.png")
-        strongest = np.argsort(-h.max(axis=0))[:3]
-        images["activations"] = {
-            "src": f"img/{slug}-activations.png",
-            "size": size,
-            "alt": f"Heatmap of the activation matrix H, {h.shape[1]} components over {h.shape[0]} frames; most "
-            f"active components: {', '.join(str(int(k)) for k in strongest)}.",
-        }
-    size = plot_relevance(
-        relevance, selected, result["threshold"], result["target_class"], folder / "img" / f"{slug}-relevance.png"
-    )
-    listed = ", ".join(f"{s['component']} ({s['relevance']:.2f})" for s in result["selected"]) or "none"
-    images["relevance"] = {
-        "src": f"img/{slug}-relevance.png",
-        "size": size,
-        "alt": f"Bar chart of the relevance of {len(relevance)} components for {result['target_class']}, with the "
-        f"threshold τ = {result['threshold']:g}; selected components: {listed}.",
-    }
-    players = [
-        {"label": f"Input: {Path(item.path).name}", "src": f"audio/{slug}/input.wav"},
-        {"label": f"Interpretation (explaining {result['target_class']})", "src": f"audio/{slug}/interpretation.wav"},
-    ]
-    players += [
-        {"label": f"Component {s['component']} (relevance {s['relevance']:.2f})", "src": f"audio/{slug}/{s['file']}"}
-        for s in result["selected"]
-    ]
-    return {
-        "slug": slug,
-        "input": item.path,
-        "name": Path(item.path).name,
-        "true_class": item.true_class,
-        "seconds": result["seconds"],
-        "target_class": result["target_class"],
-        "threshold": result["threshold"],
-        "classifier": _top(result["classifier"]["probabilities"]),
-        "interpreter": _top(result["interpreter"]["probabilities"]),
-        "selected": result["selected"],
-        "players": players,
-        "images": images,
-    }
-
-
 # -------------------------------------------------------------------- the page
 
 
@@ -294,8 +184,11 @@ def build_report(
     domain: str | None = None,
     class_name: str | None = None,
     safe_mode: bool = True,
+    mixtures: int = 0,
+    snr_db: float = 0.0,
 ) -> dict:
-    """Explain ``inputs`` (and ``examples`` bundled test clips) and write ``out/index.html`` with its audio and images.
+    """Explain ``inputs`` (and ``examples`` bundled test clips, and ``mixtures`` mixture examples) and write
+    ``out/index.html`` with its audio and images.
 
     The page is built in a hidden temporary folder next to ``out`` and renamed into place once complete; an
     existing ``out`` is refused unless ``overwrite`` (then replaced only after the new report is complete). An
@@ -310,26 +203,38 @@ def build_report(
         threshold, top_n, domain: as ``l2i-tf explain``.
         class_name: class to explain (default: each clip's prediction).
         safe_mode: False loads ``.keras`` files holding Python code (Lambda layers); only for trusted files.
+        mixtures: also this many mixture examples, one class after another: a test clip of the class mixed at
+            ``snr_db`` with a test clip of another class (the run's data set, else the bundled ESC-10), the first of
+            a few such pairs whose mixture the classifier assigns to the class; the page plays the mixture, the
+            true source, the interpretation of the classifier's decision and the other source, with the SI-SDRi.
 
     Raises:
         ReportError: ``out`` exists (without ``overwrite``) or is not writable, or there is nothing to explain.
-        ValueError: bad options for this source (see :class:`~l2i_tf.ExplainSource`), unknown class.
+        ValueError: bad options for this source (see :class:`~l2i_tf.ExplainSource`), unknown class, no labelled
+            clips to mix (:class:`~l2i_tf.report_mixtures.MixtureExamplesError`).
     """
     out = Path(out)
     _check_out(out, overwrite)
     items = [i if isinstance(i, ReportInput) else ReportInput(str(i)) for i in inputs]
-    if not items and not examples:
+    if not items and not examples and not mixtures:
         raise ReportError("nothing to explain: no input files and no bundled examples asked for", "nothing")
+    if mixtures < 0 or not np.isfinite(snr_db):
+        raise ValueError(f"mixture examples need a count >= 0 and a finite SNR, got {mixtures!r} and {snr_db!r}")
     src = ExplainSource(source, threshold=threshold, top_n=top_n, domain=domain, safe_mode=safe_mode)
     src.class_index(class_name)
     run_folder = _run_folder(src)
     if examples:
         items += example_inputs(examples, _test_folds(run_folder))
+    pairs = []
+    if mixtures:
+        paths, labels = report_mixtures.labelled_clips(run_folder, src.class_names)
+        pairs = report_mixtures.candidate_pairs(paths, labels, src.class_names, mixtures)
     interpreter, h_note = _interpreter(src, run_folder, safe_mode)
-    analysis = _Analysis(audio.STFTConfig.from_dict(src.metadata["stft"]), interpreter)
+    analysis = Analysis(audio.STFTConfig.from_dict(src.metadata["stft"]), interpreter)
     try:
         with files.atomic_folder(out, overwrite=True) as tmp:
             page = _write_page(tmp, src, analysis, items, class_name)
+            page["inputs"] += _write_mixtures(tmp, src, analysis, pairs, snr_db, first=len(items) + 1)
             page.update(header=describe(src, run_folder), activations_note=h_note)
             (tmp / "index.html").write_text(render(page), encoding="utf-8")
             (tmp / "report.json").write_text(json.dumps(page, indent=2, default=str))
@@ -360,6 +265,26 @@ def _write_page(folder: Path, src, analysis, items, class_name) -> dict:
         "created": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         "inputs": entries,
     }
+
+
+def _write_mixtures(folder: Path, src, analysis, pairs, snr_db: float, first: int) -> list[dict]:
+    """The mixture examples' entries (numbered from ``first``); one that cannot be explained is listed with its
+    error."""
+    entries = []
+    for index, candidates in enumerate(pairs, first):
+        name = f"Mixture: {candidates[0].target_class}"
+        slug = _slug(index, f"mixture-{candidates[0].target_class}")
+        try:
+            entry = report_mixtures.mixture_entry(src, analysis, candidates, slug, folder, snr_db)
+        except (data.AudioDataError, tf.errors.OpError, ValueError, RuntimeError) as e:
+            message = explain_files.graph_error_message(e) if isinstance(e, tf.errors.OpError) else str(e)
+            log.warning("%s: %s", name, message)
+            shutil.rmtree(folder / "audio" / slug, ignore_errors=True)
+            entry = {"slug": slug, "input": candidates[0].target, "name": name, "error": message}
+        else:
+            log.info("%s: %+.2f dB SI-SDRi", entry["name"], entry["mixture"]["si_sdri_db"])
+        entries.append(entry)
+    return entries
 
 
 def _interpreter(source: ExplainSource, run_folder: Path | None, safe_mode: bool = True):

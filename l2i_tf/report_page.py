@@ -173,6 +173,11 @@ def _input_html(entry: dict, number: int, note: str | None) -> str:
         facts.insert(1, f"true class “{entry['true_class']}”")
     chosen = len(entry["selected"])
     facts.append(f"{chosen} component{'s' if chosen != 1 else ''} selected")
+    if "mixture" in entry:
+        mixture = entry["mixture"]
+        facts.append(f"SI-SDRi {mixture['si_sdri_db']:+.1f} dB toward the true source")
+        if not mixture["classifier_right"]:
+            facts.append("the classifier did not decide the true source's class on any mixture tried")
     players = []
     for i, player in enumerate(entry["players"]):
         pid = f"{slug}-player-{i}"
@@ -200,6 +205,14 @@ def _input_html(entry: dict, number: int, note: str | None) -> str:
     )
 
 
+_MIXTURES_INTRO = (
+    "<h2 id='mixtures'>Mixture examples</h2><p class='note'>Each mixture adds a test clip of one class (the true "
+    "source) to a clip of another class. The interpretation explains the classifier's decision; listen whether it "
+    "keeps the true source and drops the other one. SI-SDRi: how much closer the interpretation is to the true "
+    "source than the mixture is (dB, higher is better).</p>"
+)
+
+
 def render(page: dict) -> str:
     """The report as one HTML document (inline CSS, no scripts, relative links only)."""
     header = page["header"]
@@ -216,7 +229,11 @@ def render(page: dict) -> str:
         f"<li><a href='#{_e(e['slug'])}'>{_e(e['name'])}</a>{' (error)' if 'error' in e else ''}</li>"
         for e in page["inputs"]
     )
-    body = "\n".join(_input_html(e, i, page["activations_note"]) for i, e in enumerate(page["inputs"], 1))
+    body = "\n".join(
+        (_MIXTURES_INTRO if "mixture" in e and not any("mixture" in p for p in page["inputs"][: i - 1]) else "")
+        + _input_html(e, i, page["activations_note"])
+        for i, e in enumerate(page["inputs"], 1)
+    )
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
