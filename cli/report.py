@@ -55,7 +55,9 @@ def command(
     colour scale; the activations H (run folder, or the run an export came from); relevances with the threshold;
     both classifiers' top predictions. The header shows the model, dictionary and STFT settings and the tables of
     l2i-tf evaluate when the run has them. The page works offline: audio and images sit next to it. Inputs that
-    cannot be explained are listed with their error.
+    cannot be explained are listed with their error. --mixtures N adds mixtures of two test clips of different
+    classes (the run's data set, else the bundled ESC-10), one class after another, each played as the mixture, the
+    true source, the interpretation of the classifier's decision and the other source, with its SI-SDRi.
     """
     options.setup(verbose)
     if threshold is not None and threshold != threshold:
