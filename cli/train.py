@@ -60,9 +60,7 @@ Examples:
     help="Clips are padded/cropped to this length. A fixed-input classifier: every clip is cut into windows of its "
     "input's length instead (this sets only the length of multi-label mixtures).",
 )
-@click.option(
-    "--alpha", type=click.FloatRange(min=0), default=None, help="Reconstruction weight [3 multi-class, 10 multi-label]."
-)
+@click.option("--alpha", type=click.FloatRange(min=0), default=None, help="Reconstruction weight [3].")
 @click.option(
     "--temperature",
     type=click.FloatRange(min=0, min_open=True),
@@ -84,7 +82,9 @@ Examples:
     "source in those mixtures [task default; 0 with --source-mixtures 0: the paper's training].",
 )
 @click.option("--pooling", type=click.Choice(layers_lib.POOLINGS), default=DEFAULTS.pooling, show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=DEFAULTS.epochs, show_default=True)
+@click.option(
+    "--epochs", type=click.IntRange(min=1), default=None, help="Most epochs [40 multi-class, 20 multi-label]."
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size, show_default=True)
 @click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
 @options.mixed_precision_option("float32", "float32")

@@ -35,7 +35,7 @@ def fold_config(config: runs.TrainConfig, fold: int, num_folds: int = 5, quick: 
     splits = tables.Splits.holding_out(fold, num_folds)
     changes = dict(train_folds=splits.train, val_folds=splits.validation, test_folds=splits.test, dictionary=None)
     if quick:
-        changes.update(epochs=min(config.epochs, 2), nmf_iterations=5, mixtures=min(config.mixtures, 64))
+        changes.update(epochs=min(config.epochs or 2, 2), nmf_iterations=5, mixtures=min(config.mixtures, 64))
         if config.source_mixtures:
             changes["source_mixtures"] = min(config.source_mixtures, 64)
     return dataclasses.replace(config, **changes)

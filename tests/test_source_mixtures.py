@@ -168,3 +168,15 @@ def test_quick_cross_validation_folds_use_few_source_mixtures():
     config = evaluate.fold_config(runs.TrainConfig(source_mixtures=960, source_weight=5.0), 2, quick=True)
     assert (config.source_mixtures, config.source_weight) == (64, 5.0)
     assert evaluate.fold_config(runs.TrainConfig(source_mixtures=0), 2, quick=True).source_mixtures == 0
+
+
+def test_unset_epochs_and_loss_weights_take_the_task_defaults_and_a_resume_keeps_the_recorded_epochs(tmp_path):
+    config = make_tone_job(tmp_path, epochs=None)
+    model = runs.load_classifier(config.classifier)
+    single, _ = training.resolve(config, model)
+    multi, _ = training.resolve(dataclasses.replace(config, multilabel=True), model)
+    assert (single.epochs, single.alpha, single.temperature) == (40, 3.0, 3.0)
+    assert (multi.epochs, multi.alpha, multi.temperature) == (20, 3.0, 1.0)
+    assert runs.TrainConfig().mixtures == 4800  # multi-label: 20 epochs of 4800 mixtures
+    assert training.resume_config(multi, dataclasses.replace(config, epochs=None)).epochs == 20  # `--resume` alone
+    assert training.resume_config(multi, dataclasses.replace(config, epochs=30)).epochs == 30  # `--resume --epochs 30`
