@@ -81,6 +81,13 @@ Examples:
     help="Weight of the source-consistency term: the interpretation of the decided class should be that class's "
     "source in those mixtures [task default; 0 with --source-mixtures 0: the paper's training].",
 )
+@click.option(
+    "--mixtures",
+    type=click.IntRange(min=1),
+    default=DEFAULTS.mixtures,
+    show_default=True,
+    help="Multi-label: training mixtures of 2-3 clips (validation and test: a quarter as many each).",
+)
 @click.option("--pooling", type=click.Choice(layers_lib.POOLINGS), default=DEFAULTS.pooling, show_default=True)
 @click.option(
     "--epochs", type=click.IntRange(min=1), default=None, help="Most epochs [40 multi-class, 20 multi-label]."

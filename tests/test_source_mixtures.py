@@ -180,3 +180,19 @@ def test_unset_epochs_and_loss_weights_take_the_task_defaults_and_a_resume_keeps
     assert runs.TrainConfig().mixtures == 4800  # multi-label: 20 epochs of 4800 mixtures
     assert training.resume_config(multi, dataclasses.replace(config, epochs=None)).epochs == 20  # `--resume` alone
     assert training.resume_config(multi, dataclasses.replace(config, epochs=30)).epochs == 30  # `--resume --epochs 30`
+
+
+def test_train_cli_passes_mixtures_and_leaves_unset_epochs_to_the_task(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from cli import train as train_cli
+    from cli.main import main
+
+    seen = []
+    monkeypatch.setattr(train_cli, "run", lambda out, config, *args: seen.append(config) or {})
+    monkeypatch.setattr(train_cli, "report", lambda *args: None)
+    result = CliRunner().invoke(main, ["train", "--multilabel", "--mixtures", "96", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert (seen[0].multilabel, seen[0].mixtures, seen[0].epochs) == (True, 96, None)
+    result = CliRunner().invoke(main, ["train", "--multilabel", "--mixtures", "0", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "--mixtures" in result.output and len(seen) == 1
