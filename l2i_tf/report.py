@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import logging
 import re
@@ -250,16 +251,8 @@ def _write_page(folder: Path, src, analysis, items, class_name) -> dict:
     entries = []
     for index, item in enumerate(items, 1):
         slug = _slug(index, item.path)
-        try:
-            entry = explain_input(src, analysis, item, slug, folder, class_name)
-        except (data.AudioDataError, tf.errors.OpError, ValueError, RuntimeError) as e:
-            message = explain_files.graph_error_message(e) if isinstance(e, tf.errors.OpError) else str(e)
-            log.warning("%s: %s", item.path, message)
-            shutil.rmtree(folder / "audio" / slug, ignore_errors=True)
-            entry = {"slug": slug, "input": item.path, "name": Path(item.path).name, "error": message}
-        else:
-            log.info("%s: explained %s", item.path, entry["target_class"])
-        entries.append(entry)
+        explain = functools.partial(explain_input, src, analysis, item, slug, folder, class_name)
+        entries.append(_entry(explain, folder, slug, item.path, Path(item.path).name))
     return {
         "title": f"L2I report: {Path(src.path).name}",
         "created": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
@@ -272,19 +265,23 @@ def _write_mixtures(folder: Path, src, analysis, pairs, snr_db: float, first: in
     error."""
     entries = []
     for index, candidates in enumerate(pairs, first):
-        name = f"Mixture: {candidates[0].target_class}"
         slug = _slug(index, f"mixture-{candidates[0].target_class}")
-        try:
-            entry = report_mixtures.mixture_entry(src, analysis, candidates, slug, folder, snr_db)
-        except (data.AudioDataError, tf.errors.OpError, ValueError, RuntimeError) as e:
-            message = explain_files.graph_error_message(e) if isinstance(e, tf.errors.OpError) else str(e)
-            log.warning("%s: %s", name, message)
-            shutil.rmtree(folder / "audio" / slug, ignore_errors=True)
-            entry = {"slug": slug, "input": candidates[0].target, "name": name, "error": message}
-        else:
-            log.info("%s: %+.2f dB SI-SDRi", entry["name"], entry["mixture"]["si_sdri_db"])
-        entries.append(entry)
+        explain = functools.partial(report_mixtures.mixture_entry, src, analysis, candidates, slug, folder, snr_db)
+        entries.append(_entry(explain, folder, slug, candidates[0].target, f"Mixture: {candidates[0].target_class}"))
     return entries
+
+
+def _entry(explain, folder: Path, slug: str, input_path: str, name: str) -> dict:
+    """``explain()``'s page entry, or the error entry of an input that cannot be explained (its files removed)."""
+    try:
+        entry = explain()
+    except (data.AudioDataError, tf.errors.OpError, ValueError, RuntimeError) as e:
+        message = explain_files.graph_error_message(e) if isinstance(e, tf.errors.OpError) else str(e)
+        log.warning("%s: %s", input_path, message)
+        shutil.rmtree(folder / "audio" / slug, ignore_errors=True)
+        return {"slug": slug, "input": input_path, "name": name, "error": message}
+    log.info("%s: explained %s", entry["name"], entry["target_class"])
+    return entry
 
 
 def _interpreter(source: ExplainSource, run_folder: Path | None, safe_mode: bool = True):
