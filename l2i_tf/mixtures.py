@@ -97,8 +97,14 @@ def scaled_sources(recipes: dict, m: int, clip) -> list[np.ndarray]:
             target_rms = rms(wave)
             out.append(wave)
         else:
-            out.append((wave * (target_rms / rms(wave) / 10 ** (float(snr) / 20))).astype("float32"))
+            out.append(at_snr(wave, target_rms, float(snr)))
     return out
+
+
+def at_snr(wave: np.ndarray, target_rms: float, snr_db: float) -> np.ndarray:
+    """``wave`` scaled so that a target of RMS ``target_rms`` is ``snr_db`` above it (float32; silence stays
+    silent)."""
+    return (wave * (target_rms / rms(wave) / 10 ** (snr_db / 20))).astype("float32")
 
 
 def mix(scaled: list[np.ndarray], n_samples: int) -> np.ndarray:

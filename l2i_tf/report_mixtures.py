@@ -4,7 +4,6 @@ hears the mixture, the true source and the interpretation side by side (with the
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 
@@ -38,29 +37,25 @@ def labelled_clips(run_folder: Path | None, class_names) -> tuple[list[str], np.
     """Test clips to mix and their classes as indices into the model's ``class_names``: the test split of the run's
     data set (its labels are the classifier's outputs, as in training), else of the bundled ESC-10 matched by class
     name (fold 5 without a run folder). Raises :class:`MixtureExamplesError` with fewer than two classes."""
-    train = {}
-    if run_folder is not None:
-        try:
-            train = json.loads((run_folder / runs.CONFIG).read_text())["train"]
-        except (OSError, ValueError, KeyError):
-            train = {}
-    folds = tuple(train.get("test_folds") or (5,))
-    if train.get("data") is None:
-        table = tables.esc10_table().with_folds(folds)
+    try:
+        config = runs.read_config(run_folder) if run_folder is not None else None
+    except (OSError, ValueError, KeyError, TypeError):
+        config = None
+    if config is None or config.data is None:
+        table = tables.esc10_table().with_folds(config.test_folds if config else (5,))
         index = {name: i for i, name in enumerate(class_names)}
         labels = np.array([index.get(table.class_names[label], -1) for label in table.labels], dtype=int)
         where = "the bundled ESC-10's test clips"
     else:
-        layout = train.get("layout", "esc10")
+        names = class_names if config.layout == "manifest" else None
         try:
-            table = tables.load_table(train["data"], layout, class_names=class_names if layout == "manifest" else None)
+            table = tables.load_table(config.data, config.layout, class_names=names)
         except (OSError, ValueError) as e:
-            raise MixtureExamplesError(
-                f"mixture examples: cannot read the run's data set {train['data']!r}: {e}"
-            ) from None
-        table = table.with_folds(folds)
+            message = f"mixture examples: cannot read the run's data set {config.data!r}: {e}"
+            raise MixtureExamplesError(message) from None
+        table = table.with_folds(config.test_folds)
         labels = np.where(np.asarray(table.labels) < len(class_names), table.labels, -1).astype(int)
-        where = f"the test split of {train['data']}"
+        where = f"the test split of {config.data}"
     keep = np.flatnonzero(labels >= 0)
     if len(np.unique(labels[keep])) < 2:
         raise MixtureExamplesError(
@@ -95,17 +90,23 @@ def mix(target: np.ndarray, distractor: np.ndarray, snr_db: float) -> tuple[np.n
     (target-to-distractor energy), and the scaled distractor."""
     d = np.zeros_like(target)
     d[: min(len(target), len(distractor))] = distractor[: len(target)]
-    d = d * (mixtures.rms(target) / mixtures.rms(d) * 10 ** (-snr_db / 20)) if np.any(d) else d
-    return (target + d).astype("float32"), d.astype("float32")
+    d = mixtures.at_snr(d, mixtures.rms(target), snr_db)
+    return (target + d).astype("float32"), d
 
 
 def _decided(source, pairs: list[Pair], snr_db: float):
     """The first pair whose mixture the classifier assigns to the target's class (else the first pair), decoded,
     mixed and explained: ``(pair, target, distractor, mixture, explained, right)``."""
-    first = None
+    first, decoded = None, {}
+
+    def load(path):  # a class's few clips recur across its pairs: decode each once
+        if path not in decoded:
+            decoded[path] = explain_files.load_audio(path, source.sample_rate)
+        return decoded[path]
+
     for pair in pairs:
-        target = explain_files.load_audio(pair.target, source.sample_rate)
-        mixture, distractor = mix(target, explain_files.load_audio(pair.distractor, source.sample_rate), snr_db)
+        target = load(pair.target)
+        mixture, distractor = mix(target, load(pair.distractor), snr_db)
         explained = explain_files.explain_waveform(source, mixture)
         right = explained["classifier"]["predicted"] == pair.target_class
         if right:

@@ -229,9 +229,9 @@ def render(page: dict) -> str:
         f"<li><a href='#{_e(e['slug'])}'>{_e(e['name'])}</a>{' (error)' if 'error' in e else ''}</li>"
         for e in page["inputs"]
     )
+    first_mixture = next((i for i, e in enumerate(page["inputs"], 1) if "mixture" in e), None)
     body = "\n".join(
-        (_MIXTURES_INTRO if "mixture" in e and not any("mixture" in p for p in page["inputs"][: i - 1]) else "")
-        + _input_html(e, i, page["activations_note"])
+        (_MIXTURES_INTRO if i == first_mixture else "") + _input_html(e, i, page["activations_note"])
         for i, e in enumerate(page["inputs"], 1)
     )
     return f"""<!DOCTYPE html>
