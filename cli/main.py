@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import click
 
 from cli import evaluate as evaluate_cmd
@@ -39,5 +41,17 @@ main.add_command(request_cmd.command)
 main.add_command(report_cmd.command)
 main.add_command(evaluate_cmd.command)
 
+
+def run() -> None:
+    """The ``l2i-tf`` program: :func:`main`, then an exit that skips the interpreter's final garbage collections over
+    TensorFlow's objects (``gc.freeze``): ~1 s of every command's wall time on 2 cores, spent after its work is done.
+    Objects are still freed as their references drop, and exit handlers (log flushing, temporary folders) still run.
+    """
+    try:
+        main()
+    finally:
+        gc.freeze()
+
+
 if __name__ == "__main__":
-    main()
+    run()

@@ -24,8 +24,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from l2i_tf import bulk_files, data, explain_files, export
-from l2i_tf.bulk_model import ExplainModelHandler
+from l2i_tf import bulk_files, bulk_model, data, explain_files, export
 
 log = logging.getLogger(__name__)
 
@@ -172,19 +171,23 @@ class ExplainFiles(beam.PTransform):
     ``index.parquet`` and ``errors.jsonl`` at the end. Returns ``{"records": ..., "failures": ...}`` (index records
     and dead letters) for further composition."""
 
-    def __init__(self, job: BulkJob):
+    def __init__(self, job: BulkJob, preload: bool = False):
+        """``preload``: start loading the model now, in this process (:func:`l2i_tf.bulk_model.preload`), for a
+        runner whose workers are threads of this process."""
         super().__init__()
         self.job = job
-
-    def expand(self, root):
-        job = self.job
-        handler = ExplainModelHandler(
+        self.handler = bulk_model.ExplainModelHandler(
             job.saved_model,
             job.threshold,
             job.max_batch_size,
             top_n_without_audio=_top_n_without_audio(job),
             tf_threads=job.tf_threads,
         )
+        if preload:
+            bulk_model.preload(self.handler)
+
+    def expand(self, root):
+        job, handler = self.job, self.handler
         matched = root | "Match" >> fileio.MatchFiles(job.input_glob)
         planned = matched | "SkipComplete" >> beam.ParDo(_SkipComplete(job)).with_outputs("done", main="todo")
         decoded = (
@@ -285,9 +288,14 @@ def run_job(
     if job.tf_threads is None:
         job = dataclasses.replace(job, tf_threads=direct_tf_threads(runner, direct_workers))
     p = beam.Pipeline(options=pipeline_options(runner, direct_workers, beam_args, direct_mode))
-    _ = p | "ExplainFiles" >> ExplainFiles(job)
-    result = p.run()
-    result.wait_until_finish()
+    in_process = runner == "DirectRunner" and (direct_workers <= 1 or direct_mode == "multi_threading")
+    transform = ExplainFiles(job, preload=in_process)
+    _ = p | "ExplainFiles" >> transform
+    try:
+        result = p.run()
+        result.wait_until_finish()
+    finally:
+        bulk_model.discard_preload(transform.handler)
     counters = dict.fromkeys(COUNTERS, 0)
     for metric in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
         counters[metric.key.metric.name] += metric.committed or metric.attempted or 0  # one entry per step

@@ -13,7 +13,9 @@ RunInference's own counter included).
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
+import threading
 
 import numpy as np
 import tensorflow as tf
@@ -111,6 +113,28 @@ def set_tf_threads(intra_op: int) -> bool:
     return True
 
 
+_preloads: dict[tuple, concurrent.futures.Future] = {}
+_preloads_lock = threading.Lock()
+
+
+def preload(handler: ExplainModelHandler) -> None:
+    """Start ``handler``'s loading in a background thread of this process; the first ``load_model`` of an equal
+    handler in this process then takes that model instead of loading its own. For runners whose workers are threads
+    of this process (the DirectRunner in memory or multi-threading): the ~2–3 s of loading and warming up overlap
+    Beam's start-up and the matching of the inputs."""
+    with _preloads_lock:
+        if handler.key not in _preloads:
+            pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="l2i_tf-preload")
+            _preloads[handler.key] = pool.submit(handler.load_warm)
+            pool.shutdown(wait=False)
+
+
+def discard_preload(handler: ExplainModelHandler) -> None:
+    """Drop what :func:`preload` loaded for ``handler`` and no ``load_model`` took (a pipeline that failed first)."""
+    with _preloads_lock:
+        _preloads.pop(handler.key, None)
+
+
 class ExplainModelHandler(ModelHandler):
     """RunInference on float32 clips [S] (one file each, any lengths) with an export's ``explain`` signature.
 
@@ -135,7 +159,12 @@ class ExplainModelHandler(ModelHandler):
         self._top_n_without_audio = top_n_without_audio
         self._tf_threads = tf_threads
 
-    def load_model(self):
+    @property
+    def key(self) -> tuple:
+        """What the loaded model depends on: the SavedModel, the signature warmed up, the thread setting."""
+        return self._model_uri, self._threshold, self._top_n_without_audio, self._tf_threads
+
+    def load_warm(self):
         """The SavedModel as ``tf.saved_model.load`` returns it (Keras 3 cannot load a SavedModel folder), its
         signature called once on a short silent clip: a signature's first call builds its graph function (~1 s of
         CPU), and worker threads that each make a first call at once each build it."""
@@ -144,6 +173,12 @@ class ExplainModelHandler(ModelHandler):
         model = tf.saved_model.load(self._model_uri)
         self.run_inference([np.zeros(WARM_UP_SAMPLES, np.float32)], model)  # a rejected clip warms up as well
         return model
+
+    def load_model(self):
+        """The model :func:`preload` started loading in this process (once), else :meth:`load_warm`'s."""
+        with _preloads_lock:
+            future = _preloads.pop(self.key, None)
+        return self.load_warm() if future is None else future.result()
 
     def run_inference(self, batch, model, inference_args=None):
         args = {

@@ -229,11 +229,23 @@ def test_without_component_audio_serving_default_gives_the_same_outputs(archive)
                 np.testing.assert_array_equal(value, b.inference[key], err_msg=key)
 
 
-def test_worker_threads_give_the_same_outputs_and_counts(archive, tmp_path):
+def test_worker_threads_give_the_same_outputs_and_counts(archive, tmp_path, monkeypatch):
+    """... from one model, loaded while Beam starts (by the preloading thread) and not kept after the run."""
+    import threading
+
+    import tensorflow as tf
+
+    from l2i_tf import bulk_model
+
+    loads, load = [], tf.saved_model.load
+    monkeypatch.setattr(
+        tf.saved_model, "load", lambda *a, **k: loads.append(threading.current_thread().name) or load(*a, **k)
+    )
     glob = str(archive["root"] / "archive" / "**")
     counts = bulk.run(
         archive["saved"], glob, tmp_path, components=True, direct_workers=2, direct_mode="multi_threading"
     )
+    assert [name.rsplit("_", 1)[0] for name in loads] == ["l2i_tf-preload"] and not bulk_model._preloads
     assert (counts["files_explained"], counts["files_failed"]) == (len(archive["good"]), len(archive["bad"]))
     assert (counts["indexed"], counts["errors"]) == (len(archive["good"]), len(archive["bad"]))
     assert_same_as_explain(archive, tmp_path)
