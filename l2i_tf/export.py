@@ -135,7 +135,31 @@ def write_saved_model(explainer: Explainer, path: str | Path) -> None:
     archive.track(explainer)
     for name, (fn, spec) in signatures(explainer).items():
         archive.add_endpoint(name, fn, input_signature=spec)
+    _trace_once(archive)
     archive.write_out(str(path), verbose=False)
+
+
+def _trace_once(archive) -> None:
+    """Make ``archive.write_out`` trace each signature once instead of twice (~25 % of an export's time).
+
+    ``write_out`` first traces every endpoint to list the variables it uses, then ``tf.saved_model.save`` traces them
+    again: a trace is cached per context, and the save context (its variable policy) is part of the key. Listing
+    inside a save context with the options ``write_out`` saves with makes the save find those traces. Keras-internal
+    (``_filter_and_track_resources``, TensorFlow's ``save_context``): where either is missing, nothing changes.
+    """
+    try:
+        from tensorflow.python.saved_model import save_context
+    except ImportError:  # pragma: no cover - another TensorFlow layout: trace twice
+        return
+    list_and_track = getattr(archive, "_filter_and_track_resources", None)
+    if list_and_track is None:  # pragma: no cover - another Keras: trace twice
+        return
+
+    def in_save_context():
+        with save_context.save_context(tf.saved_model.SaveOptions()):
+            list_and_track()
+
+    archive._filter_and_track_resources = in_save_context
 
 
 # -------------------------------------------------------------------- versioned export

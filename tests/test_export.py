@@ -343,3 +343,21 @@ def test_the_exported_explanation_makes_one_stft_per_window(exported):
     # the explanation's STFTs beyond the classifier's own front end: one, and one ISTFT
     assert serve.get("RFFT", 0) - classify.get("RFFT", 0) == 1
     assert serve.get("IRFFT", 0) == 1
+
+
+def test_writing_the_savedmodel_traces_each_signature_once(tiny_run, tmp_path, monkeypatch):
+    """Keras' ExportArchive lists the variables of each endpoint by tracing it, then tf.saved_model.save traced it
+    again (another context): the export lists them in the save's context, so each graph is built once."""
+    from l2i_tf import recording
+
+    traced = []
+    for name in ("explain_recording", "classify"):
+        original = getattr(recording, name)
+        monkeypatch.setattr(recording, name, lambda *a, _f=original, _n=name, **k: traced.append(_n) or _f(*a, **k))
+    run = runs.load_run(tiny_run)
+    export.write_saved_model(Explainer(run.interpreter, run.class_names, CONFIG), tmp_path / "model")
+    # serving_default, explain and explain_wav explain a recording; classify classifies it
+    assert sorted(traced) == ["classify", "explain_recording", "explain_recording", "explain_recording"]
+    model = tf.saved_model.load(str(tmp_path / "model"))
+    out = model.signatures["serving_default"](waveform=tf.constant(clips(1)))
+    assert np.all(np.isfinite(out["interpretation"].numpy()))
