@@ -68,18 +68,24 @@ class ClipFile:
 
     @classmethod
     def write(cls, path: Path, clips: Iterator[tuple[np.ndarray, object]], rows: int, length: int):
-        """Write ``rows`` clips of ``length`` samples; returns (the file, their labels)."""
+        """Write ``rows`` clips of ``length`` samples; returns (the file, their labels). Written a row at a time
+        through the file, not a memory map: a map's written pages count as the process's resident memory until it
+        closes (3.9 GB for 12 000 training clips of 5 s)."""
         labels = []
-        with files.atomic_file(path) as tmp:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype="float32", shape=(rows, length))
-            for i, (wave, label) in enumerate(clips):
-                out[i] = wave
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype("float32")), "fortran_order": False}
+        with files.atomic_file(path) as tmp, open(tmp, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, {**header, "shape": (rows, length)})
+            offset = f.tell()
+            for wave, label in clips:
+                wave = np.asarray(wave, "float32")
+                if wave.shape != (length,) or len(labels) == rows:
+                    raise ValueError(
+                        f"{path}: expected {rows} clips of {length} samples, got {wave.shape} at clip {len(labels)}"
+                    )
+                f.write(wave.tobytes())
                 labels.append(label)
-            out.flush()
-            offset = out.offset
-            del out
-        if len(labels) != rows:
-            raise ValueError(f"{path}: expected {rows} clips, got {len(labels)}")
+            if len(labels) != rows:
+                raise ValueError(f"{path}: expected {rows} clips, got {len(labels)}")
         return cls(path, rows, length, offset), np.stack(labels)
 
     def __call__(self, row: int) -> np.ndarray:

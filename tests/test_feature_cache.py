@@ -100,6 +100,7 @@ def test_mixtures_streamed_from_clips_on_disk_equal_the_in_memory_mixtures(tmp_p
     try:
         np.testing.assert_array_equal(stored_labels, labels)
         np.testing.assert_array_equal(store(5), waves[5])
+        np.testing.assert_array_equal(np.load(path), waves)  # a plain .npy file, written a row at a time
         streamed = np.stack(list(training_data.mixture_examples(store, labels, 9, seed=4, snr_db=(-5.0, 5.0))))
     finally:
         store.close()
@@ -110,6 +111,14 @@ def test_mixtures_streamed_from_clips_on_disk_equal_the_in_memory_mixtures(tmp_p
     nine = mixtures.mixture_recipes(labels, 9, seed=4)
     for key in five:
         np.testing.assert_array_equal(five[key], nine[key][:5])
+
+
+@pytest.mark.parametrize(("rows", "length"), [(3, 300), (5, 300), (4, 299)])
+def test_a_clip_file_given_other_clips_than_announced_is_refused_and_not_left(tmp_path, rows, length):
+    waves = np.zeros((4, 300), "float32")
+    with pytest.raises(ValueError, match=f"expected {rows} clips"):
+        training_data.ClipFile.write(tmp_path / "clips.npy", zip(waves, range(4)), rows, length)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_extra_examples_stream_equals_the_in_memory_augmentation(small_shards):
