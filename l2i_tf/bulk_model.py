@@ -121,7 +121,7 @@ def preload(handler: ExplainModelHandler) -> None:
     """Start ``handler``'s loading in a background thread of this process; the first ``load_model`` of an equal
     handler in this process then takes that model instead of loading its own. For runners whose workers are threads
     of this process (the DirectRunner in memory or multi-threading): the ~2–3 s of loading and warming up overlap
-    Beam's start-up and the matching of the inputs."""
+    Beam's start-up and the matching of the inputs. (A rerun with every input complete loads it for nothing.)"""
     with _preloads_lock:
         if handler.key not in _preloads:
             pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="l2i_tf-preload")
