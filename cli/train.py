@@ -20,6 +20,13 @@ from l2i_tf.interpreter import ClassifierContractError
 DEFAULTS = runs.TrainConfig()
 
 
+def _by_task(values: dict, at: int | None = None) -> str:
+    """A help text's default from a {multilabel: value} table (item ``at`` of tuple values): ``"a multi-class, b
+    multi-label"``, or ``"a"`` when both are the same."""
+    single, multi = (f"{v if at is None else v[at]:g}" for v in (values[False], values[True]))
+    return single if single == multi else f"{single} multi-class, {multi} multi-label"
+
+
 @click.command(
     "train",
     epilog="""\b
@@ -60,12 +67,17 @@ Examples:
     help="Clips are padded/cropped to this length. A fixed-input classifier: every clip is cut into windows of its "
     "input's length instead (this sets only the length of multi-label mixtures).",
 )
-@click.option("--alpha", type=click.FloatRange(min=0), default=None, help="Reconstruction weight [3].")
+@click.option(
+    "--alpha",
+    type=click.FloatRange(min=0),
+    default=None,
+    help=f"Reconstruction weight [{_by_task(training.DEFAULT_LOSS_WEIGHTS, 0)}].",
+)
 @click.option(
     "--temperature",
     type=click.FloatRange(min=0, min_open=True),
     default=None,
-    help="Distillation temperature of the fidelity term [3 multi-class, 1 multi-label].",
+    help=f"Distillation temperature of the fidelity term [{_by_task(training.DEFAULT_LOSS_WEIGHTS, 1)}].",
 )
 @click.option("--beta", type=click.FloatRange(min=0), default=DEFAULTS.beta, show_default=True)
 @click.option(
@@ -90,7 +102,7 @@ Examples:
 )
 @click.option("--pooling", type=click.Choice(layers_lib.POOLINGS), default=DEFAULTS.pooling, show_default=True)
 @click.option(
-    "--epochs", type=click.IntRange(min=1), default=None, help="Most epochs [40 multi-class, 20 multi-label]."
+    "--epochs", type=click.IntRange(min=1), default=None, help=f"Most epochs [{_by_task(training.DEFAULT_EPOCHS)}]."
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size, show_default=True)
 @click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
