@@ -216,7 +216,8 @@ def waveform_dataset(
     The decoded audio is saved once under ``cache_dir`` (default ``$L2I_TF_CACHE`` or
     ``~/.cache/l2i_tf``), keyed by the files' paths, sizes, mtimes and the sample rate,
     written to a temporary folder and renamed, so an interrupted run leaves no
-    half-written cache. ``index`` is the clip's row in the (probed) table.
+    half-written cache. ``index`` is the clip's row in the (probed) table; labels are the table's, not the
+    cache's.
     """
     table, infos, _ = probe_table(table, on_error=on_error)
     labels = table.labels.astype("float32" if table.multilabel else "int64")
@@ -242,7 +243,10 @@ def waveform_dataset(
         except OSError:
             if not target.exists():  # another process may have written the same cache first: use theirs
                 raise
-    return tf.data.Dataset.load(str(target))
+    # the cache keeps audio; labels are the table's own (the same files may be labelled otherwise, e.g. in the
+    # classes of a classifier that knows more classes than the data)
+    current = tf.constant(labels)
+    return tf.data.Dataset.load(str(target)).map(lambda wave, _, index: (wave, tf.gather(current, index), index))
 
 
 def load_clips(table: ClipTable, sample_rate: int, **kwargs) -> tuple[list[np.ndarray], np.ndarray]:

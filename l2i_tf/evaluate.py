@@ -128,19 +128,18 @@ class EvalConfig(Settings):
         return dataclasses.asdict(self)
 
 
-def test_data(config: runs.TrainConfig, sample_rate: int, num_classes: int, window: int | None = None) -> dict:
+def test_data(config: runs.TrainConfig, sample_rate: int, class_names, window: int | None = None) -> dict:
     """The run's test split: ``clips`` (waveforms, labels) and ``evaluation`` (what the classifier is scored on:
     the clips, or for a multi-label run on single-label data the same test mixtures training scored).
 
-    For a fixed-length classifier (``window`` samples) both are the windows training scored (see
-    :func:`l2i_tf.windows.cut`), and ``windows`` counts them (``{"clips", "windows"}``; None otherwise).
+    Labels are indices into ``class_names`` (the classifier's classes, which may be more than the data holds; a
+    data class the classifier does not output is an error naming it). For a fixed-length classifier (``window``
+    samples) both are the windows training scored (see :func:`l2i_tf.windows.cut`), and ``windows`` counts them
+    (``{"clips", "windows"}``; None otherwise).
     """
     table = tables.esc10_table() if config.data is None else tables.load_table(config.data, config.layout)
-    if len(table.class_names) != num_classes:
-        raise ValueError(
-            f"the data set has {len(table.class_names)} classes but the classifier outputs {num_classes} "
-            f"(data {config.data or 'bundled ESC-10'!r}, layout {config.layout!r})"
-        )
+    table = table.in_classes(class_names)
+    num_classes = len(class_names)
     test = table.with_folds(config.test_folds)
     mixing = config.multilabel and not table.multilabel
     if window is None or mixing:
@@ -203,9 +202,7 @@ def cross_validate(run: runs.Run, config: EvalConfig, safe_mode: bool = True) ->
         )
         fold_run = runs.load_run(folder, safe_mode=safe_mode)
         explainer = explainer_of(fold_run, config.domain)
-        td = test_data(
-            fold_run.config, explainer.sample_rate, len(fold_run.class_names), explainer.interpreter.clip_samples
-        )
+        td = test_data(fold_run.config, explainer.sample_rate, fold_run.class_names, explainer.interpreter.clip_samples)
         waves = td["evaluation"][0]
         thresholds = config.multilabel_thresholds if explainer.multilabel else config.thresholds
         per_fold[fold] = {
@@ -266,7 +263,7 @@ def evaluate(
     run = runs.load_run(run_dir, safe_mode=safe_mode)
     explainer = explainer_of(run, config.domain)
     num_classes = len(run.class_names)
-    td = test_data(run.config, explainer.sample_rate, num_classes, explainer.interpreter.clip_samples)
+    td = test_data(run.config, explainer.sample_rate, run.class_names, explainer.interpreter.clip_samples)
     waves = td["evaluation"][0]
     thresholds = config.multilabel_thresholds if explainer.multilabel else config.thresholds
     report = {

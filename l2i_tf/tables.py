@@ -76,6 +76,28 @@ class ClipTable:
             return self.labels.astype("float32")
         return np.eye(len(self.class_names), dtype="float32")[self.labels]
 
+    def in_classes(self, class_names) -> ClipTable:
+        """The same clips labelled in ``class_names`` (a classifier's classes, in its output order).
+
+        A classifier may output more classes than the data holds: then every data class must be one of its names.
+        With as many classes as the data, other names are read by position (as training reads them)."""
+        names = tuple(class_names)
+        unknown = [c for c in self.class_names if c not in names]
+        if names == self.class_names or (len(names) == len(self.class_names) and unknown):
+            return dataclasses.replace(self, class_names=names)
+        if unknown:
+            raise AudioDataError(
+                f"data set at {self.root!r} has {len(unknown)} class(es) the classifier does not output: {unknown[:5]}"
+                f" (it outputs {len(names)}: {list(names[:5])}{' ...' if len(names) > 5 else ''})"
+            )
+        index = np.array([names.index(c) for c in self.class_names], dtype="int64")
+        if self.multilabel:
+            labels = np.zeros((len(self), len(names)), dtype="float32")
+            labels[:, index] = self.labels
+        else:
+            labels = index[self.labels]
+        return dataclasses.replace(self, labels=labels, class_names=names)
+
 
 @dataclasses.dataclass(frozen=True)
 class Splits:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from math import gcd
@@ -179,6 +180,22 @@ def test_waveform_dataset_caches_decoded_audio_and_reads_it_back(tmp_path, make_
         np.testing.assert_array_equal(a, b)
         assert (la, ia) == (lb, ib)
     assert [p.name for p in cache.iterdir()] == [folder.name]  # no temporary folders left behind
+
+
+def test_cached_audio_is_read_back_with_the_tables_current_labels(tmp_path, make_folders_dataset, monkeypatch):
+    """The same files labelled otherwise (here in a classifier's wider class list) read the cache's audio with
+    the new labels, single- and multi-label."""
+    table = tables.folders_table(make_folders_dataset(tmp_path / "set", clips_per_class=2, seconds=0.1))
+    cache = tmp_path / "cache"
+    data.load_clips(table, RATE, cache_dir=cache)
+    monkeypatch.setattr(data, "decode_audio", None)  # the second reads come from the cache only
+    wider = table.in_classes(("other", *table.class_names))
+    _, labels = data.load_clips(wider, RATE, cache_dir=cache)
+    np.testing.assert_array_equal(labels, table.labels + 1)
+    multi = dataclasses.replace(wider, labels=wider.multi_hot(), multilabel=True)
+    _, hot = data.load_clips(multi, RATE, cache_dir=cache)
+    np.testing.assert_array_equal(hot, wider.multi_hot())
+    assert len(list(cache.iterdir())) == 1
 
 
 def test_cache_is_keyed_by_sample_rate_and_file_contents(tmp_path, make_folders_dataset):

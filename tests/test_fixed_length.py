@@ -148,14 +148,24 @@ def test_train_takes_rate_classes_and_layers_from_the_sidecar(fixed_job):
 
 def test_evaluation_scores_the_same_windows(fixed_job):
     config = runs.TrainConfig(data=str(fixed_job["data"]), layout="folders", clip_seconds=1.0)
-    td = evaluate.test_data(config, RATE, len(DATA_CLASSES), window=WINDOW)
+    td = evaluate.test_data(config, RATE, CLASSES, window=WINDOW)
     assert td["windows"] == {"clips": 3, "windows": 12}
     waves, labels = td["evaluation"]
-    assert waves.shape == (12, WINDOW) and labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
-    whole, _ = evaluate.test_data(config, RATE, len(DATA_CLASSES))["clips"]
+    assert waves.shape == (12, WINDOW) and labels.tolist() == [3] * 4 + [17] * 4 + [42] * 4  # the classifier's indices
+    whole, _ = evaluate.test_data(config, RATE, CLASSES)["clips"]
     assert whole.shape == (3, RATE)  # without a fixed input: padded/cropped to clip_seconds
     np.testing.assert_array_equal(waves[3, :RATE], waves[2, RATE:])  # hop 1 s: the windows overlap by half
     np.testing.assert_array_equal(waves[0, :RATE], whole[0])  # the first window starts at the clip's start
+
+
+def test_evaluate_scores_a_classifier_of_50_classes_on_data_of_3(fixed_job, tmp_path):
+    """`l2i-tf evaluate` reads the data's 3 classes as the classifier's indices 3, 17 and 42 (mixtures of two of
+    them), and scores the windows training scored."""
+    result = invoke("evaluate", fixed_job["run"], "--quick", "--mixtures", 2, "--out", tmp_path / "eval")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["test_windows"] == {"clips": 3, "windows": 12} and len(report["class_names"]) == 50
+    assert "## Mixtures" in result.output
 
 
 def test_a_fixed_input_shorter_than_one_stft_frame_is_refused_naming_both(fixed_job, tmp_path):

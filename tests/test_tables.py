@@ -229,3 +229,28 @@ def test_splits_reject_overlapping_folds_and_missing_folds():
     train, validation, test = tables.split(table, tables.Splits())
     assert (len(train), len(validation), len(test)) == (240, 80, 80)
     assert set(test.folds) == {5} and set(validation.folds) == {4}
+
+
+# ---------------------------------------------------------------- classes of a classifier
+
+
+def _table(labels, names, multilabel=False) -> tables.ClipTable:
+    paths = tuple(f"/d/{i}.wav" for i in range(len(labels)))
+    return tables.ClipTable(paths, np.asarray(labels), tuple(names), (1,) * len(labels), multilabel, "/d")
+
+
+def test_a_classifier_with_more_classes_relabels_the_data_in_its_order():
+    table = _table([0, 1, 1, 2], ("dog", "rain", "siren"))
+    wider = table.in_classes(("car", "siren", "dog", "bird", "rain"))
+    assert wider.labels.tolist() == [2, 4, 4, 1] and len(wider.class_names) == 5 and wider.paths == table.paths
+    multi = _table([[1, 0, 1], [0, 1, 0]], ("dog", "rain", "siren"), multilabel=True)
+    wide = multi.in_classes(("car", "siren", "dog", "bird", "rain")).labels
+    np.testing.assert_array_equal(wide, [[0, 1, 1, 0, 0], [0, 0, 0, 0, 1]])
+
+
+def test_same_count_of_other_names_is_read_by_position_and_a_missing_class_is_named():
+    table = _table([0, 1, 2], ("dog", "rain", "siren"))
+    assert table.in_classes(("a", "b", "c")).labels.tolist() == [0, 1, 2]
+    assert table.in_classes(("dog", "rain", "siren")) == table
+    with pytest.raises(AudioDataError, match=r"1 class\(es\) the classifier does not output: \['siren'\]"):
+        table.in_classes(("dog", "rain", "car", "bird"))
