@@ -11,6 +11,7 @@ import numpy as np
 import soundfile
 
 from l2i_tf import explain_files, metrics, mixtures, runs, tables
+from l2i_tf.data import AudioDataError
 from l2i_tf.report_inputs import ReportInput, explained_entry
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,9 @@ class Pair:
 
 def labelled_clips(run_folder: Path | None, class_names) -> tuple[list[str], np.ndarray]:
     """Test clips to mix and their classes as indices into the model's ``class_names``: the test split of the run's
-    data set (its labels are the classifier's outputs, as in training), else of the bundled ESC-10 matched by class
-    name (fold 5 without a run folder). Raises :class:`MixtureExamplesError` with fewer than two classes."""
+    data set (its classes found among the model's by name, see :meth:`~l2i_tf.tables.ClipTable.in_classes`), else
+    of the bundled ESC-10 matched by class name (fold 5 without a run folder). Raises :class:`MixtureExamplesError`
+    with fewer than two classes."""
     try:
         config = runs.read_config(run_folder) if run_folder is not None else None
     except (OSError, ValueError, KeyError, TypeError):
@@ -54,7 +56,10 @@ def labelled_clips(run_folder: Path | None, class_names) -> tuple[list[str], np.
             message = f"mixture examples: cannot read the run's data set {config.data!r}: {e}"
             raise MixtureExamplesError(message) from None
         table = table.with_folds(config.test_folds)
-        labels = np.where(np.asarray(table.labels) < len(class_names), table.labels, -1).astype(int)
+        try:  # the data's classes among the classifier's, by name (or by position when as many)
+            labels = np.asarray(table.in_classes(class_names).labels, dtype=int)
+        except AudioDataError:
+            labels = np.where(np.asarray(table.labels) < len(class_names), table.labels, -1).astype(int)
         where = f"the test split of {config.data}"
     keep = np.flatnonzero(labels >= 0)
     if len(np.unique(labels[keep])) < 2:

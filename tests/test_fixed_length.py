@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,6 +167,14 @@ def test_evaluate_scores_a_classifier_of_50_classes_on_data_of_3(fixed_job, tmp_
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["test_windows"] == {"clips": 3, "windows": 12} and len(report["class_names"]) == 50
     assert "## Mixtures" in result.output
+
+
+def test_report_mixes_the_data_classes_under_the_classifiers_names(fixed_job):
+    from l2i_tf import report_mixtures
+
+    paths, labels = report_mixtures.labelled_clips(fixed_job["run"], CLASSES)
+    assert sorted(set(labels.tolist())) == [3, 17, 42] and len(paths) == 3
+    assert all(Path(p).parent.name == CLASSES[c] for p, c in zip(paths, labels, strict=True))
 
 
 def test_a_fixed_input_shorter_than_one_stft_frame_is_refused_naming_both(fixed_job, tmp_path):
