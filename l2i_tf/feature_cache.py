@@ -8,18 +8,18 @@ shorter; one file per key of :meth:`~l2i_tf.interpreter.Interpreter.precompute` 
 stream of examples in batches of ``FEATURE_BATCH`` (the classifier sees the same batches as the in-memory trainer),
 holding one shard.
 
-Training order (:meth:`Shards.epochs_dataset`): in epoch ``e`` the shards are read in :func:`shard_order` (seed, e)
-and the examples of each shard in :func:`example_order` (seed, e, shard), both pure functions of their arguments,
-so a resumed run sees the batches of an uninterrupted one. Shard 0's order is :func:`epoch_order` (seed, e), so a
-split that fits one shard (the bundled ESC-10: 240 training clips) is trained in exactly the in-memory order.
-Reading holds a batch, not a shard: each batch's rows are copied out of the memory-mapped files, one shard mapped
-at a time per pipeline (at most its pages read stay resident), so peak memory does not grow with the number of
-shards.
+Training order (:meth:`Shards.epochs_dataset`): epoch ``e`` reads the split's examples in :func:`epoch_order`
+(seed, e), a permutation of the whole split — a pure function of its arguments, so a resumed run sees the batches
+of an uninterrupted one, and the in-memory trainer's order, so every batch is a draw from the whole split whatever
+the shards hold (shards are written in the data's order: class after class, clips before mixtures). Reading holds
+a batch, not a shard: each row is read from its file at its offset (``os.pread``, no memory map), so peak memory
+does not grow with the number of shards.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -35,26 +35,12 @@ FEATURE_BATCH = 32
 INDEX = "index.json"
 FORMAT = "npy-per-key"
 """The shards' layout, recorded in ``index.json``: a cache written in another (an older version's npz) is rebuilt."""
-_SHARD_TAG = 0x5A4D  # separates the shard order's seed from the examples' orders
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     """The order of ``n`` examples in ``epoch``: a pure function of (seed, epoch), so a resumed run sees the same
     batches as an uninterrupted one."""
     return np.random.default_rng([seed, epoch]).permutation(n)
-
-
-def shard_order(seed: int, epoch: int, num_shards: int) -> np.ndarray:
-    """The order in which ``epoch`` reads ``num_shards`` shards: a pure function of (seed, epoch)."""
-    return np.random.default_rng([seed, epoch, _SHARD_TAG]).permutation(num_shards)
-
-
-def example_order(seed: int, epoch: int, shard: int, count: int) -> np.ndarray:
-    """The order of the ``count`` examples of ``shard`` in ``epoch``: :func:`epoch_order` for shard 0, else seeded
-    by (seed, epoch, shard)."""
-    if shard == 0:
-        return epoch_order(seed, epoch, count)
-    return np.random.default_rng([seed, epoch, shard]).permutation(count)
 
 
 def rebatch(examples: Iterable, batch_size: int = FEATURE_BATCH) -> Iterator:
@@ -131,8 +117,8 @@ class Shards:
         self.keys = tuple(shapes)
         self.sequences = sum(key.startswith("sequence_") for key in self.keys)
         self._starts = np.concatenate([[0], np.cumsum(self.counts)]).astype("int64")
-        self._plan: tuple[int, np.ndarray, np.ndarray] | None = None
-        self._mapped: tuple[int | None, dict] = (None, {})
+        self._plan: tuple[tuple, np.ndarray] | None = None
+        self._layouts: dict[tuple[int, str], tuple[int, np.dtype, tuple]] = {}
 
     @classmethod
     def load(cls, folder: str | Path) -> Shards:
@@ -149,20 +135,44 @@ class Shards:
     def __len__(self) -> int:
         return int(sum(self.counts))
 
+    def _layout(self, shard: int, key: str) -> tuple[int, np.dtype, tuple]:
+        """(data offset, dtype, row shape) of one ``.npy`` file, read from its header once; a file whose row count
+        differs from ``index.json`` is a ValueError naming it."""
+        if (shard, key) not in self._layouts:
+            path = _key_path(self.folder, shard, key)
+            with open(path, "rb") as f:
+                major, _ = np.lib.format.read_magic(f)
+                header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = header(f)
+                offset = f.tell()
+            if fortran or shape[0] != self.counts[shard]:
+                raise ValueError(f"{path}: {shape[0]} examples, {INDEX} says {self.counts[shard]}")
+            self._layouts[shard, key] = (offset, dtype, tuple(shape[1:]))
+        return self._layouts[shard, key]
+
     def _gather(self, shard: int, rows: np.ndarray, keys=None) -> dict[str, np.ndarray]:
-        """Rows ``rows`` of ``shard``, in that order, by key, copied out of the shard's memory-mapped files. One
-        shard stays mapped (batches mostly follow each other within a shard): at most its pages read are resident."""
-        if self._mapped[0] != shard:
-            self._mapped = (shard, {})  # unmaps the previous shard: its pages stop counting as resident
-        mapped = self._mapped[1]
+        """Rows ``rows`` of ``shard``, in that order, by key, each read at its offset (a run of consecutive rows in
+        one read); nothing stays mapped or open."""
+        rows = np.asarray(rows, dtype="int64")
         out = {}
         for key in keys or self.keys:
-            if key not in mapped:
-                mapped[key] = np.load(_key_path(self.folder, shard, key), mmap_mode="r")
-                if len(mapped[key]) != self.counts[shard]:
-                    path = _key_path(self.folder, shard, key)
-                    raise ValueError(f"{path}: {len(mapped[key])} examples, {INDEX} says {self.counts[shard]}")
-            out[key] = np.array(mapped[key][rows])
+            offset, dtype, shape = self._layout(shard, key)
+            size = int(np.prod(shape, dtype="int64")) * dtype.itemsize
+            value = np.empty((len(rows), *shape), dtype)
+            flat = value.reshape(len(rows), -1).view(np.uint8)
+            fd = os.open(_key_path(self.folder, shard, key), os.O_RDONLY)
+            try:
+                starts = np.flatnonzero(np.diff(rows, prepend=-2) != 1)  # runs of consecutive rows
+                for a, b in zip(starts, [*starts[1:], len(rows)], strict=True):
+                    want = size * (b - a)
+                    data = os.pread(fd, want, offset + int(rows[a]) * size) if want else b""
+                    if len(data) != want:
+                        path = _key_path(self.folder, shard, key)
+                        raise ValueError(f"{path}: truncated ({len(data)} of {want} bytes at row {rows[a]})")
+                    flat[a:b] = np.frombuffer(data, np.uint8).reshape(b - a, size)
+            finally:
+                os.close(fd)
+            out[key] = value
         return out
 
     def read(self, shard: int, order: np.ndarray | None = None, keys=None) -> dict[str, np.ndarray]:
@@ -171,25 +181,19 @@ class Shards:
         rows = np.arange(self.counts[shard]) if order is None else np.asarray(order)
         return self._gather(shard, rows, keys)
 
-    def _epoch_plan(self, seed: int | None, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """(shard, row) of every example in the order ``epoch`` reads them (stored order when ``seed`` is None):
-        the shards in :func:`shard_order`, each shard's examples in :func:`example_order`."""
-        if self._plan is not None and self._plan[0] == (seed, epoch):
-            return self._plan[1], self._plan[2]
-        if seed is None:
-            shards, rows = np.arange(len(self.counts)), [np.arange(c) for c in self.counts]
-        else:
-            shards = shard_order(seed, epoch, len(self.counts))
-            rows = [example_order(seed, epoch, j, self.counts[j]) for j in shards]
-        shard_ids = np.concatenate([np.full(self.counts[j], j) for j in shards]).astype("int64")
-        plan = (shard_ids, np.concatenate(rows).astype("int64"))
-        self._plan = ((seed, epoch), *plan)
-        return plan
+    def _epoch_plan(self, seed: int | None, epoch: int) -> np.ndarray:
+        """The examples (indices into the split) in the order ``epoch`` reads them: :func:`epoch_order` (seed,
+        epoch), or stored order when ``seed`` is None."""
+        if self._plan is None or self._plan[0] != (seed, epoch):
+            order = np.arange(len(self)) if seed is None else epoch_order(seed, epoch, len(self))
+            self._plan = ((seed, epoch), order.astype("int64"))
+        return self._plan[1]
 
     def _batch(self, seed: int | None, epoch: int, batch: int, batch_size: int) -> list[np.ndarray]:
         """Batch ``batch`` of ``epoch`` (see :meth:`_epoch_plan`), key by key; the epoch's last may be short."""
-        at_batch = slice(batch * batch_size, (batch + 1) * batch_size)
-        shard_ids, rows = (part[at_batch] for part in self._epoch_plan(seed, epoch))
+        examples = self._epoch_plan(seed, epoch)[batch * batch_size : (batch + 1) * batch_size]
+        shard_ids = np.searchsorted(self._starts, examples, side="right") - 1
+        rows = examples - self._starts[shard_ids]
         out = {key: np.empty([len(rows), *self.shapes[key]], np.float32) for key in self.keys}
         for j in np.unique(shard_ids):
             at = np.flatnonzero(shard_ids == j)

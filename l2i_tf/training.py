@@ -20,7 +20,7 @@ from l2i_tf.runs import TrainConfig
 
 log = logging.getLogger(__name__)
 
-epoch_order = feature_cache.epoch_order  # the training order of a split that fits one shard (see feature_cache)
+epoch_order = feature_cache.epoch_order  # the training order of every split, shards or not (see feature_cache)
 
 # (alpha, temperature) by task, chosen on the validation fold (fold 4) of ESC-10, never the test fold.
 # Multi-class, validation top-1 fidelity: α=10,T=1: 91.25 %; α=3: 92.5 %; T=3: 92.5 %; α=3,T=3: 95.0 %.
