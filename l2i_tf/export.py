@@ -20,6 +20,7 @@ Metadata (class names, sample rate, STFT, K, τ, N, domain, maximum length) is w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -56,10 +57,11 @@ class ExportError(ValueError):
 # -------------------------------------------------------------------- signatures
 
 
-def _explain_wav(explainer: Explainer):
+def _explain_wav(explainer: Explainer, plain):
     """WAV files (string [B], any lengths, mono or multi-channel: downmixed) -> ``interpretation_wav_bytes`` + the
-    outputs of ``serving_default``. Each file is explained on its own (``tf.map_fn``): no clip is padded; the
-    timeline outputs are padded to the batch's longest timeline (``window_predicted_class`` -1 past a file's end)."""
+    outputs of ``serving_default`` (``plain``: its recording graph). Each file is explained on its own
+    (``tf.map_fn``): no clip is padded; the timeline outputs are padded to the batch's longest timeline
+    (``window_predicted_class`` -1 past a file's end)."""
     rate = explainer.sample_rate
     C, K = len(explainer.class_names), explainer.num_components
 
@@ -72,7 +74,7 @@ def _explain_wav(explainer: Explainer):
         )
         with tf.control_dependencies([check]):
             mono = tf.reduce_mean(decoded, axis=1)[None]
-        out = _explain(explainer, mono, components=False)
+        out = _explain(plain, explainer.config.threshold, mono)
         wav = tf.audio.encode_wav(out.pop("interpretation")[0][:, None], rate)
         return {"interpretation_wav_bytes": wav, **{key: value[0] for key, value in out.items()}}
 
@@ -103,21 +105,36 @@ def _explain_wav(explainer: Explainer):
     return run
 
 
-def _explain(explainer: Explainer, waveform, target_class=None, threshold=None, components=False) -> dict:
+def _explain(explain, threshold: float, waveform, target_class=None, tau=None) -> dict:
+    """``explain`` (a recording graph: waveform, target [B], τ [B]) with the target class (default -1: the
+    decision) and τ (default ``threshold``) broadcast to the batch."""
     batch = tf.shape(waveform)[:1]
     target = tf.fill(batch, -1) if target_class is None else tf.broadcast_to(target_class, batch)
-    tau = tf.broadcast_to(explainer.config.threshold if threshold is None else threshold, batch)
-    return recording.explain_recording(explainer.parts, waveform, target, tau, components)
+    return explain(waveform, target, tf.broadcast_to(threshold if tau is None else tau, batch))
+
+
+def _recording_graphs(explainer: Explainer) -> tuple:
+    """(without components, with components): :func:`~l2i_tf.recording.explain_recording` on the Explainer's
+    layers. The first is one ``tf.function`` that ``serving_default`` and ``explain_wav`` both call, so the
+    SavedModel holds (and the export traces) that graph once."""
+    spec = [tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None], tf.int32), tf.TensorSpec([None])]
+    parts = explainer.parts
+    plain = tf.function(
+        lambda w, t, tau: recording.explain_recording(parts, w, t, tau, components=False), input_signature=spec
+    )
+    return plain, lambda w, t, tau: recording.explain_recording(parts, w, t, tau, components=True)
 
 
 def signatures(explainer: Explainer) -> dict:
     """``{name: (function, input signature)}`` of the four SavedModel signatures, on the Explainer's layers (the
     recording graph of :mod:`l2i_tf.recording`, as :meth:`Explainer.explain` runs it)."""
     waveform = tf.TensorSpec([None, None], tf.float32, name="waveform")
+    plain, with_components = _recording_graphs(explainer)
+    tau = explainer.config.threshold
     return {
-        "serving_default": (lambda waveform: _explain(explainer, waveform), [waveform]),
+        "serving_default": (lambda waveform: _explain(plain, tau, waveform), [waveform]),
         "explain": (
-            lambda waveform, target_class, threshold: _explain(explainer, waveform, target_class, threshold, True),
+            lambda waveform, target_class, threshold: _explain(with_components, tau, waveform, target_class, threshold),
             [
                 waveform,
                 tf.TensorSpec([None], tf.int32, name="target_class"),
@@ -125,7 +142,7 @@ def signatures(explainer: Explainer) -> dict:
             ],
         ),
         "classify": (lambda waveform: recording.classify(explainer.parts, waveform), [waveform]),
-        "explain_wav": (_explain_wav(explainer), [tf.TensorSpec([None], tf.string, name="audio")]),
+        "explain_wav": (_explain_wav(explainer, plain), [tf.TensorSpec([None], tf.string, name="audio")]),
     }
 
 
@@ -136,7 +153,34 @@ def write_saved_model(explainer: Explainer, path: str | Path) -> None:
     for name, (fn, spec) in signatures(explainer).items():
         archive.add_endpoint(name, fn, input_signature=spec)
     _trace_once(archive)
-    archive.write_out(str(path), verbose=False)
+    with _no_layer_signatures():
+        archive.write_out(str(path), verbose=False)
+
+
+@contextlib.contextmanager
+def _no_layer_signatures():
+    """Keep Keras' per-model ``_default_save_signature`` out of the SavedModel while it is written.
+
+    Saving walks every tracked object's attributes for ``tf.function`` s; on a Keras model that property makes a new
+    ``serving_default`` each time it is read, which the walk then traces and saves: one unused function per model
+    (Explainer, interpreter, classifier, heads...), about a sixth of ``l2i-tf export``'s time. The signatures are
+    ours; nothing reads those. Keras-internal (the TensorFlow backend's layer class): where it is missing, nothing
+    changes.
+    """
+    try:
+        from keras.src.backend.tensorflow.layer import TFLayer
+    except ImportError:  # pragma: no cover - another Keras layout: the functions are traced and saved
+        yield
+        return
+    original = TFLayer.__dict__.get("_default_save_signature")
+    if original is None:  # pragma: no cover - another Keras: nothing to hide
+        yield
+        return
+    TFLayer._default_save_signature = property(lambda self: None)
+    try:
+        yield
+    finally:
+        TFLayer._default_save_signature = original
 
 
 def _trace_once(archive) -> None:

@@ -326,6 +326,7 @@ def train(
 
     results = {"class_names": list(config.class_names), "multilabel": config.multilabel, "k": dictionary.k}
     results["skipped_clips"] = {"count": len(skipped), "errors": skipped}
+    results["examples"] = dict(zip(("train", "validation", "test"), map(len, shards), strict=True))
     if window_counts:  # a fixed-length classifier: every split was cut into windows
         results["windows"] = window_counts
     for split_name, split in zip(("validation", "test"), shards[1:], strict=True):

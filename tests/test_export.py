@@ -17,6 +17,7 @@ import tensorflow as tf
 from click.testing import CliRunner
 from run_fixture import CLASS_NAMES, SAMPLE_RATE, K, chirp, write_wav
 from serving_standin import StandIn
+from tensorflow.core.protobuf import saved_model_pb2
 
 from cli.main import main
 from l2i_tf import audio, explain, export, runs
@@ -347,7 +348,8 @@ def test_the_exported_explanation_makes_one_stft_per_window(exported):
 
 def test_writing_the_savedmodel_traces_each_signature_once(tiny_run, tmp_path, monkeypatch):
     """Keras' ExportArchive lists the variables of each endpoint by tracing it, then tf.saved_model.save traced it
-    again (another context): the export lists them in the save's context, so each graph is built once."""
+    again (another context): the export lists them in the save's context, so each graph is built once, and the
+    graph two signatures share once."""
     from l2i_tf import recording
 
     traced = []
@@ -356,8 +358,12 @@ def test_writing_the_savedmodel_traces_each_signature_once(tiny_run, tmp_path, m
         monkeypatch.setattr(recording, name, lambda *a, _f=original, _n=name, **k: traced.append(_n) or _f(*a, **k))
     run = runs.load_run(tiny_run)
     export.write_saved_model(Explainer(run.interpreter, run.class_names, CONFIG), tmp_path / "model")
-    # serving_default, explain and explain_wav explain a recording; classify classifies it
-    assert sorted(traced) == ["classify", "explain_recording", "explain_recording", "explain_recording"]
+    # explain has its graph, serving_default and explain_wav share one (explain_wav calls it per file); classify
+    assert sorted(traced) == ["classify", "explain_recording", "explain_recording"]
+    # and no Keras model's own default signature (a `serving_default` function per model) is traced or saved
+    saved = saved_model_pb2.SavedModel.FromString((tmp_path / "model" / "saved_model.pb").read_bytes())
+    functions = [f.signature.name for f in saved.meta_graphs[0].graph_def.library.function]
+    assert functions and not [name for name in functions if "serving_default" in name], functions
     model = tf.saved_model.load(str(tmp_path / "model"))
     out = model.signatures["serving_default"](waveform=tf.constant(clips(1)))
     assert np.all(np.isfinite(out["interpretation"].numpy()))

@@ -100,6 +100,7 @@ def test_training_with_source_mixtures_learns_the_term_and_records_it(tmp_path):
     metrics = training.train(tmp_path / "run", config)
     assert "source" in metrics["history"] and "val_fidelity_then_source" in metrics["history"]
     assert np.isfinite(metrics["history"]["source"]).all()
+    assert sum(metrics["examples"].values()) == 15 + 6  # every clip in one split, and the 6 training mixtures
     recorded = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
     assert (recorded["source_mixtures"], recorded["source_weight"]) == (6, 1.0)
     assert runs.load_run(tmp_path / "run").interpreter.source_weight == 1.0
