@@ -163,8 +163,9 @@ def _no_layer_signatures():
 
     Saving walks every tracked object's attributes for ``tf.function`` s; on a Keras model that property makes a new
     ``serving_default`` each time it is read, which the walk then traces and saves: one unused function per model
-    (Explainer, interpreter, classifier, heads...), about a sixth of ``l2i-tf export``'s time. The signatures are
-    ours; nothing reads those. Keras-internal (the TensorFlow backend's layer class): where it is missing, nothing
+    (Explainer, interpreter, classifier, heads...; with the shared graph of :func:`_recording_graphs`, the tiny test
+    run's SavedModel is 1.51 MB instead of 1.88 MB, in about the same time). The signatures are ours; nothing reads
+    those. Keras-internal (the TensorFlow backend's layer class): where it is missing, nothing
     changes.
     """
     try:
