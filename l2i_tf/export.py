@@ -113,23 +113,13 @@ def _explain(explain, threshold: float, waveform, target_class=None, tau=None) -
     return explain(waveform, target, tf.broadcast_to(threshold if tau is None else tau, batch))
 
 
-def _recording_graphs(explainer: Explainer) -> tuple:
-    """(without components, with components): :func:`~l2i_tf.recording.explain_recording` on the Explainer's
-    layers. The first is one ``tf.function`` that ``serving_default`` and ``explain_wav`` both call, so the
-    SavedModel holds (and the export traces) that graph once."""
-    spec = [tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None], tf.int32), tf.TensorSpec([None])]
-    parts = explainer.parts
-    plain = tf.function(
-        lambda w, t, tau: recording.explain_recording(parts, w, t, tau, components=False), input_signature=spec
-    )
-    return plain, lambda w, t, tau: recording.explain_recording(parts, w, t, tau, components=True)
-
-
 def signatures(explainer: Explainer) -> dict:
     """``{name: (function, input signature)}`` of the four SavedModel signatures, on the Explainer's layers (the
     recording graph of :mod:`l2i_tf.recording`, as :meth:`Explainer.explain` runs it)."""
     waveform = tf.TensorSpec([None, None], tf.float32, name="waveform")
-    plain, with_components = _recording_graphs(explainer)
+    # The Explainer's own recording graphs (tf.functions): serving_default and explain_wav call one, so the
+    # SavedModel holds (and the export traces) that graph once.
+    plain, with_components = explainer.calls.serve, explainer.calls.explain
     tau = explainer.config.threshold
     return {
         "serving_default": (lambda waveform: _explain(plain, tau, waveform), [waveform]),
@@ -163,7 +153,7 @@ def _no_layer_signatures():
 
     Saving walks every tracked object's attributes for ``tf.function`` s; on a Keras model that property makes a new
     ``serving_default`` each time it is read, which the walk then traces and saves: one unused function per model
-    (Explainer, interpreter, classifier, heads...; with the shared graph of :func:`_recording_graphs`, the tiny test
+    (Explainer, interpreter, classifier, heads...; with serving_default and explain_wav sharing a graph, the tiny test
     run's SavedModel is 1.51 MB instead of 1.88 MB, in about the same time). The signatures are ours; nothing reads
     those. Keras-internal (the TensorFlow backend's layer class): where it is missing, nothing
     changes.
