@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 
 import keras
 import numpy as np
@@ -233,3 +234,30 @@ def test_a_baseline_that_does_not_fit_is_marked_and_the_others_still_run(planted
         evaluate.EvalConfig(baselines=("lime",))
     bad = CliRunner().invoke(main, ["evaluate", str(planted_eval_run), "--baselines", "slime,lime"])
     assert bad.exit_code != 0 and "unknown baseline(s) lime; known baselines: slime, flint, vibi" in bad.output
+
+
+def test_evaluate_streams_the_test_split_a_batch_at_a_time(tiny_eval_run, tmp_path, monkeypatch):
+    """No measure reads the whole test split: the row files are read in slices of at most one batch, and the
+    scratch folder is gone afterwards; fidelity matches the split scored in memory."""
+    from l2i_tf.row_files import Rows
+
+    def whole(self, *args, **kwargs):
+        raise AssertionError("the whole test split was read into memory")
+
+    reads = []
+    read = Rows._read
+    monkeypatch.setattr(Rows, "__array__", whole)
+    monkeypatch.setattr(Rows, "_read", lambda self, start, stop: reads.append(stop - start) or read(self, start, stop))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    config = evaluate.EvalConfig.quick_config(batch_size=4)
+    report = evaluate.evaluate(tiny_eval_run, config, tmp_path / "out")
+    assert report["test_clips"] > config.batch_size and max(reads) == config.batch_size
+    assert [p for p in scratch.iterdir() if p.name.startswith("l2i_tf-evaluate-")] == []
+    monkeypatch.undo()
+    run = runs.load_run(tiny_eval_run)
+    explainer = evaluate.explainer_of(run, config.domain)
+    waves, _ = evaluate.test_data(run.config, explainer.sample_rate, run.class_names)["evaluation"]
+    assert isinstance(waves, np.ndarray) and len(waves) == report["test_clips"]
+    assert report["fidelity"] == evaluate.fidelity_on(explainer, waves, 16)
