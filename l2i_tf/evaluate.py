@@ -234,7 +234,7 @@ def evaluate(
 ) -> dict:
     """Evaluate a run folder; write ``report.json`` and ``report.md`` into ``out`` (default ``run_dir/evaluation``).
 
-    The test split is streamed from temporary row files (:mod:`l2i_tf.evaluation_data`), so memory does not grow
+    The test split is streamed from temporary clip files (:mod:`l2i_tf.evaluation_data`), so memory does not grow
     with the number of test clips. ``safe_mode=False`` loads ``.keras`` files that hold Python code (Lambda layers):
     only for files you trust.
     """

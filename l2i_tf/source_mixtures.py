@@ -27,7 +27,7 @@ def plain(examples: Iterable[np.ndarray]) -> Iterator[dict]:
 
 
 def with_sources(clips, labels, count: int, seed: int, snr_db, window: int | None) -> Iterator[dict]:
-    """``count`` two-source mixtures of ``clips`` (a :class:`~l2i_tf.training_data.ClipFile`, ``labels`` int
+    """``count`` two-source mixtures of ``clips`` (a :class:`~l2i_tf.clip_files.ClipFile`, ``labels`` int
     ``[rows]``) with their scaled sources ``[2, samples]`` and classes ``[2]``, made one at a time; cut into windows
     of ``window`` samples (the mixture and its sources at the same places) for a fixed-length classifier."""
     recipes = mixtures.mixture_recipes(labels, count, num_sources=2, snr_db=snr_db, seed=seed + SEED_TAG)

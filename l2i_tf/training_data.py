@@ -1,7 +1,8 @@
 """The examples a training run learns from, streamed: clips padded/cropped or cut into windows, augmented copies and
 input mixtures, multi-label mixtures made one at a time, and their classifier features written to disk shards
 (:mod:`l2i_tf.feature_cache`). No step holds every waveform: clips come one by one from the decode cache
-(:func:`l2i_tf.data.waveform_dataset`), mixtures read their few sources from a per-split file of clips on disk.
+(:func:`l2i_tf.data.waveform_dataset`), mixtures read their few sources from a per-split file of clips on disk
+(:mod:`l2i_tf.clip_files`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from l2i_tf import data, feature_cache, files, mixtures, source_mixtures, windows
+from l2i_tf.clip_files import ClipFile
 from l2i_tf.feature_cache import Shards
 
 log = logging.getLogger(__name__)
@@ -56,44 +58,6 @@ def clip_examples(table, sample_rate: int, clip_samples: int | None) -> Iterator
     ``clip_samples`` unless it is None (clips at their own lengths)."""
     for wave, label, _ in data.waveform_dataset(table, sample_rate).as_numpy_iterator():
         yield (wave if clip_samples is None else fixed(wave, clip_samples)), label
-
-
-class ClipFile:
-    """A split's clips, all ``length`` samples, in one ``.npy`` file on disk, read back a row at a time (no
-    memory map: the rows read are not kept resident)."""
-
-    def __init__(self, path: Path, rows: int, length: int, offset: int):
-        self.path, self.rows, self.length, self.offset = path, rows, length, offset
-        self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
-
-    @classmethod
-    def write(cls, path: Path, clips: Iterator[tuple[np.ndarray, object]], rows: int, length: int):
-        """Write ``rows`` clips of ``length`` samples; returns (the file, their labels). Written a row at a time
-        through the file, not a memory map: a map's written pages count as the process's resident memory until it
-        closes (3.9 GB for 12 000 training clips of 5 s)."""
-        labels = []
-        header = {"descr": np.lib.format.dtype_to_descr(np.dtype("float32")), "fortran_order": False}
-        with files.atomic_file(path) as tmp, open(tmp, "wb") as f:
-            np.lib.format.write_array_header_1_0(f, {**header, "shape": (rows, length)})
-            offset = f.tell()
-            for wave, label in clips:
-                wave = np.asarray(wave, "float32")
-                if wave.shape != (length,) or len(labels) == rows:
-                    raise ValueError(
-                        f"{path}: expected {rows} clips of {length} samples, got {wave.shape} at clip {len(labels)}"
-                    )
-                f.write(wave.tobytes())
-                labels.append(label)
-            if len(labels) != rows:
-                raise ValueError(f"{path}: expected {rows} clips, got {len(labels)}")
-        return cls(path, rows, length, offset), np.stack(labels)
-
-    def __call__(self, row: int) -> np.ndarray:
-        self._file.seek(self.offset + row * self.length * 4)
-        return np.fromfile(self._file, dtype="float32", count=self.length)
-
-    def close(self):
-        self._file.close()
 
 
 def mixture_examples(clips: ClipFile, labels, count: int, seed: int, snr_db) -> Iterator[np.ndarray]:

@@ -237,17 +237,21 @@ def test_a_baseline_that_does_not_fit_is_marked_and_the_others_still_run(planted
 
 
 def test_evaluate_streams_the_test_split_a_batch_at_a_time(tiny_eval_run, tmp_path, monkeypatch):
-    """No measure reads the whole test split: the row files are read in slices of at most one batch, and the
+    """No measure reads the whole test split: its clip file is read in slices of at most one batch, and the
     scratch folder is gone afterwards; fidelity matches the split scored in memory."""
-    from l2i_tf.row_files import Rows
+    from l2i_tf.clip_files import ClipFile
 
     def whole(self, *args, **kwargs):
         raise AssertionError("the whole test split was read into memory")
 
     reads = []
-    read = Rows._read
-    monkeypatch.setattr(Rows, "__array__", whole)
-    monkeypatch.setattr(Rows, "_read", lambda self, start, stop: reads.append(stop - start) or read(self, start, stop))
+
+    def counted(self, start, stop, read=ClipFile._read):
+        reads.append(stop - start)
+        return read(self, start, stop)
+
+    monkeypatch.setattr(ClipFile, "__array__", whole)
+    monkeypatch.setattr(ClipFile, "_read", counted)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
