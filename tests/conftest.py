@@ -1,5 +1,6 @@
 """Shared fixtures: a session-wide decode cache, ESC-10 fold-5 waveforms, tiny generated data sets, a layer checker,
-one tiny run folder and its export, and one tiny trained run per session (read-only: copy them to change them).
+one tiny run folder and its export, and one tiny trained run per test run, shared by pytest-xdist's workers
+(read-only: copy them to change them).
 
 The decoded-audio cache (``L2I_TF_CACHE``) points at one folder for the whole session, so
 the bundled ESC-10 clips are decoded and resampled once per run. Set ``L2I_TF_TEST_CACHE``
@@ -9,8 +10,11 @@ to a folder to keep that cache between runs (it is keyed by file paths, sizes an
 from __future__ import annotations
 
 import copy
+import fcntl
 import inspect
 import os
+import pickle
+import shutil
 from pathlib import Path
 
 import keras
@@ -24,10 +28,36 @@ SAMPLE_RATE = 16000
 ESC10_SAMPLES = 5 * SAMPLE_RATE
 
 
+def shared(tmp_path_factory, worker_id: str, name: str, build):
+    """``build(folder)`` run once for the whole test run, even across pytest-xdist's workers: the first worker to
+    ask builds it into a folder beside every worker's own temporary folders (under a file lock) and leaves its
+    pickled value; the others wait and load that value. Without xdist (``worker_id`` "master"): built here.
+
+    For read-only session fixtures (runs, exports, caches): what one worker builds, the others must not change.
+    """
+    if worker_id == "master":
+        return build(tmp_path_factory.mktemp(name))
+    root = tmp_path_factory.getbasetemp().parent / f"shared-{name}"
+    root.mkdir(exist_ok=True)
+    with open(root / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if build fails
+        done = root / "value.pickle"
+        if done.is_file():
+            return pickle.loads(done.read_bytes())
+        folder = root / f"built-by-{worker_id}"  # a worker whose build failed leaves its folder to itself
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
+        value = build(folder)
+        done.write_bytes(pickle.dumps(value))
+        return value
+
+
 @pytest.fixture(scope="session", autouse=True)
-def decode_cache(tmp_path_factory) -> Path:
-    """One decoded-audio cache folder for the session, exported as ``L2I_TF_CACHE``."""
-    folder = Path(os.environ.get("L2I_TF_TEST_CACHE") or tmp_path_factory.mktemp("l2i_tf_cache"))
+def decode_cache(tmp_path_factory, worker_id) -> Path:
+    """One decoded-audio cache folder for the session (shared by xdist's workers: a cache is written to a
+    temporary folder and renamed, so two writers of the same clips cannot clash), exported as ``L2I_TF_CACHE``."""
+    folder = os.environ.get("L2I_TF_TEST_CACHE") or shared(tmp_path_factory, worker_id, "l2i_tf_cache", lambda f: f)
+    folder = Path(folder)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("L2I_TF_CACHE", str(folder))
         yield folder
@@ -54,18 +84,18 @@ def esc10_fold5(decode_cache):
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> Path:
-    """``run_fixture.make_run``'s tiny untrained run (classes dog, rain, siren; K = 8), made once a session.
+def tiny_run(tmp_path_factory, worker_id) -> Path:
+    """``run_fixture.make_run``'s tiny untrained run (classes dog, rain, siren; K = 8), made once a test run.
 
     Read-only: a test that writes into a run folder copies it (``shutil.copytree``) first.
     """
     from run_fixture import make_run
 
-    return make_run(tmp_path_factory.mktemp("tiny_run") / "run")
+    return shared(tmp_path_factory, worker_id, "tiny_run", lambda folder: make_run(folder / "run"))
 
 
 @pytest.fixture(scope="session")
-def tiny_export(tiny_run, tmp_path_factory) -> dict:
+def tiny_export(tiny_run, tmp_path_factory, worker_id) -> dict:
     """``tiny_run`` exported once a session by ``l2i-tf export --top 3 --max-seconds 1 --threshold 0`` into a model
     folder that already held version 1 (with a file in it), so the export is version 2.
 
@@ -74,18 +104,20 @@ def tiny_export(tiny_run, tmp_path_factory) -> dict:
     """
     from run_fixture import invoke
 
-    root = tmp_path_factory.mktemp("tiny_export")
-    older = root / "savedmodels" / "l2i" / "1"
-    older.mkdir(parents=True)
-    (older / "keep.txt").write_text("an older version")
-    args = ("--top", 3, "--max-seconds", 1, "--threshold", 0)
-    result = invoke("export", tiny_run, "--out", root / "savedmodels", *args)
-    assert result.exit_code == 0, result.output
-    return {"root": root, "run": tiny_run, "path": root / "savedmodels" / "l2i" / "2", "output": result.output}
+    def build(root: Path) -> dict:
+        older = root / "savedmodels" / "l2i" / "1"
+        older.mkdir(parents=True)
+        (older / "keep.txt").write_text("an older version")
+        args = ("--top", 3, "--max-seconds", 1, "--threshold", 0)
+        result = invoke("export", tiny_run, "--out", root / "savedmodels", *args)
+        assert result.exit_code == 0, result.output
+        return {"root": root, "run": tiny_run, "path": root / "savedmodels" / "l2i" / "2", "output": result.output}
+
+    return shared(tmp_path_factory, worker_id, "tiny_export", build)
 
 
 @pytest.fixture(scope="session")
-def tiny_trained(tmp_path_factory) -> dict:
+def tiny_trained(tmp_path_factory, worker_id) -> dict:
     """``run_fixture.make_tone_job``'s tiny job (4 epochs, no augmented copies or mixed inputs, no early stop),
     trained once a session by ``training.train``.
 
@@ -96,10 +128,12 @@ def tiny_trained(tmp_path_factory) -> dict:
 
     from l2i_tf import training
 
-    root = tmp_path_factory.mktemp("tiny_trained")
-    config = make_tone_job(root, epochs=4, augment_copies=0, mix_inputs=0, patience=50)
-    metrics = training.train(root / "run", config)
-    return {"root": root, "config": config, "run": root / "run", "metrics": metrics}
+    def build(root: Path) -> dict:
+        config = make_tone_job(root, epochs=4, augment_copies=0, mix_inputs=0, patience=50)
+        metrics = training.train(root / "run", config)
+        return {"root": root, "config": config, "run": root / "run", "metrics": metrics}
+
+    return shared(tmp_path_factory, worker_id, "tiny_trained", build)
 
 
 def tone(freq: float, seconds: float, rate: int = SAMPLE_RATE, seed: int = 0, noise: float = 0.05) -> np.ndarray:
