@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from run_fixture import K, assert_clean_error, invoke, write_wav
 
-from l2i_tf import evaluate, runs, training
+from l2i_tf import data, evaluate, mixtures, runs, tables, training, windows
 from l2i_tf.interpreter import ClassifierContractError
 
 RATE = 44100
@@ -157,6 +157,29 @@ def test_evaluation_scores_the_same_windows(fixed_job):
     assert whole.shape == (3, RATE)  # without a fixed input: padded/cropped to clip_seconds
     np.testing.assert_array_equal(waves[3, :RATE], waves[2, RATE:])  # hop 1 s: the windows overlap by half
     np.testing.assert_array_equal(waves[0, :RATE], whole[0])  # the first window starts at the clip's start
+
+
+def test_a_multilabel_runs_test_mixtures_streamed_equal_the_in_memory_ones(fixed_job):
+    """A multi-label run on single-label data scores the test mixtures training scored: streamed from a clip file,
+    they equal the ones made from the split in memory, and so do their windows for a fixed-length classifier."""
+    config = runs.TrainConfig(
+        data=str(fixed_job["data"]), layout="folders", clip_seconds=3.0, multilabel=True, mixtures=24
+    )
+    table = tables.load_table(config.data, config.layout).in_classes(CLASSES).with_folds(config.test_folds)
+    clips, labels = data.load_waveforms(table, RATE, 3 * RATE)
+    split = mixtures.split_mixtures([None, None, (clips, labels)], len(CLASSES), 24, config.seed, config.mixture_snr_db)
+    expected = split[2]
+    td = evaluate.test_data(config, RATE, CLASSES)
+    assert td["windows"] is None and len(td["evaluation"][0]) == 6  # a quarter of 24
+    for got, want in zip((*td["clips"], *td["evaluation"]), (clips, labels, *expected), strict=True):
+        np.testing.assert_array_equal(got, want)
+    windowed = evaluate.test_data(config, RATE, CLASSES, window=WINDOW)
+    mixture_windows, clip_windows = windows.cut(*expected, WINDOW), windows.cut(clips, labels, WINDOW)
+    assert windowed["windows"] == mixture_windows.counts() == {"clips": 6, "windows": 12}  # 3 s: windows at 0, 1 s
+    np.testing.assert_array_equal(windowed["evaluation"][0], mixture_windows.waves)
+    np.testing.assert_array_equal(windowed["evaluation"][1], mixture_windows.labels)
+    np.testing.assert_array_equal(windowed["clips"][0], clip_windows.waves)
+    np.testing.assert_array_equal(windowed["clips"][1], clip_windows.labels)
 
 
 def test_evaluate_scores_a_classifier_of_50_classes_on_data_of_3(fixed_job, tmp_path):
