@@ -18,8 +18,8 @@ from l2i_tf.evaluation_data import scratch_folder, test_data
 from l2i_tf.evaluation_report import markdown
 from l2i_tf.explain import ACTIVE_SHARE
 from l2i_tf.explainer import ExplainConfig, Explainer
-from l2i_tf.faithfulness import faithfulness, paper_and_active
-from l2i_tf.mask_metrics import SPEECHBRAIN_L2I, SPEECHBRAIN_L2I_SOURCE, l2i_mask_metrics
+from l2i_tf.faithfulness import Removals, analysed_batch, faithfulness, paper_and_active
+from l2i_tf.mask_metrics import SPEECHBRAIN_L2I, SPEECHBRAIN_L2I_SOURCE, batch_scores, summarize
 from l2i_tf.method_table import method_table
 from l2i_tf.separation import build_mixtures, mixture_separation
 from l2i_tf.settings import Settings
@@ -153,6 +153,28 @@ def fidelity_on(explainer: Explainer, waves, batch_size: int = 16) -> dict:
     return metrics.fidelity(out["classifier_logits"], out["logits"], explainer.multilabel)
 
 
+def l2i_measures(explainer: Explainer, waves, thresholds, config: EvalConfig) -> tuple[dict, dict, dict]:
+    """Fidelity, faithfulness and the mask metrics of L2I in one pass over ``waves``: what :func:`fidelity_on`,
+    :func:`~l2i_tf.faithfulness.faithfulness` and :func:`~l2i_tf.mask_metrics.l2i_mask_metrics` give, with one
+    interpreter pass a batch, and the removal audio of L2I's selection classified once for faithfulness and the
+    mask metrics' mask-out."""
+    logits = {"classifier_logits": [], "logits": []}
+    removals = Removals(explainer, thresholds, config.domain, config.seed, config.active_share)
+    masks = {t: [] for t in thresholds}
+    for b, part in batches.spans(len(waves), config.batch_size):
+        batch = analysed_batch(explainer, waves[part])
+        for key, parts in logits.items():
+            parts.append(np.asarray(batch["analysis"][key]))
+        if len(batch["rows"]) == 0:
+            continue
+        removed = removals.add(batch, b)
+        out = {t: removed[t]["l2i"]["logits"] for t in thresholds}
+        for t, scores in batch_scores(explainer, batch, thresholds, config.domain, out).items():
+            masks[t].append(scores)
+    fidelity = metrics.fidelity(*(np.concatenate(logits[k]) for k in logits), explainer.multilabel)
+    return fidelity, removals.result(), {str(t): summarize(masks[t]) for t in thresholds}
+
+
 def l2i_seconds_per_clip(explainer: Explainer, waves, batch_size: int = 16) -> float:
     """Wall time of the whole L2I explanation (interpreter pass, relevance, mask, ISTFT) per clip, on the first
     :data:`TIMED_CLIPS` clips after a warm-up batch."""
@@ -271,20 +293,11 @@ def _measure(report: dict, run: runs.Run, explainer: Explainer, td: dict, config
     waves = td["evaluation"][0]
     thresholds = config.multilabel_thresholds if explainer.multilabel else config.thresholds
     t0 = time.perf_counter()
-    report["fidelity"] = fidelity_on(explainer, waves, config.batch_size)
-    log.info("fidelity %s (%.1f s)", report["fidelity"], time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    faith = faithfulness(
-        explainer, waves, thresholds, config.domain, config.seed, config.batch_size, config.active_share
-    )
+    report["fidelity"], faith, masks = l2i_measures(explainer, waves, thresholds, config)
     report["faithfulness"], report["faithfulness_active_random"] = paper_and_active(faith, config.active_share)
-    log.info("faithfulness done (%.1f s)", time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    report["mask_metrics"] = {
-        "l2i": l2i_mask_metrics(explainer, waves, thresholds, config.domain, config.batch_size),
-        "speechbrain_published_l2i": {**SPEECHBRAIN_L2I, "source": SPEECHBRAIN_L2I_SOURCE},
-    }
-    log.info("mask metrics done (%.1f s)", time.perf_counter() - t0)
+    published = {**SPEECHBRAIN_L2I, "source": SPEECHBRAIN_L2I_SOURCE}
+    report["mask_metrics"] = {"l2i": masks, "speechbrain_published_l2i": published}
+    log.info("fidelity %s, faithfulness, mask metrics (%.1f s)", report["fidelity"], time.perf_counter() - t0)
     report["wall_time"] = {"l2i_seconds_per_clip": l2i_seconds_per_clip(explainer, waves, config.batch_size)}
     mix, counted = None, np.zeros(0, int)
     if config.mixtures and td["single_label"]:

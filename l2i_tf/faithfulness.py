@@ -50,7 +50,8 @@ def removal_drops(
         active_share: share of a clip's activation energy above which a component is active (``random_active``).
 
     Returns:
-        ``{τ: {"l2i": {"logit", "probability", "selected"}, "random": {...}, "random_active": {...}}}``, arrays [B].
+        ``{τ: {"l2i": {"logit", "probability", "selected", "logits"}, "random": {...}, "random_active": {...}}}``:
+        drops and counts [B], and ``logits`` [B, C] the classifier's on the removal audio.
     """
     removed, counts = [], []
     for i, tau in enumerate(thresholds):
@@ -68,8 +69,9 @@ def removal_drops(
         out[tau] = {}
         for j, name in enumerate(METHODS):
             n = len(METHODS) * i + j
-            drops = metrics.faithfulness_drops(logits, after[n * B : (n + 1) * B], target_class, multilabel)
-            out[tau][name] = {**drops, "selected": counts[n]}
+            removed = after[n * B : (n + 1) * B]
+            drops = metrics.faithfulness_drops(logits, removed, target_class, multilabel)
+            out[tau][name] = {**drops, "selected": counts[n], "logits": removed}
     return out
 
 
@@ -78,6 +80,70 @@ def explained_rows(classifier_logits: np.ndarray, multilabel: bool):
     if not multilabel:
         return np.arange(len(classifier_logits)), classifier_logits.argmax(axis=1)
     return np.nonzero(classifier_logits > 0.0)  # sigmoid > 0.5
+
+
+def analysed_batch(explainer, waves) -> dict:
+    """One batch through the interpreter, as faithfulness and the mask metrics read it: ``analysis`` (what
+    :meth:`~l2i_tf.explainer.Explainer.analyze` gives), ``clf`` (the classifier's logits [B, C]), the explained
+    ``rows`` and ``classes`` (:func:`explained_rows`), ``num_samples``, and when a row is explained their ``X``,
+    ``phase``, ``H`` and ``relevance`` for their class."""
+    f = explainer.analyze(waves)
+    clf = np.asarray(f["classifier_logits"])
+    rows, classes = explained_rows(clf, explainer.multilabel)
+    out = {"analysis": f, "clf": clf, "rows": rows, "classes": classes, "num_samples": int(np.shape(waves)[1])}
+    if len(rows):
+        X, phase, H, contributions = (
+            tf.gather(f[k], rows) for k in ("spectrogram", "phase", "activations", "contributions")
+        )
+        out.update(X=X, phase=phase, H=H, relevance=explain.class_relevance(contributions, classes))
+    return out
+
+
+class Removals:
+    """Faithfulness accumulated a batch at a time: :meth:`add` an :func:`analysed_batch`, then :meth:`result`."""
+
+    KEYS = ("logit", "probability", "selected", "class", "wanted", "active")
+
+    def __init__(self, explainer, thresholds, domain: str, seed: int, active_share: float = explain.ACTIVE_SHARE):
+        self.explainer, self.thresholds, self.domain = explainer, tuple(thresholds), domain
+        self.seed, self.active_share = seed, active_share
+        self.acc = {t: {m: {k: [] for k in self.KEYS} for m in METHODS} for t in self.thresholds}
+
+    def add(self, batch: dict, index: int) -> dict:
+        """Removals of batch ``index`` (seeds its random baselines); returns :func:`removal_drops`'s output."""
+        e = self.explainer
+        rows, classes, H = batch["rows"], batch["classes"], batch["H"]
+        active = np.sum(explain.active_components(H, self.active_share), axis=1)
+        res = removal_drops(
+            e.classifier_logits,
+            batch["X"],
+            batch["phase"],
+            e.dictionary,
+            H,
+            batch["relevance"],
+            batch["clf"][rows],
+            classes,
+            self.thresholds,
+            batch["num_samples"],
+            e.stft_config,
+            self.domain,
+            (self.seed, index),
+            e.multilabel,
+            self.active_share,
+        )
+        for t in self.thresholds:
+            for m in METHODS:
+                for key in ("logit", "probability", "selected"):
+                    self.acc[t][m][key].append(res[t][m][key])
+                self.acc[t][m]["class"].append(classes)
+                self.acc[t][m]["wanted"].append(res[t]["l2i"]["selected"])
+            self.acc[t]["random_active"]["active"].append(active)
+        return res
+
+    def result(self) -> dict:
+        """``{str(τ): {method: summary}}``, see :func:`faithfulness`."""
+        multilabel = self.explainer.multilabel
+        return {str(t): {m: _summary(self.acc[t][m], multilabel) for m in METHODS} for t in self.thresholds}
 
 
 def faithfulness(
@@ -106,43 +172,12 @@ def faithfulness(
         baseline found fewer components to draw from than L2I selected; ``random_active`` also gives the mean number
         of active components per clip (``active_mean``).
     """
-    keys = ("logit", "probability", "selected", "class", "wanted", "active")
-    acc = {t: {m: {k: [] for k in keys} for m in METHODS} for t in thresholds}
+    removals = Removals(explainer, thresholds, domain, seed, active_share)
     for b, part in batches.spans(len(waves), batch_size):
-        f = explainer.analyze(waves[part])
-        clf = np.asarray(f["classifier_logits"])
-        rows, classes = explained_rows(clf, explainer.multilabel)
-        if len(rows) == 0:
-            continue
-        X, phase, H, contributions = (
-            tf.gather(f[k], rows) for k in ("spectrogram", "phase", "activations", "contributions")
-        )
-        active = np.sum(explain.active_components(H, active_share), axis=1)
-        res = removal_drops(
-            explainer.classifier_logits,
-            X,
-            phase,
-            explainer.dictionary,
-            H,
-            explain.class_relevance(contributions, classes),
-            clf[rows],
-            classes,
-            thresholds,
-            waves.shape[1],
-            explainer.stft_config,
-            domain,
-            (seed, b),
-            explainer.multilabel,
-            active_share,
-        )
-        for t in thresholds:
-            for m in METHODS:
-                for key in ("logit", "probability", "selected"):
-                    acc[t][m][key].append(res[t][m][key])
-                acc[t][m]["class"].append(classes)
-                acc[t][m]["wanted"].append(res[t]["l2i"]["selected"])
-            acc[t]["random_active"]["active"].append(active)
-    return {str(t): {m: _summary(acc[t][m], explainer.multilabel) for m in METHODS} for t in thresholds}
+        batch = analysed_batch(explainer, waves[part])
+        if len(batch["rows"]):
+            removals.add(batch, b)
+    return removals.result()
 
 
 def _summary(acc: dict, multilabel: bool) -> dict:

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from l2i_tf import batches, explain, metrics
-from l2i_tf.faithfulness import explained_rows
+from l2i_tf.faithfulness import analysed_batch
 
 METRICS = ("AI", "AD", "AG", "FF", "Fid-In", "SPS", "COMP")
 """The recipe's metric set, in its table's order. Higher is better for AI, AG, FF, Fid-In, SPS; lower for AD, COMP."""
@@ -175,26 +175,35 @@ def l2i_mask_metrics(explainer, waves: np.ndarray, thresholds, domain: str, batc
         ``{str(τ): summary}`` (see :func:`summarize`).
     """
     acc = {t: [] for t in thresholds}
-    W, stft, num_samples = explainer.dictionary, explainer.stft_config, waves.shape[1]
     for _, part in batches.spans(len(waves), batch_size):
-        f = explainer.analyze(waves[part])
-        clf = np.asarray(f["classifier_logits"])
-        rows, classes = explained_rows(clf, explainer.multilabel)
-        if len(rows) == 0:
-            continue
-        X, phase, H, contributions = (
-            tf.gather(f[k], rows) for k in ("spectrogram", "phase", "activations", "contributions")
-        )
-        relevance = explain.class_relevance(contributions, classes)
-        audio, masks = [], []
-        for t in thresholds:
-            chosen = explain.select(relevance, t)
-            audio.append(explain.interpret(X, phase, W, H, chosen, num_samples, stft, domain))
-            audio.append(explain.remove(X, phase, W, H, chosen, num_samples, stft, domain))
-            masks.append(np.asarray(explain.selected_mask(W, H, chosen)))
-        after = explainer.classifier_logits(np.asarray(tf.concat(audio, axis=0)))
-        B = len(rows)
-        for i, t in enumerate(thresholds):
-            logits_in, logits_out = after[2 * i * B : (2 * i + 1) * B], after[(2 * i + 1) * B : (2 * i + 2) * B]
-            acc[t].append(clip_scores(clf[rows], logits_in, logits_out, classes, masks[i], explainer.multilabel))
+        batch = analysed_batch(explainer, waves[part])
+        if len(batch["rows"]):
+            for t, scores in batch_scores(explainer, batch, thresholds, domain).items():
+                acc[t].append(scores)
     return {str(t): summarize(acc[t]) for t in thresholds}
+
+
+def batch_scores(explainer, batch: dict, thresholds, domain: str, logits_out: dict | None = None) -> dict:
+    """:func:`clip_scores` at each τ of an :func:`~l2i_tf.faithfulness.analysed_batch` with explained rows.
+
+    ``logits_out``: ``{τ: logits [B, C]}`` of the mask-out (removal) audio when they are already known (faithfulness
+    classified the same removal of the same selection): then only the mask-in audio goes through the classifier.
+    """
+    W, stft, num_samples = explainer.dictionary, explainer.stft_config, batch["num_samples"]
+    X, phase, H = batch["X"], batch["phase"], batch["H"]
+    audio, masks = [], []
+    for t in thresholds:
+        chosen = explain.select(batch["relevance"], t)
+        audio.append(explain.interpret(X, phase, W, H, chosen, num_samples, stft, domain))
+        if logits_out is None:
+            audio.append(explain.remove(X, phase, W, H, chosen, num_samples, stft, domain))
+        masks.append(np.asarray(explain.selected_mask(W, H, chosen)))
+    after = explainer.classifier_logits(np.asarray(tf.concat(audio, axis=0)))
+    B, per_tau = len(batch["rows"]), 1 if logits_out is not None else 2
+    out = {}
+    for i, t in enumerate(thresholds):
+        logits_in = after[per_tau * i * B : (per_tau * i + 1) * B]
+        removed = logits_out[t] if logits_out is not None else after[(2 * i + 1) * B : (2 * i + 2) * B]
+        clf = batch["clf"][batch["rows"]]
+        out[t] = clip_scores(clf, logits_in, removed, batch["classes"], masks[i], explainer.multilabel)
+    return out

@@ -265,3 +265,29 @@ def test_evaluate_streams_the_test_split_a_batch_at_a_time(tiny_eval_run, tmp_pa
     waves, _ = evaluate.test_data(run.config, explainer.sample_rate, run.class_names)["evaluation"]
     assert isinstance(waves, np.ndarray) and len(waves) == report["test_clips"]
     assert report["fidelity"] == evaluate.fidelity_on(explainer, waves, 16)
+
+
+def test_the_one_pass_measures_equal_fidelity_faithfulness_and_mask_metrics_run_apart(planted_eval_run):
+    """`evaluate`'s single pass (one interpreter pass a batch, L2I's removal classified once) gives what the three
+    measures give on their own, on a classifier that explains every clip."""
+    from l2i_tf import mask_metrics
+
+    run = runs.load_run(planted_eval_run)
+    explainer = evaluate.explainer_of(run)
+    waves, _ = evaluate.test_data(run.config, explainer.sample_rate, run.class_names)["evaluation"]
+    config = evaluate.EvalConfig.quick_config(batch_size=4)
+    taus = config.thresholds
+    fidelity, faith, masks = evaluate.l2i_measures(explainer, waves, taus, config)
+    assert fidelity == evaluate.fidelity_on(explainer, waves, 4)
+    alone = faithfulness.faithfulness(explainer, waves, taus, config.domain, config.seed, 4, config.active_share)
+    assert faith.keys() == alone.keys() and masks.keys() == alone.keys()
+    for t in alone:
+        for method in faithfulness.METHODS:
+            for key in ("logit_drop", "probability_drop"):
+                for stat, value in alone[t][method][key].items():
+                    assert faith[t][method][key][stat] == pytest.approx(value, abs=1e-5), (t, method, key, stat)
+    apart = mask_metrics.l2i_mask_metrics(explainer, waves, taus, config.domain, 4)
+    for t in apart:
+        assert masks[t]["clips"] == apart[t]["clips"] == len(waves)
+        for key in mask_metrics.METRICS:
+            assert masks[t][key] == pytest.approx(apart[t][key], abs=1e-4, nan_ok=True), (t, key)
