@@ -14,7 +14,7 @@ from l2i_tf import audio, batches, files, metrics, runs, tables, training
 from l2i_tf import slime as slime_lib
 from l2i_tf.baseline_evaluation import baselines_evaluation
 from l2i_tf.baseline_training import FlintConfig, VibiConfig
-from l2i_tf.evaluation_data import scratch_folder, test_data
+from l2i_tf.evaluation_data import close, scratch_folder, test_data
 from l2i_tf.evaluation_report import markdown
 from l2i_tf.explain import ACTIVE_SHARE
 from l2i_tf.explainer import ExplainConfig, Explainer
@@ -211,6 +211,7 @@ def cross_validate(run: runs.Run, config: EvalConfig, safe_mode: bool = True) ->
                 ),
                 "epochs_run": fold_run.metrics.get("epochs_run"),
             }
+            close(td)
         log.info("fold %d: fidelity %s", fold, per_fold[fold]["fidelity"])
     folds = list(per_fold.values())
     keys = [k for k in folds[0]["fidelity"] if k != "classes_present"]
@@ -276,7 +277,10 @@ def evaluate(
             "train_config": run.config.to_dict(),
             "environment": runs.environment(),
         }
-        _measure(report, run, explainer, td, config, safe_mode)
+        try:
+            _measure(report, run, explainer, td, config, safe_mode)
+        finally:
+            close(td)
     report["methods"] = method_table(report, run.metrics)
     if config.cv:
         report["cv"] = cross_validate(run, config, safe_mode)

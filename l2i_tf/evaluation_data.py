@@ -46,12 +46,9 @@ def test_data(
     if folder is None:
         with scratch_folder() as tmp:
             out = test_data(config, sample_rate, class_names, window, tmp)
-            files = [out[key][0] for key in ("clips", "evaluation") if isinstance(out[key][0], ClipFile)]
-            for key in ("clips", "evaluation"):
-                out[key] = (np.asarray(out[key][0]), out[key][1])
-            for rows in files:
-                rows.close()
-            return out
+            in_memory = {key: (np.asarray(out[key][0]), out[key][1]) for key in ("clips", "evaluation")}
+            close(out)
+            return {**out, **in_memory}
     folder = Path(folder)
     table = tables.esc10_table() if config.data is None else tables.load_table(config.data, config.layout)
     table = table.in_classes(class_names)
@@ -79,3 +76,10 @@ def test_data(
         source = _windows_of(zip(*out["clips"], strict=True), window, Counter())
         out["clips"] = ClipFile.write(folder / "clip_windows.npy", source, None, window)
     return out
+
+
+def close(split: dict) -> None:
+    """Close the clip files of a :func:`test_data` split (before its folder is removed)."""
+    for key in ("clips", "evaluation"):
+        if isinstance(split[key][0], ClipFile):
+            split[key][0].close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 
@@ -291,3 +292,13 @@ def test_the_one_pass_measures_equal_fidelity_faithfulness_and_mask_metrics_run_
         assert masks[t]["clips"] == apart[t]["clips"] == len(waves)
         for key in mask_metrics.METRICS:
             assert masks[t][key] == pytest.approx(apart[t][key], abs=1e-4, nan_ok=True), (t, key)
+
+
+def test_test_folds_the_data_lacks_are_refused_naming_them(tiny_eval_run):
+    from l2i_tf.data import AudioDataError
+
+    run = runs.load_run(tiny_eval_run)
+    config = dataclasses.replace(run.config, test_folds=(9,))
+    missing = r"fold\(s\) \[9\] not in data set at '.*data' \(folds: \[1, 2, 3, 4, 5\]\)"
+    with pytest.raises(AudioDataError, match=missing):
+        evaluate.test_data(config, SR, run.class_names)
