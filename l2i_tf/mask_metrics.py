@@ -200,10 +200,9 @@ def batch_scores(explainer, batch: dict, thresholds, domain: str, logits_out: di
         masks.append(np.asarray(explain.selected_mask(W, H, chosen)))
     after = explainer.classifier_logits(np.asarray(tf.concat(audio, axis=0)))
     B, per_tau = len(batch["rows"]), 1 if logits_out is not None else 2
-    out = {}
+    clf, out = batch["clf"][batch["rows"]], {}
     for i, t in enumerate(thresholds):
         logits_in = after[per_tau * i * B : (per_tau * i + 1) * B]
         removed = logits_out[t] if logits_out is not None else after[(2 * i + 1) * B : (2 * i + 2) * B]
-        clf = batch["clf"][batch["rows"]]
         out[t] = clip_scores(clf, logits_in, removed, batch["classes"], masks[i], explainer.multilabel)
     return out
