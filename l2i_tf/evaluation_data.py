@@ -17,7 +17,8 @@ from l2i_tf.training_data import Counter, clip_examples, cut
 
 @contextlib.contextmanager
 def scratch_folder() -> Iterator[Path]:
-    """A temporary folder for a job's clip files, removed when the block ends (also on errors)."""
+    """A temporary folder for a job's clip files (in ``$TMPDIR``: 4 bytes a sample of the test split), removed when
+    the block ends (also on errors)."""
     with tempfile.TemporaryDirectory(prefix="l2i_tf-evaluate-") as tmp:
         yield Path(tmp)
 
