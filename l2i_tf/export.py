@@ -155,8 +155,7 @@ def _no_layer_signatures():
     ``serving_default`` each time it is read, which the walk then traces and saves: one unused function per model
     (Explainer, interpreter, classifier, heads...; with serving_default and explain_wav sharing a graph, the tiny test
     run's SavedModel is 1.51 MB instead of 1.88 MB, in about the same time). The signatures are ours; nothing reads
-    those. Keras-internal (the TensorFlow backend's layer class): where it is missing, nothing
-    changes.
+    those. Keras-internal (the TensorFlow backend's layer class): where it is missing, nothing changes.
     """
     try:
         from keras.src.backend.tensorflow.layer import TFLayer

@@ -12,7 +12,20 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from l2i_tf import audio, batches, checkpoints, data, feature_cache, files, metrics, nmf, runs, tables, training_data
+from l2i_tf import (
+    audio,
+    batches,
+    checkpoints,
+    data,
+    feature_cache,
+    files,
+    metrics,
+    mixtures,
+    nmf,
+    runs,
+    tables,
+    training_data,
+)
 from l2i_tf import classifier as classifier_lib
 from l2i_tf.dictionary import Dictionary, learn_from_table
 from l2i_tf.interpreter import Interpreter, check_input_length, tap_orders
@@ -326,10 +339,10 @@ def train(
 
     results = {"class_names": list(config.class_names), "multilabel": config.multilabel, "k": dictionary.k}
     results["skipped_clips"] = {"count": len(skipped), "errors": skipped}
-    results["examples"] = dict(zip(("train", "validation", "test"), map(len, shards), strict=True))
+    results["examples"] = dict(zip(mixtures.SPLIT_NAMES, map(len, shards), strict=True))
     if window_counts:  # a fixed-length classifier: every split was cut into windows
         results["windows"] = window_counts
-    for split_name, split in zip(("validation", "test"), shards[1:], strict=True):
+    for split_name, split in zip(mixtures.SPLIT_NAMES[1:], shards[1:], strict=True):
         results[split_name] = metrics.fidelity(*shard_logits(interpreter, split), config.multilabel)
     results["epochs_run"] = len(history) - (resumed.epochs_done if resumed else 0)
     results["epochs_done"] = len(history)
