@@ -317,13 +317,34 @@ class Interpreter(keras.Model):
         out["sequences"] = tuple(out["sequences"])
         return out
 
+    def with_spectrograms(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
+        """Cached batches (:meth:`precompute`'s keys) -> the same batches with X (``spectrogram``) in place of the
+        waveform, and for training mixtures the linear magnitudes ``|S_x|`` (``magnitude``) and ``|S_src|``
+        (``source_magnitude``) in place of the source: the STFTs run in tf.data's threads beside the training
+        step, not in it."""
+        config = self.stft_config
+
+        def analyse(batch):
+            batch = dict(batch)
+            magnitude = tf.abs(audio.stft(batch.pop("waveform"), config))
+            batch["spectrogram"] = tf.math.log1p(magnitude)
+            if "source" in batch:
+                batch["magnitude"] = magnitude
+                batch["source_magnitude"] = tf.abs(audio.stft(batch.pop("source"), config))
+            return batch
+
+        return dataset.map(analyse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+
     def forward(self, data, training=False):
-        """A batch (waveforms, or a cached dict) -> (heads' outputs, classifier logits, X)."""
+        """A batch (waveforms, or a cached dict, with X or without) -> (heads' outputs, classifier logits, X)."""
         if isinstance(data, dict) and "sequences" in data:
             feats = tf.nest.map_structure(tf.convert_to_tensor, data)
         else:
             feats = self.stages.features(data[0] if isinstance(data, (tuple, list)) else data)
-        spectrogram, _ = self.stages.analysis(feats["waveform"])
+        if "spectrogram" in feats:
+            spectrogram = feats["spectrogram"]
+        else:
+            spectrogram, _ = self.stages.analysis(feats["waveform"])
         out = self.heads([*feats["sequences"], spectrogram], training=training)
         return out, feats["classifier_logits"], spectrogram
 
@@ -340,17 +361,22 @@ class Interpreter(keras.Model):
             self.multilabel,
             temperature=self.temperature,
         )
-        if self.source_weight and isinstance(data, dict) and "source" in data:  # training mixtures with sources
-            source_x, _ = self.stages.analysis(data["source"])
-            classes = tf.argmax(classifier_logits, axis=-1, output_type=tf.int32)
-            terms["source"] = losses.source_consistency_loss(
+        if self.source_weight and isinstance(data, dict) and ("source" in data or "source_magnitude" in data):
+            # training mixtures with sources
+            if "source_magnitude" in data:
+                magnitude, source_magnitude = data["magnitude"], data["source_magnitude"]
+            else:
+                magnitude = tf.math.expm1(tf.nn.relu(spectrogram))
+                source_magnitude = tf.abs(audio.stft(data["source"], self.stft_config))
+            terms["source"] = losses.source_consistency(
                 out["activations"],
                 out["contributions"],
-                classes,
-                spectrogram,
-                source_x,
+                tf.argmax(classifier_logits, axis=-1, output_type=tf.int32),
+                magnitude,
+                source_magnitude,
                 data["source_weight"],
                 tf.convert_to_tensor(self.decoder.weights[0]),
+                reconstruction=out["reconstruction"],
             )
             terms["loss"] = terms["loss"] + self.source_weight * terms["source"]
         return terms, classifier_logits, out["logits"]

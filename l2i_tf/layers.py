@@ -133,13 +133,41 @@ class Psi(keras.layers.Layer):
             num_frames = tf.shape(spectrogram)[1]
         else:
             sequences = list(inputs)
-        outs = []
-        for x, branch in zip(sequences, self.branches):
-            seq = branch(x)
-            outs.append(tf.image.resize(seq[:, :, None, :], tf.stack([num_frames, 1]), method="bilinear")[:, :, 0, :])
-        x = self.merge(tf.concat(outs, axis=-1) if len(outs) > 1 else outs[0])
+        x = self._merge([branch(x) for x, branch in zip(sequences, self.branches)], num_frames)
         x = self.drop(x, training=training)
         return tf.nn.relu(self.to_k(x))
+
+    def _merge(self, branches, num_frames):
+        """``merge(concat(resize(b_i, T)))`` computed as ``Σ_i resize(b_i · K_i)`` shifted tap by tap: the merge
+        Conv1D's kernel ``K`` ``[taps, n·hidden, hidden]`` splits into one ``K_i`` per branch, and resizing (a
+        linear map along time, the same for every channel) commutes with mixing channels. So each branch's
+        product runs at its own frame rate, usually a few times below T (the merge was most of Ψ's work), and is
+        then resized; a branch longer than T is resized first. Same weights, same function (float rounding)."""
+        kernel = self.merge.kernel
+        taps, hidden = kernel.shape[0], self.hidden
+        size = tf.stack([num_frames, 1])
+        total = 0.0
+        for i, b in enumerate(branches):
+            k_i = tf.reshape(tf.transpose(kernel[:, i * hidden : (i + 1) * hidden, :], [1, 0, 2]), [hidden, -1])
+
+            def product_then_resize(b=b, k_i=k_i):
+                return tf.image.resize(tf.matmul(b, k_i)[:, :, None, :], size, method="bilinear")[:, :, 0, :]
+
+            def resize_then_product(b=b, k_i=k_i):
+                return tf.matmul(tf.image.resize(b[:, :, None, :], size, method="bilinear")[:, :, 0, :], k_i)
+
+            total += tf.cond(tf.shape(b)[1] <= num_frames, product_then_resize, resize_then_product)
+        # out[t] = Σ_j y_j[t + j − left] with Conv1D's "same" padding (left = (taps − 1) // 2); split, pad and
+        # slice rather than strided slices, whose gradients are several times slower on CPU
+        left = (taps - 1) // 2
+        padded = tf.pad(total, [[0, 0], [left, taps - 1 - left], [0, 0]])
+        out = sum(
+            tf.slice(y, [0, j, 0], tf.stack([-1, num_frames, -1]))
+            for j, y in enumerate(tf.split(padded, taps, axis=-1))
+        )
+        if self.merge.use_bias:
+            out = out + self.merge.bias
+        return self.merge.activation(out)
 
     def compute_output_shape(self, input_shapes):
         return (input_shapes[-1][0], input_shapes[-1][1], self.k)

@@ -66,7 +66,9 @@ def soft_selection(contributions, classes, threshold: float = SOURCE_THRESHOLD, 
     return tf.sigmoid((tf.math.divide_no_nan(contribution, scale) - threshold) / sharpness)
 
 
-def source_consistency_loss(h, contributions, classes, x, source_x, weight, W, threshold=SOURCE_THRESHOLD):
+def source_consistency_loss(
+    h, contributions, classes, x, source_x, weight, W, threshold=SOURCE_THRESHOLD, reconstruction=None
+):
     """How far the interpretation of class ``classes`` is from that class's source, on training mixtures whose
     sources are known: ``Σ (M_c ⊙ |S_x| − |S_src|)² / Σ |S_x|²`` per example in the linear-magnitude domain, with
     ``M_c`` the NMF soft mask of :func:`soft_selection` (``W·(H ⊙ s)ᵀ / W·Hᵀ``), as a ``weight``-ed mean.
@@ -76,12 +78,23 @@ def source_consistency_loss(h, contributions, classes, x, source_x, weight, W, t
         x, source_x: ``log1p|S|`` of the input and of the decided class's source ``[B, T, F]``.
         weight: ``[B]``: 1 where the decided class is one of the sources, 0 elsewhere (no source to match).
         W: the dictionary ``[F, K]``.
+        reconstruction: ``H·Wᵀ`` when the caller has it already (the decoder's output), else computed here.
     """
+    magnitude, source_magnitude = (tf.math.expm1(tf.nn.relu(v)) for v in (x, source_x))
+    return source_consistency(
+        h, contributions, classes, magnitude, source_magnitude, weight, W, threshold, reconstruction
+    )
+
+
+def source_consistency(
+    h, contributions, classes, magnitude, source_magnitude, weight, W, threshold=SOURCE_THRESHOLD, reconstruction=None
+):
+    """:func:`source_consistency_loss` from the linear magnitudes ``|S_x|`` and ``|S_src|`` ``[B, T, F]`` (what the
+    training pipeline gives, with no log1p and expm1 between)."""
     s = soft_selection(contributions, classes, threshold)
-    full = tf.einsum("btk,fk->btf", h, W) + 1e-8
+    full = (tf.einsum("btk,fk->btf", h, W) if reconstruction is None else reconstruction) + 1e-8
     kept = tf.einsum("btk,fk->btf", h * s[:, None, :], W)
-    magnitude = tf.math.expm1(tf.nn.relu(x))
-    error = tf.square(kept / full * magnitude - tf.math.expm1(tf.nn.relu(source_x)))
+    error = tf.square(kept / full * magnitude - source_magnitude)
     per = tf.reduce_sum(error, axis=[1, 2]) / (tf.reduce_sum(tf.square(magnitude), axis=[1, 2]) + 1e-8)
     weight = tf.cast(weight, per.dtype)
     return tf.math.divide_no_nan(tf.reduce_sum(weight * per), tf.reduce_sum(weight))

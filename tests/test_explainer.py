@@ -167,5 +167,5 @@ def test_the_explanation_graph_makes_one_stft_per_window_and_one_classifier_pass
     # + the explanation's one STFT: the first pass makes none, the synthesis masks the one it makes
     assert serve["RFFT"] == explain_["RFFT"] == 2
     assert serve["IRFFT"] == 1 and explain_["IRFFT"] == 2  # the interpretation (+ the top-N components at once)
-    psi_convs = len(explainer.interpreter.psi.branches) + 2  # branches, merge, to_k
+    psi_convs = len(explainer.interpreter.psi.branches) + 1  # branches, to_k (the merge is matrix products)
     assert serve["Conv2D"] == explain_["Conv2D"] == classify["Conv2D"] + psi_convs  # the classifier runs once

@@ -51,6 +51,26 @@ def test_psi_outputs_nonnegative_activations_with_the_frame_count_of_x():
         assert float(tf.reduce_min(h)) >= 0.0
 
 
+@pytest.mark.parametrize(
+    "lengths, frames, kernel_size",
+    [((25, 12, 12), 61, 3), ((400,), 61, 3), ((7, 90), 50, 2), ((1,), 5, 5), ((3,), 2, 5)],
+)
+def test_psi_merges_at_the_branch_rates_what_the_merge_conv_gives_on_resized_branches(lengths, frames, kernel_size):
+    """Ψ computes its merge per branch at the branch's own rate and resizes after (or before, for a branch longer
+    than T): the same function as the plain Conv1D merge of the resized, concatenated branches."""
+    keras.utils.set_random_seed(1)
+    psi = Psi(K, hidden=6, kernel_size=kernel_size)
+    sequences = [tf.random.normal([2, t, 3 + i]) for i, t in enumerate(lengths)]
+    h = psi([*sequences, tf.zeros([2, frames, 17])])
+    resized = [
+        tf.image.resize(branch(s)[:, :, None, :], [frames, 1], method="bilinear")[:, :, 0, :]
+        for s, branch in zip(sequences, psi.branches)
+    ]
+    plain = tf.nn.relu(psi.to_k(psi.merge(tf.concat(resized, axis=-1))))
+    assert float(tf.reduce_max(plain)) > 0.1  # a non-trivial H
+    np.testing.assert_allclose(h.numpy(), plain.numpy(), atol=1e-5)
+
+
 def test_feature_sequences_reduce_frequency_by_mean_or_flatten():
     x = tf.random.normal([2, 5, 3, 4])  # [batch, time, freq, channels]
     mean, flat = FeatureSequences(("btfc",), "mean")([x])[0], FeatureSequences(("btfc",), "flatten")([x])[0]
@@ -144,6 +164,25 @@ def test_precomputed_batches_give_the_same_loss_as_waveforms():
     from_pre = model.evaluate(tf.data.Dataset.from_tensor_slices(pre).batch(4), verbose=0, return_dict=True)
     for key in ("loss", "reconstruction", "fidelity_loss"):
         np.testing.assert_allclose(from_pre[key], from_waves[key], rtol=1e-4, err_msg=key)
+
+
+def test_batches_with_spectrograms_from_the_pipeline_give_the_same_terms_as_waveforms():
+    """:meth:`Interpreter.with_spectrograms` moves the STFTs (the input's, and a training mixture's source's) into
+    tf.data: every loss term equals the one the step computes from the waveforms itself."""
+    model = _tiny_interpreter(source_weight=2.0)
+    x = _clips()
+    pre = model.precompute(x)
+    pre["source"] = _clips(seed=1)
+    pre["source_weight"] = np.array([1, 0, 1, 1], "float32")
+    raw = next(iter(tf.data.Dataset.from_tensor_slices(pre).batch(4)))
+    analysed = next(iter(model.with_spectrograms(tf.data.Dataset.from_tensor_slices(pre).batch(4))))
+    assert "waveform" not in analysed and "source" not in analysed
+    from_waves, _, _ = model._terms(raw, training=False)
+    from_pipeline, _, _ = model._terms(analysed, training=False)
+    assert set(from_pipeline) == set(from_waves) >= {"loss", "source", "reconstruction", "fidelity_loss"}
+    assert float(from_waves["source"]) > 0.01
+    for key, value in from_waves.items():
+        np.testing.assert_allclose(float(from_pipeline[key]), float(value), rtol=1e-5, err_msg=key)
 
 
 def test_multilabel_interpreter_tracks_micro_auprc():
