@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from l2i_tf import audio, data, mixtures, tables, windows
 from l2i_tf.audio import LogMelSpectrogram
+from l2i_tf.batches import without_autotune
 from l2i_tf.metrics import macro_auprc
 
 log = logging.getLogger(__name__)
@@ -290,7 +291,7 @@ def _epoch_dataset(xtr, ytr, num_classes: int, config: DemoConfig, crop: int, ep
     ds = ds.batch(config.batch_size, drop_remainder=True)
     if config.mixup > 0 and not config.multilabel:
         ds = ds.map(_mixup(config.mixup))
-    return ds.prefetch(2)
+    return without_autotune(ds.prefetch(2))  # a new iterator every epoch: dropping each must not wait
 
 
 def train_demo_classifier(

@@ -24,6 +24,7 @@ import soundfile
 import tensorflow as tf
 
 from l2i_tf import files
+from l2i_tf.batches import without_autotune
 
 if TYPE_CHECKING:
     from l2i_tf.tables import ClipTable
@@ -228,7 +229,7 @@ def waveform_dataset(
         def load(path, label, index):
             return decode_audio(tf.io.read_file(path), sample_rate, path), label, index
 
-        return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return without_autotune(ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
 
     if not cache:
         return build()

@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from l2i_tf import files
+from l2i_tf.batches import without_autotune
 
 SHARD_EXAMPLES = 256
 """Examples per shard (a multiple of ``FEATURE_BATCH``): ~87 MB for 5 s clips at 16 kHz, mostly the waveform."""
@@ -223,7 +224,7 @@ class Shards:
         def one_epoch(e):
             return tf.data.Dataset.range(steps).map(lambda b: one_batch(e, b))
 
-        return epochs.flat_map(one_epoch).prefetch(2)
+        return without_autotune(epochs.flat_map(one_epoch).prefetch(2))
 
     def dataset(self, batch_size: int) -> tf.data.Dataset:
         """Every example in stored order, in batches of ``batch_size`` (validation, test)."""

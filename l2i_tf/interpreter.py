@@ -333,7 +333,7 @@ class Interpreter(keras.Model):
                 batch["source_magnitude"] = tf.abs(audio.stft(batch.pop("source"), config))
             return batch
 
-        return dataset.map(analyse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+        return batches.without_autotune(dataset.map(analyse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2))
 
     def forward(self, data, training=False):
         """A batch (waveforms, or a cached dict, with X or without) -> (heads' outputs, classifier logits, X)."""
