@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from l2i_tf import files
+from l2i_tf import audio, files
 from l2i_tf.batches import without_autotune
 
 SHARD_EXAMPLES = 256
@@ -239,3 +239,21 @@ class Shards:
     def column(self, key: str) -> np.ndarray:
         """One key's values over every example (small keys only, e.g. ``classifier_logits``)."""
         return np.concatenate([self.read(j, keys=[key])[key] for j in range(len(self.counts))])
+
+
+def with_spectrograms(dataset: tf.data.Dataset, stft: audio.STFTConfig) -> tf.data.Dataset:
+    """Batches of a split (:meth:`Shards.dataset`, :meth:`Shards.epochs_dataset`) -> the same batches with X
+    (``spectrogram``) in place of the waveform, and for training mixtures the linear magnitudes ``|S_x|``
+    (``magnitude``) and ``|S_src|`` (``source_magnitude``) in place of the source: the STFTs run in tf.data's
+    threads beside the training step, not in it (:meth:`~l2i_tf.interpreter.Interpreter.forward` takes either)."""
+
+    def analyse(batch):
+        batch = dict(batch)
+        magnitude = tf.abs(audio.stft(batch.pop("waveform"), stft))
+        batch["spectrogram"] = tf.math.log1p(magnitude)
+        if "source" in batch:
+            batch["magnitude"] = magnitude
+            batch["source_magnitude"] = tf.abs(audio.stft(batch.pop("source"), stft))
+        return batch
+
+    return without_autotune(dataset.map(analyse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2))

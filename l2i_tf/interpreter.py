@@ -317,24 +317,6 @@ class Interpreter(keras.Model):
         out["sequences"] = tuple(out["sequences"])
         return out
 
-    def with_spectrograms(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
-        """Cached batches (:meth:`precompute`'s keys) -> the same batches with X (``spectrogram``) in place of the
-        waveform, and for training mixtures the linear magnitudes ``|S_x|`` (``magnitude``) and ``|S_src|``
-        (``source_magnitude``) in place of the source: the STFTs run in tf.data's threads beside the training
-        step, not in it."""
-        config = self.stft_config
-
-        def analyse(batch):
-            batch = dict(batch)
-            magnitude = tf.abs(audio.stft(batch.pop("waveform"), config))
-            batch["spectrogram"] = tf.math.log1p(magnitude)
-            if "source" in batch:
-                batch["magnitude"] = magnitude
-                batch["source_magnitude"] = tf.abs(audio.stft(batch.pop("source"), config))
-            return batch
-
-        return batches.without_autotune(dataset.map(analyse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2))
-
     def forward(self, data, training=False):
         """A batch (waveforms, or a cached dict, with X or without) -> (heads' outputs, classifier logits, X)."""
         if isinstance(data, dict) and "sequences" in data:

@@ -260,9 +260,9 @@ def _fit(interpreter, shards: list, config: TrainConfig, out: Path, resumed, cal
     if first_epoch < config.epochs:
         train_ds, steps = shards[0].epochs_dataset(config.batch_size, config.seed, first_epoch, config.epochs)
         interpreter.fit(
-            interpreter.with_spectrograms(train_ds),
+            feature_cache.with_spectrograms(train_ds, interpreter.stft_config),
             steps_per_epoch=steps,
-            validation_data=interpreter.with_spectrograms(shards[1].dataset(64)),
+            validation_data=feature_cache.with_spectrograms(shards[1].dataset(64), interpreter.stft_config),
             epochs=config.epochs,
             initial_epoch=first_epoch,
             shuffle=False,  # the dataset is already in feature_cache's (seed, epoch) order

@@ -14,7 +14,7 @@ import tensorflow as tf
 from click.testing import CliRunner
 
 from cli.main import main
-from l2i_tf import audio, classifier, losses, runs, training
+from l2i_tf import audio, classifier, feature_cache, losses, runs, training
 from l2i_tf.dictionary import DictionaryMismatchError
 from l2i_tf.interpreter import ClassifierContractError, Interpreter, check_classifier, tap_orders
 from l2i_tf.layers import FeatureSequences, Psi, Theta
@@ -167,7 +167,7 @@ def test_precomputed_batches_give_the_same_loss_as_waveforms():
 
 
 def test_batches_with_spectrograms_from_the_pipeline_give_the_same_terms_as_waveforms():
-    """:meth:`Interpreter.with_spectrograms` moves the STFTs (the input's, and a training mixture's source's) into
+    """:func:`feature_cache.with_spectrograms` moves the STFTs (the input's, and a training mixture's source's) into
     tf.data: every loss term equals the one the step computes from the waveforms itself."""
     model = _tiny_interpreter(source_weight=2.0)
     x = _clips()
@@ -175,7 +175,8 @@ def test_batches_with_spectrograms_from_the_pipeline_give_the_same_terms_as_wave
     pre["source"] = _clips(seed=1)
     pre["source_weight"] = np.array([1, 0, 1, 1], "float32")
     raw = next(iter(tf.data.Dataset.from_tensor_slices(pre).batch(4)))
-    analysed = next(iter(model.with_spectrograms(tf.data.Dataset.from_tensor_slices(pre).batch(4))))
+    batches = tf.data.Dataset.from_tensor_slices(pre).batch(4)
+    analysed = next(iter(feature_cache.with_spectrograms(batches, model.stft_config)))
     assert "waveform" not in analysed and "source" not in analysed
     from_waves, _, _ = model._terms(raw, training=False)
     from_pipeline, _, _ = model._terms(analysed, training=False)
