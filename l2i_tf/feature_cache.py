@@ -241,19 +241,23 @@ class Shards:
         return np.concatenate([self.read(j, keys=[key])[key] for j in range(len(self.counts))])
 
 
-def with_spectrograms(dataset: tf.data.Dataset, stft: audio.STFTConfig) -> tf.data.Dataset:
-    """Batches of a split (:meth:`Shards.dataset`, :meth:`Shards.epochs_dataset`) -> the same batches with X
-    (``spectrogram``) in place of the waveform, and for training mixtures the linear magnitudes ``|S_x|``
-    (``magnitude``) and ``|S_src|`` (``source_magnitude``) in place of the source: the STFTs run in tf.data's
-    threads beside the training step, not in it (:meth:`~l2i_tf.interpreter.Interpreter.forward` takes either)."""
-
-    def analyse(batch):
-        batch = dict(batch)
-        magnitude = tf.abs(audio.stft(batch.pop("waveform"), stft))
-        batch["spectrogram"] = tf.math.log1p(magnitude)
-        if "source" in batch:
-            batch["magnitude"] = magnitude
-            batch["source_magnitude"] = tf.abs(audio.stft(batch.pop("source"), stft))
+def analysed(batch: dict, stft: audio.STFTConfig) -> dict:
+    """A batch of a split with X (``spectrogram``) in place of the waveform, and for training mixtures the linear
+    magnitudes ``|S_x|`` (``magnitude``) and ``|S_src|`` (``source_magnitude``) in place of the source; a batch
+    analysed already is returned as it is. The one place the training step's STFTs are made, in tf.data
+    (:func:`with_spectrograms`) or, for a batch that did not go through it, in the step."""
+    if "waveform" not in batch:
         return batch
+    batch = dict(batch)
+    magnitude = tf.abs(audio.stft(batch.pop("waveform"), stft))
+    batch["spectrogram"] = tf.math.log1p(magnitude)
+    if "source" in batch:
+        batch["magnitude"] = magnitude
+        batch["source_magnitude"] = tf.abs(audio.stft(batch.pop("source"), stft))
+    return batch
 
-    return without_autotune(dataset.map(analyse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2))
+
+def with_spectrograms(dataset: tf.data.Dataset, stft: audio.STFTConfig) -> tf.data.Dataset:
+    """Batches of a split (:meth:`Shards.dataset`, :meth:`Shards.epochs_dataset`) -> the same batches
+    :func:`analysed`: the STFTs run in tf.data's threads beside the training step, not in it."""
+    return without_autotune(dataset.map(lambda b: analysed(b, stft), num_parallel_calls=tf.data.AUTOTUNE).prefetch(2))

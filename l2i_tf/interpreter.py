@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from l2i_tf import audio, batches, losses
+from l2i_tf import audio, batches, feature_cache, losses
 from l2i_tf.dictionary import NMFDecoder
 from l2i_tf.explain_layers import PrepareWaveform
 from l2i_tf.layers import FeatureSequences, Psi, Theta
@@ -318,19 +318,20 @@ class Interpreter(keras.Model):
         return out
 
     def forward(self, data, training=False):
-        """A batch (waveforms, or a cached dict, with X or without) -> (heads' outputs, classifier logits, X)."""
+        """A batch (waveforms, or a cached dict: :func:`~l2i_tf.feature_cache.analysed` or not) -> (heads' outputs,
+        classifier logits, X)."""
         if isinstance(data, dict) and "sequences" in data:
-            feats = tf.nest.map_structure(tf.convert_to_tensor, data)
-        else:
-            feats = self.stages.features(data[0] if isinstance(data, (tuple, list)) else data)
-        if "spectrogram" in feats:
+            feats = feature_cache.analysed(tf.nest.map_structure(tf.convert_to_tensor, data), self.stft_config)
             spectrogram = feats["spectrogram"]
         else:
+            feats = self.stages.features(data[0] if isinstance(data, (tuple, list)) else data)
             spectrogram, _ = self.stages.analysis(feats["waveform"])
         out = self.heads([*feats["sequences"], spectrogram], training=training)
         return out, feats["classifier_logits"], spectrogram
 
     def _terms(self, data, training):
+        if isinstance(data, dict) and "sequences" in data:
+            data = feature_cache.analysed(data, self.stft_config)  # a batch from tf.data passes as it is
         out, classifier_logits, spectrogram = self.forward(data, training)
         terms = losses.l2i_loss(
             classifier_logits,
@@ -343,19 +344,13 @@ class Interpreter(keras.Model):
             self.multilabel,
             temperature=self.temperature,
         )
-        if self.source_weight and isinstance(data, dict) and ("source" in data or "source_magnitude" in data):
-            # training mixtures with sources
-            if "source_magnitude" in data:
-                magnitude, source_magnitude = data["magnitude"], data["source_magnitude"]
-            else:
-                magnitude = tf.math.expm1(tf.nn.relu(spectrogram))
-                source_magnitude = tf.abs(audio.stft(data["source"], self.stft_config))
+        if self.source_weight and isinstance(data, dict) and "source_magnitude" in data:  # mixtures with sources
             terms["source"] = losses.source_consistency(
                 out["activations"],
                 out["contributions"],
                 tf.argmax(classifier_logits, axis=-1, output_type=tf.int32),
-                magnitude,
-                source_magnitude,
+                data["magnitude"],
+                data["source_magnitude"],
                 data["source_weight"],
                 tf.convert_to_tensor(self.decoder.weights[0]),
                 reconstruction=out["reconstruction"],
