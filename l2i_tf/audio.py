@@ -21,7 +21,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from l2i_tf import files
+from l2i_tf import files, framing
 from l2i_tf.settings import Settings
 
 DOMAINS = ("log1p", "linear")
@@ -186,17 +186,9 @@ def stft(waveform, config: STFTConfig) -> tf.Tensor:
         complex64 ``[..., frames, bins]`` with ``frames = config.num_frames(samples)``.
     """
     waveform = _check_waveform(waveform)
-    rank = waveform.shape.rank
-    paddings = [[0, 0]] * (rank - 1) + [[config.front_pad, 0]]
-    padded = tf.pad(waveform, paddings)
-    return tf.signal.stft(
-        padded,
-        frame_length=config.frame_length,
-        frame_step=config.frame_step,
-        fft_length=config.fft_length,
-        window_fn=WINDOWS[config.window],
-        pad_end=True,
-    )
+    frames = framing.frames(waveform, config.frame_length, config.frame_step, config.front_pad)
+    window = WINDOWS[config.window](config.frame_length, dtype=tf.float32)
+    return tf.signal.rfft(frames * window, [config.fft_length])
 
 
 def istft(spectrum, num_samples, config: STFTConfig) -> tf.Tensor:
@@ -218,14 +210,11 @@ def istft(spectrum, num_samples, config: STFTConfig) -> tf.Tensor:
     bins = spectrum.shape[-1]
     if bins is not None and bins != config.num_bins:
         raise ValueError(f"spectrum has {bins} bins but the STFT config gives {config.num_bins}")
-    window_fn = WINDOWS[config.window]
-    signal = tf.signal.inverse_stft(
-        spectrum,
-        frame_length=config.frame_length,
-        frame_step=config.frame_step,
-        fft_length=config.fft_length,
-        window_fn=tf.signal.inverse_stft_window_fn(config.frame_step, forward_window_fn=window_fn),
-    )
+    window_fn = tf.signal.inverse_stft_window_fn(config.frame_step, forward_window_fn=WINDOWS[config.window])
+    frames = tf.signal.irfft(spectrum, [config.fft_length])
+    if config.fft_length != config.frame_length:
+        frames = frames[..., : config.frame_length]
+    signal = framing.overlap_add(frames * window_fn(config.frame_length, dtype=tf.float32), config.frame_step)
     start = config.front_pad
     return signal[..., start : start + num_samples]
 

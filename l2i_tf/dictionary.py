@@ -272,8 +272,10 @@ class NMFDecoder(keras.layers.Layer):
 
     ``decoder(H)`` is the reconstruction; ``decoder(H, selected=s)`` (bool ``[batch, K]``) the summed soft mask of
     the selected components ``Σ_{k∈s} M_k`` ``[batch, T, F]``; ``decoder(H, indices=i)`` (int ``[batch, N]``) the
-    soft masks ``M_{i_n}`` ``[batch, N, T, F]``, where ``M_k = w_k h_kᵀ / (H Wᵀ + ε)``
-    (:func:`l2i_tf.explain.selected_mask`, :func:`l2i_tf.explain.component_masks`).
+    soft masks ``M_{i_n}`` ``[batch, N, T, F]``; ``decoder(H, indices=i, selected=c)`` (bool ``[batch, N]``) the
+    summed mask of ``i[c]``, the same as ``selected=`` with N of the K components' work, where
+    ``M_k = w_k h_kᵀ / (H Wᵀ + ε)`` (:func:`l2i_tf.explain.selected_mask`, :func:`l2i_tf.explain.component_masks`,
+    :func:`l2i_tf.explain.chosen_mask`).
 
     W is a non-trainable weight made in ``build``; it is saved with the weights, never in the config.
 
@@ -305,6 +307,8 @@ class NMFDecoder(keras.layers.Layer):
         self.built = True
 
     def call(self, h, selected=None, indices=None):
+        if selected is not None and indices is not None:
+            return explain.chosen_mask(self.w, h, indices, selected, self.eps)
         if selected is not None:
             return explain.selected_mask(self.w, h, selected, self.eps)
         if indices is not None:
@@ -312,7 +316,7 @@ class NMFDecoder(keras.layers.Layer):
         return keras.ops.einsum("...k,fk->...f", h, self.w)
 
     def compute_output_spec(self, h, selected=None, indices=None):
-        if indices is not None:
+        if indices is not None and selected is None:
             return keras.KerasTensor((h.shape[0], indices.shape[1], h.shape[1], self.num_bins), dtype="float32")
         return keras.KerasTensor((*h.shape[:-1], self.num_bins), dtype="float32")
 

@@ -333,6 +333,31 @@ def selected_mask(W, H, selected, eps: float = 1e-8) -> tf.Tensor:
     return numerator / (_reconstruction(W, H) + eps)
 
 
+def chosen_mask(W, H, indices, chosen, eps: float = 1e-8) -> tf.Tensor:
+    """:func:`selected_mask` of the components ``indices[chosen]`` (a selection's N most relevant components and
+    which of them pass τ): the numerator gathers N columns of H and W rather than masking all K, so it costs N/K of
+    a full product.
+
+    Args:
+        W: [F, K] dictionary.
+        H: [B, T, K] activations.
+        indices: int [B, N] component indices per clip (distinct within a clip).
+        chosen: bool (or 0/1 float) [B, N]: which of them are in the mask.
+        eps: ε, keeps silent bins (``H·Wᵀ = 0``) at mask 0.
+
+    Returns:
+        float32 [B, T, F], equal to ``selected_mask`` of the same selection to float rounding.
+    """
+    W, H = _check_dictionary(W, H)
+    indices = _check_indices(indices, H)
+    chosen = tf.cast(tf.convert_to_tensor(chosen), H.dtype)
+    if chosen.shape.rank != 2 or (chosen.shape[1] is not None and chosen.shape[1] != indices.shape[1]):
+        raise ValueError(f"chosen must be [batch, N] like indices {indices.shape}, got shape {chosen.shape}")
+    h = tf.gather(H, indices, axis=2, batch_dims=1) * chosen[:, None, :]  # [B, T, N]
+    w = tf.gather(tf.transpose(W), indices)  # [B, N, F]
+    return tf.einsum("btn,bnf->btf", h, w) / (_reconstruction(W, H) + eps)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Listenable output (step 7) and removal (step 8)
 

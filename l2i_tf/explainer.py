@@ -135,7 +135,7 @@ def _graph(interpreter, layers: dict):
     relevance = layers["relevance"](out["contributions"], target, active)
     indices, values, chosen, selected = layers["selection"](relevance, inputs["threshold"], active)
     synthesis, fit = layers["synthesis"], layers["fit"]
-    mask = interpreter.decoder(h, selected=selected)
+    mask = interpreter.decoder(h, indices=indices, selected=chosen)  # the selection is among the top N
     parts = interpreter.decoder(h, indices=indices)
     outputs = {
         "interpretation": fit(synthesis(x, phase, mask, out["waveform"]), waveform),

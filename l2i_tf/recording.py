@@ -62,11 +62,12 @@ def _first_pass(parts: Parts, windows) -> dict:
     return out
 
 
-def _second_pass(parts: Parts, windows, h, selected, indices, components: bool) -> dict:
-    """The window's one STFT, masked by the selected components (and each of the top N) -> ISTFT."""
+def _second_pass(parts: Parts, windows, h, window_top, chosen, indices, components: bool) -> dict:
+    """The window's one STFT, masked by its selected components (``chosen`` among its N most relevant,
+    ``window_top``), and by each of the recording's top N (``indices``) -> ISTFT."""
     prepared = parts.stages.prepare(windows)
     spectrum = parts.synthesis.spectrum(prepared)
-    mask = parts.decoder(h, selected=selected)
+    mask = parts.decoder(h, indices=window_top, selected=chosen)
     out = {"interpretation": parts.fit(parts.synthesis.from_spectrum(spectrum, mask, prepared), windows)}
     if components:
         masks = parts.decoder(h, indices=indices)
@@ -128,17 +129,17 @@ def explain_recording(parts: Parts, waveform, target_class, threshold, component
     target = parts.target(target_class, logits)
     active = first["active"]
     relevance = parts.relevance(first["contributions"], tf.repeat(target, count), active)
-    _, _, _, selected = parts.selection(relevance, tf.repeat(threshold, count), active)
+    window_top, _, chosen, selected = parts.selection(relevance, tf.repeat(threshold, count), active)
     mean_relevance = tf.reduce_mean(recording(relevance), axis=1)
     any_selected = tf.reduce_any(recording(selected), axis=1)
     indices, values = explain.top_components(mean_relevance, parts.top_n)
 
-    elems = (flat, first["activations"], selected, tf.repeat(indices, count, axis=0))
+    elems = (flat, first["activations"], window_top, chosen, tf.repeat(indices, count, axis=0))
     signature = {"interpretation": (tf.float32, [])}
     if components:
         signature["component_audio"] = (tf.float32, [parts.top_n])
     second = timeline.overlap_add_chunks(
-        lambda w, h, s, i: _second_pass(parts, w, h, s, i, components),
+        lambda w, h, top, c, i: _second_pass(parts, w, h, top, c, i, components),
         elems,
         chunk,
         length,

@@ -149,6 +149,20 @@ def test_selected_mask_equals_numpy_sum_of_component_masks():
     assert np.all(got[1] == 0)
 
 
+def test_chosen_mask_equals_the_selected_mask_of_the_same_components():
+    p = random_problem(2, 1000)
+    H = p["H"] * (np.random.default_rng(3).random(p["H"].shape) < 0.5)
+    indices = np.array([[4, 0, 2], [1, 5, 3]])
+    chosen = np.array([[True, False, True], [False, False, False]])
+    selected = np.zeros((2, 6), bool)
+    selected[0, [4, 2]] = True
+    got = explain.chosen_mask(p["W"], H, indices, chosen).numpy()
+    np.testing.assert_allclose(got, explain.selected_mask(p["W"], H, selected).numpy(), rtol=1e-5, atol=1e-7)
+    assert np.all(got[1] == 0) and np.any(got[0] > 0)
+    with pytest.raises(ValueError, match=r"chosen must be \[batch, N\]"):
+        explain.chosen_mask(p["W"], H, indices, chosen[:, :2])
+
+
 def test_component_masks_gather_the_chosen_components():
     p = random_problem(2, 1000)
     indices = np.array([[4, 0], [1, 1]])
