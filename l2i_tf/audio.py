@@ -214,7 +214,7 @@ def istft(spectrum, num_samples, config: STFTConfig) -> tf.Tensor:
     frames = tf.signal.irfft(spectrum, [config.fft_length])
     if config.fft_length != config.frame_length:
         frames = frames[..., : config.frame_length]
-    signal = framing.overlap_add(frames * window_fn(config.frame_length, dtype=tf.float32), config.frame_step)
+    signal = framing.overlap_add(frames * window_fn(config.frame_length, dtype=frames.dtype), config.frame_step)
     start = config.front_pad
     return signal[..., start : start + num_samples]
 
