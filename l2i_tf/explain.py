@@ -351,7 +351,8 @@ def chosen_mask(W, H, indices, chosen, eps: float = 1e-8) -> tf.Tensor:
     W, H = _check_dictionary(W, H)
     indices = _check_indices(indices, H)
     chosen = tf.cast(tf.convert_to_tensor(chosen), H.dtype)
-    if chosen.shape.rank != 2 or (chosen.shape[1] is not None and chosen.shape[1] != indices.shape[1]):
+    n, m = (chosen.shape[1], indices.shape[1]) if chosen.shape.rank == 2 else (None, None)
+    if chosen.shape.rank not in (None, 2) or (n is not None and m is not None and n != m):
         raise ValueError(f"chosen must be [batch, N] like indices {indices.shape}, got shape {chosen.shape}")
     h = tf.gather(H, indices, axis=2, batch_dims=1) * chosen[:, None, :]  # [B, T, N]
     w = tf.gather(tf.transpose(W), indices)  # [B, N, F]

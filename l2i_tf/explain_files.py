@@ -102,7 +102,7 @@ class ExplainSource:
                 target_class=tf.fill([len(waveform)], target_class),
                 threshold=tf.constant(self.threshold, tf.float32),
             )
-        return {key: value.numpy() for key, value in out.items()}
+        return {key: np.asarray(value) for key, value in out.items()}  # the tensors' memory, not a copy (.numpy())
 
 
 def load_audio(path: str | Path, sample_rate: int, contents: bytes | None = None) -> np.ndarray:

@@ -94,6 +94,13 @@ def _batches(n, chunk_samples, length) -> tuple[tf.Tensor, tf.Tensor]:
     return (n + chunks - 1) // chunks, chunks
 
 
+def _take(x, start, size, n) -> tf.Tensor:
+    """Rows ``start .. start + size`` of ``x [n, ...]``, zero-padded to ``size`` rows past ``n`` (one batch's copy,
+    never a padded copy of all of ``x``)."""
+    rows = x[start : tf.minimum(start + size, n)]
+    return tf.pad(rows, [[0, size - tf.shape(rows)[0]]] + [[0, 0]] * (x.shape.rank - 1))
+
+
 def map_chunks(fn, elems, chunk_samples, length, signature) -> dict:
     """``fn`` over the leading axis of ``elems`` (a tuple of tensors [n, ...]) in batches of at most
     ``⌊chunk_samples / length⌋`` windows (at least one; :func:`_batches`), one batch at a time; returns ``fn``'s
@@ -101,63 +108,117 @@ def map_chunks(fn, elems, chunk_samples, length, signature) -> dict:
     n = tf.shape(elems[0])[0]
     chunk, chunks = _batches(n, chunk_samples, length)
 
-    def split(x):
-        pad = [[0, chunks * chunk - n]] + [[0, 0]] * (x.shape.rank - 1)
-        return tf.reshape(tf.pad(x, pad), tf.concat([[chunks, chunk], tf.shape(x)[1:]], 0))
+    shapes = {}  # each output's static shape past the batch axis, read when the body is traced
 
-    out = tf.map_fn(
-        lambda e: fn(*e), tuple(split(x) for x in elems), fn_output_signature=signature, parallel_iterations=1
-    )
-    return {key: tf.reshape(v, tf.concat([[-1], tf.shape(v)[2:]], 0))[:n] for key, v in out.items()}
+    def body(i, outputs):
+        out = fn(*(_take(x, i * chunk, chunk, n) for x in elems))
+        shapes.update({key: out[key].shape[1:] for key in outputs})
+        return i + 1, {key: ta.write(i, out[key]) for key, ta in outputs.items()}
+
+    outputs = {key: tf.TensorArray(dtype, size=chunks, infer_shape=False) for key, dtype in signature.items()}
+    _, outputs = tf.while_loop(lambda i, _: i < chunks, body, (tf.constant(0), outputs), parallel_iterations=1)
+    return {key: tf.ensure_shape(ta.concat()[:n], [None, *shapes[key]]) for key, ta in outputs.items()}
+
+
+class _Rows:
+    """Where the windows [n = B·W] of :func:`overlap_add_chunks` land: the recordings' samples one after another are
+    output rows, and each window's samples are weighted as :func:`overlap_add` weights them."""
+
+    def __init__(self, n, chunk, length, hop: int, count, samples, total_rows):
+        self.n, self.chunk, self.length, self.hop, self.count = n, chunk, length, hop, count
+        self.samples, self.total_rows = samples, total_rows
+        self.weights = tf.where(count > 1, window_weights(length), tf.ones([length]))
+        # The overlap-added weights under a window depend only on the windows within `margin` of it: those of a
+        # short recording of at most 2·margin + 1 windows stand for every window (its middle one for the middle).
+        self.margin = (length + hop - 1) // hop
+        self.short = tf.minimum(count, 2 * self.margin + 1)
+        self.norm = tf.signal.overlap_and_add(tf.tile(self.weights[None], [self.short, 1]), hop)
+
+    def first(self, ids):
+        """The output row of each window's first sample; ``total_rows`` for padded windows (ids >= n)."""
+        last = tf.minimum(ids, self.n - 1)
+        return tf.where(ids < self.n, last // self.count * self.samples + last % self.count * self.hop, self.total_rows)
+
+    def scale(self, ids):
+        """[c, L]: each sample's weight over the overlap-added weights under it; 0 for padded windows and samples
+        past the recording's end."""
+        w = tf.minimum(ids, self.n - 1) % self.count
+        position = w[:, None] * self.hop + tf.range(self.length)[None]  # [c, L] within the recording
+        margin, short = self.margin, self.short
+        like = tf.where(w < margin, w, tf.where(w >= self.count - margin, w - self.count + short, margin))
+        norm = tf.gather(self.norm, like[:, None] * self.hop + tf.range(self.length)[None])
+        keep = (ids[:, None] < self.n) & (position < self.samples)
+        return tf.where(keep, self.weights[None] / norm, 0.0), keep
+
+    def added(self, ids, x, start):
+        """Windows ``x [c, ..., L]`` weighted and added into rows ``start .. start + c·L`` (consecutive windows
+        start at most L rows apart: a hop within a recording, the rest of the last window at its end)."""
+        scale, keep = self.scale(ids)
+        rows = tf.where(keep, self.first(ids)[:, None] + tf.range(self.length)[None] - start, 0)  # else 0: adds 0
+        x = x * tf.reshape(scale, tf.concat([[self.chunk], tf.ones([x.shape.rank - 2], tf.int32), [self.length]], 0))
+        zeros = tf.zeros(tf.concat([[self.chunk * self.length], tf.shape(x)[1:-1]], 0), x.dtype)
+        return tf.tensor_scatter_nd_add(zeros, tf.reshape(rows, [-1, 1]), _rows(x))
 
 
 def overlap_add_chunks(fn, elems, chunk_samples, length, hop: int, count, batch, samples, signature) -> dict:
     """Overlap-add as the windows come: ``fn`` over the leading axis of ``elems`` (a tuple of tensors [n = B·W,
     ...]) in batches as :func:`map_chunks` does, each output window ``[..., L]`` weighted (Hann, divided by the
-    overlap-added weights at each sample: :func:`overlap_add`'s result) and added into its recording at its start,
-    so memory holds the outputs [B, ..., S] and one batch, never every window. ``signature``: ``{key: (dtype, inner
-    shape)}`` of ``fn``'s outputs per window without the last axis, e.g. ``(tf.float32, [])`` for [n, L] or
-    ``(tf.float32, [N])`` for [n, N, L]. Returns ``{key: [B, ..., S]}``."""
+    overlap-added weights at each sample: :func:`overlap_add`'s result) and added into its recording at its start.
+    ``signature``: ``{key: (dtype, inner shape)}`` of ``fn``'s outputs per window without the last axis, e.g.
+    ``(tf.float32, [])`` for [n, L] or ``(tf.float32, [N])`` for [n, N, L]. Returns ``{key: [B, ..., S]}``.
+
+    Windows start at increasing output rows, so once a batch is added every row before the next batch's first
+    window is final: it is emitted (a TensorArray), and only the rows the next batch can still reach are carried.
+    Memory holds one batch, its rows and the emitted output, never a buffer of the whole output that each batch
+    would copy."""
     n = tf.shape(elems[0])[0]
     chunk, chunks = _batches(n, chunk_samples, length)
-    elems = tuple(tf.pad(x, [[0, chunks * chunk - n]] + [[0, 0]] * (x.shape.rank - 1)) for x in elems)
-    weights = tf.where(count > 1, window_weights(length), tf.ones([length]))
-    norm = tf.signal.overlap_and_add(tf.tile(weights[None], [count, 1]), hop)  # [(W - 1)·hop + L]
-    # One window per recording, all in one batch: each window is its recording (weights 1), no scatter needed.
-    whole = (count == 1) & (chunks == 1) & (length == samples)
+    place = _Rows(n, chunk, length, hop, count, samples, batch * samples)
+    # one window per recording, all in one batch: each window is its recording (weights 1), nothing to add
+    single = (count == 1) & (chunks == 1) & (length == samples)
 
-    def scatter(ids, x, buffer):
-        position = (tf.minimum(ids, n - 1) % count)[:, None] * hop + tf.range(length)[None]  # [c, L]
-        # padded windows and samples past the recording's end add zeros (to its first row)
-        keep = (ids[:, None] < n) & (position < samples)
-        scale = tf.where(keep, weights[None] / tf.gather(norm, position), 0.0)
-        rows = (tf.minimum(ids, n - 1) // count)[:, None] * samples + tf.where(keep, position, 0)
-        x = x * tf.reshape(scale, tf.concat([[chunk], tf.ones([x.shape.rank - 2], tf.int32), [length]], 0))
-        return tf.tensor_scatter_nd_add(buffer, tf.reshape(rows, [-1, 1]), _rows(x))
-
-    def body(i, buffers):
+    def body(i, carried, emitted):
         ids = i * chunk + tf.range(chunk)
-        out = fn(*(x[i * chunk : (i + 1) * chunk] for x in elems))
-        return i + 1, {
-            key: tf.cond(
-                whole,
-                lambda b=buffer, x=out[key]: tf.reshape(_rows(x), tf.shape(b)),
-                lambda b=buffer, x=out[key]: scatter(ids, x, b),
-            )
-            for key, buffer in buffers.items()
-        }
+        start, end = place.first(i * chunk), place.first((i + 1) * chunk)  # this batch's first row, the next's
+        out = fn(*(_take(x, i * chunk, chunk, n) for x in elems))
+        carried_out, emitted_out = {}, {}
+        for key, rows in carried.items():
 
-    buffers = {
-        key: tf.zeros(tf.concat([[batch * samples], tf.constant(inner, tf.int32)], 0), dtype)
+            def add(x=out[key], rows=rows):
+                fresh = place.added(ids, x, start)
+                size = tf.maximum(tf.maximum(tf.shape(fresh)[0], tf.shape(rows)[0]), end - start)
+                rows = _pad_rows(fresh, size) + _pad_rows(rows, size)
+                return rows[: end - start], rows[end - start :]
+
+            emit, carried_out[key] = tf.cond(single, lambda x=out[key], r=rows: (_rows(x), r[:0]), add)
+            emitted_out[key] = emitted[key].write(i, emit)
+        return i + 1, carried_out, emitted_out
+
+    carried = {key: tf.zeros([0, *inner], dtype) for key, (dtype, inner) in signature.items()}
+    emitted = {
+        key: tf.TensorArray(dtype, size=chunks, infer_shape=False, element_shape=[None, *inner])
         for key, (dtype, inner) in signature.items()
     }
-    _, buffers = tf.while_loop(lambda i, _: i < chunks, body, (tf.constant(0), buffers), parallel_iterations=1)
+    invariants = {key: tf.TensorShape([None, *inner]) for key, (_, inner) in signature.items()}
+    _, _, emitted = tf.while_loop(
+        lambda i, *_: i < chunks,
+        body,
+        (tf.constant(0), carried, emitted),
+        shape_invariants=(tf.TensorShape([]), invariants, {key: None for key in signature}),
+        parallel_iterations=1,
+    )
     result = {}
-    for key, buffer in buffers.items():
+    for key, ta in emitted.items():
+        buffer = tf.cond(chunks == 1, lambda ta=ta: ta.read(0), ta.concat)  # one batch: its rows, no copy
         inner = len(signature[key][1])
         x = tf.reshape(buffer, tf.concat([[batch, samples], tf.shape(buffer)[1:]], 0))
         result[key] = tf.transpose(x, [0, *range(2, inner + 2), 1]) if inner else x
     return result
+
+
+def _pad_rows(x, rows) -> tf.Tensor:
+    """``x [r, ...]`` zero-padded to ``rows`` rows (``rows >= r``)."""
+    return tf.pad(x, [[0, rows - tf.shape(x)[0]]] + [[0, 0]] * (x.shape.rank - 1))
 
 
 def _rows(x) -> tf.Tensor:
