@@ -8,7 +8,7 @@ the two ratios come from one run.
     python benchmarks/explain_throughput.py                  # runs/esc10 if it exists, else an untrained demo-size run
     python benchmarks/explain_throughput.py savedmodels/l2i  # an existing export
     python benchmarks/explain_throughput.py runs/esc10 --runs 9 --baseline old_savedmodels/l2i/1
-    python benchmarks/explain_throughput.py runs/esc10 --threads 1  # one thread: the ratio of work, steadier
+    python benchmarks/explain_throughput.py runs/esc10 --threads 1  # one thread: the ratio of the work done
 
 On a shared machine the median ratio moves by several points from one run to the next, so the ratio of the
 fastest runs (the least disturbed) is printed too. With both cores the explanation's ops and the classifier's
