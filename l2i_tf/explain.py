@@ -74,8 +74,14 @@ def _check_length(T: int | None, num_samples, config: STFTConfig) -> None:
 
 
 def _reconstruction(W: tf.Tensor, H: tf.Tensor) -> tf.Tensor:
-    """``H·Wᵀ``: [B, T, K] x [F, K] -> [B, T, F]."""
-    return tf.einsum("btk,fk->btf", H, W)
+    """``H·Wᵀ``: [B, T, K] x [F, K] -> [B, T, F].
+
+    One [B·T, K] x [K, F] MatMul rather than an einsum: oneDNN's MatMul uses both cores where the einsum kernel
+    scaled poorly (5.7 -> 5.2 ms on 2 threads, 12.7 -> 9.6 ms on 1, for [32, 313, 100] x [513, 100]).
+    """
+    shape = tf.shape(H)
+    product = tf.matmul(tf.reshape(H, [-1, shape[-1]]), W, transpose_b=True)
+    return tf.reshape(product, tf.concat([shape[:-1], tf.shape(W)[:1]], 0))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -356,7 +362,7 @@ def chosen_mask(W, H, indices, chosen, eps: float = 1e-8) -> tf.Tensor:
         raise ValueError(f"chosen must be [batch, N] like indices {indices.shape}, got shape {chosen.shape}")
     h = tf.gather(H, indices, axis=2, batch_dims=1) * chosen[:, None, :]  # [B, T, N]
     w = tf.gather(tf.transpose(W), indices)  # [B, N, F]
-    return tf.einsum("btn,bnf->btf", h, w) / (_reconstruction(W, H) + eps)
+    return tf.matmul(h, w) / (_reconstruction(W, H) + eps)
 
 
 # --------------------------------------------------------------------------------------------------------------------
