@@ -67,7 +67,8 @@ def main():
         )
     print(f"  peak memory ratio timeline/one pass: {timeline['peak_mb'] / whole['peak_mb']:.2f}")
     print(f"  time ratio timeline/one pass: {timeline['seconds'] / whole['seconds']:.2f}")
-    print(f"  goal: timeline peak <= 2048 MB: {'met' if timeline['peak_mb'] <= 2048 else 'MISSED'}")
+    peak_gb = timeline["peak_mb"] * 2**20 / 1e9  # ru_maxrss is in KiB: the MB printed are MiB
+    print(f"  goal: timeline peak <= 2 GB: {peak_gb:.2f} GB, {'met' if peak_gb <= 2 else 'MISSED'}")
 
 
 if __name__ == "__main__":

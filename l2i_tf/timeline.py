@@ -168,52 +168,79 @@ def overlap_add_chunks(fn, elems, chunk_samples, length, hop: int, count, batch,
     ``(tf.float32, [])`` for [n, L] or ``(tf.float32, [N])`` for [n, N, L]. Returns ``{key: [B, ..., S]}``.
 
     Windows start at increasing output rows, so once a batch is added every row before the next batch's first
-    window is final: it is emitted (a TensorArray), and only the rows the next batch can still reach are carried.
-    Memory holds one batch, its rows and the emitted output, never a buffer of the whole output that each batch
-    would copy."""
+    window is final: it is written into the output at its place (:func:`_write`, in place), and only the rows the
+    next batch can still reach are carried. Memory holds one batch, its rows and the output once: never a buffer
+    of the whole output that each batch would copy, nor the finished rows collected then copied into the output."""
     n = tf.shape(elems[0])[0]
     chunk, chunks = _batches(n, chunk_samples, length)
     place = _Rows(n, chunk, length, hop, count, samples, batch * samples)
     # one window per recording, all in one batch: each window is its recording (weights 1), nothing to add
     single = (count == 1) & (chunks == 1) & (length == samples)
+    width = {key: math.prod(inner) for key, (_, inner) in signature.items()}  # values per output row
 
-    def body(i, carried, emitted):
+    def body(i, carried, outputs):
         ids = i * chunk + tf.range(chunk)
         start, end = place.first(i * chunk), place.first((i + 1) * chunk)  # this batch's first row, the next's
         out = fn(*(_take(x, i * chunk, chunk, n) for x in elems))
-        carried_out, emitted_out = {}, {}
+        carried_out, outputs_out = {}, {}
         for key, rows in carried.items():
 
-            def add(x=out[key], rows=rows):
+            def add(x=out[key], rows=rows, output=outputs[key], width=width[key]):
                 fresh = place.added(ids, x, start)
                 size = tf.maximum(tf.maximum(tf.shape(fresh)[0], tf.shape(rows)[0]), end - start)
                 rows = _pad_rows(fresh, size) + _pad_rows(rows, size)
-                return rows[: end - start], rows[end - start :]
+                return _write(output, rows[: end - start], start, samples, width), rows[end - start :]
 
-            emit, carried_out[key] = tf.cond(single, lambda x=out[key], r=rows: (_rows(x), r[:0]), add)
-            emitted_out[key] = emitted[key].write(i, emit)
-        return i + 1, carried_out, emitted_out
+            def whole(x=out[key], rows=rows):  # the windows [B, ..., S] are the output's layout already
+                return tf.reshape(x, [-1]), rows[:0]
+
+            outputs_out[key], carried_out[key] = tf.cond(single, whole, add)
+        return i + 1, carried_out, outputs_out
 
     carried = {key: tf.zeros([0, *inner], dtype) for key, (dtype, inner) in signature.items()}
-    emitted = {
-        key: tf.TensorArray(dtype, size=chunks, infer_shape=False, element_shape=[None, *inner])
-        for key, (dtype, inner) in signature.items()
+    outputs = {
+        key: _output(tf.where(single, 0, batch * samples), width[key], dtype) for key, (dtype, _) in signature.items()
     }
     invariants = {key: tf.TensorShape([None, *inner]) for key, (_, inner) in signature.items()}
-    _, _, emitted = tf.while_loop(
+    _, _, outputs = tf.while_loop(
         lambda i, *_: i < chunks,
         body,
-        (tf.constant(0), carried, emitted),
-        shape_invariants=(tf.TensorShape([]), invariants, {key: None for key in signature}),
+        (tf.constant(0), carried, outputs),
+        shape_invariants=(tf.TensorShape([]), invariants, {key: tf.TensorShape([None]) for key in signature}),
         parallel_iterations=1,
     )
-    result = {}
-    for key, ta in emitted.items():
-        buffer = tf.cond(chunks == 1, lambda ta=ta: ta.read(0), ta.concat)  # one batch: its rows, no copy
-        inner = len(signature[key][1])
-        x = tf.reshape(buffer, tf.concat([[batch, samples], tf.shape(buffer)[1:]], 0))
-        result[key] = tf.transpose(x, [0, *range(2, inner + 2), 1]) if inner else x
-    return result
+    return {key: tf.reshape(outputs[key], [batch, *inner, samples]) for key, (_, inner) in signature.items()}
+
+
+INPLACE_LIMIT = 2**31 - 1  # in-place writes index the output with int32: larger outputs are written by copies
+
+
+def _output(rows, width: int, dtype) -> tf.Tensor:
+    """An output of ``rows`` samples × ``width`` values, flat ([B·width·S], the layout of [B, width, S]), left
+    uninitialised: :func:`_write` writes every element once."""
+    size = tf.cast(rows, tf.int64) * width
+    return tf.cond(
+        size <= INPLACE_LIMIT,
+        lambda: tf.raw_ops.Empty(shape=tf.cast(size, tf.int32)[None], dtype=dtype, init=False),
+        lambda: tf.zeros(size[None], dtype),
+    )
+
+
+def _write(output, rows, first, samples, width: int) -> tf.Tensor:
+    """``rows [m, ...]`` (output rows ``first .. first + m``: the recordings' samples one after another, ``width``
+    values each) written into the flat output [B·width·S] at their places in [B, width, S]: in place
+    (``InplaceUpdate`` aliases ``output``, which nothing else reads), or, past :data:`INPLACE_LIMIT` elements, by a
+    scatter that copies the output."""
+    m = tf.shape(rows)[0]
+    row = tf.cast(first + tf.range(m), tf.int64)[None]  # [1, m]
+    s = tf.cast(samples, tf.int64)
+    index = tf.reshape(row // s * width * s + tf.range(width, dtype=tf.int64)[:, None] * s + row % s, [-1])
+    values = tf.reshape(tf.transpose(tf.reshape(rows, [m, width])), [-1])  # [width, m], as the index
+    return tf.cond(
+        tf.size(output, out_type=tf.int64) <= INPLACE_LIMIT,
+        lambda: tf.raw_ops.InplaceUpdate(x=output, i=tf.cast(index, tf.int32), v=values),
+        lambda: tf.tensor_scatter_nd_update(output, index[:, None], values),
+    )
 
 
 def _pad_rows(x, rows) -> tf.Tensor:

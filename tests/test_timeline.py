@@ -56,28 +56,46 @@ def test_overlap_add_of_the_frames_gives_back_the_signal(samples):
 
 
 @pytest.mark.parametrize("chunk_samples", [1, 2500, 3000, 10**6])  # one window a batch, 2, 3 (the last padded), all
-def test_overlap_add_as_the_windows_come_equals_overlap_add_of_all_windows(chunk_samples):
+@pytest.mark.parametrize("graph", [False, True])  # eager, and traced as the SavedModel runs it
+def test_overlap_add_as_the_windows_come_equals_overlap_add_of_all_windows(chunk_samples, graph):
+    _check_overlap_add_chunks(chunk_samples, graph, samples=4321)
+
+
+def test_outputs_past_the_in_place_limit_are_written_by_copies(monkeypatch):
+    monkeypatch.setattr(timeline, "INPLACE_LIMIT", 4321)  # "one" (2 × 4321 samples) and "three" are past it
+    _check_overlap_add_chunks(2500, True, samples=4321)
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_recordings_of_one_window_are_their_own_output(graph):
+    _check_overlap_add_chunks(10**6, graph, samples=1000)
+
+
+def _check_overlap_add_chunks(chunk_samples, graph, samples):
     rng = np.random.default_rng(0)
-    batch, samples, window, hop = 2, 4321, 1000, 500
+    batch, window, hop = 2, 1000, 500
     length, count = timeline.plan(samples, window, hop)
-    frames = tf.constant(rng.standard_normal((batch * int(count), 3, 1000)), tf.float32)  # 3 outputs a window
+    frames = tf.constant(rng.standard_normal((batch * int(count), 3, int(length))), tf.float32)  # 3 outputs a window
 
     def fn(x, scale):
         return {"one": x[:, 0] * scale[:, None], "three": x * scale[:, None, None]}
 
+    def run(frames, scale):
+        return timeline.overlap_add_chunks(
+            fn,
+            (frames, scale),
+            chunk_samples,
+            length,
+            hop,
+            count,
+            batch,
+            samples,
+            {"one": (tf.float32, []), "three": (tf.float32, [3])},
+        )
+
     scale = tf.range(1, batch * int(count) + 1, dtype=tf.float32)
-    got = timeline.overlap_add_chunks(
-        fn,
-        (frames, scale),
-        chunk_samples,
-        length,
-        hop,
-        count,
-        batch,
-        samples,
-        {"one": (tf.float32, []), "three": (tf.float32, [3])},
-    )
-    scaled = tf.reshape(frames * scale[:, None, None], [batch, int(count), 3, 1000])
+    got = tf.function(run)(frames, scale) if graph else run(frames, scale)
+    scaled = tf.reshape(frames * scale[:, None, None], [batch, int(count), 3, int(length)])
     np.testing.assert_allclose(got["one"], timeline.overlap_add(scaled[:, :, 0], hop, samples), atol=1e-5)
     expected = timeline.overlap_add(tf.transpose(scaled, [0, 2, 1, 3]), hop, samples)
     np.testing.assert_allclose(got["three"], expected, atol=1e-5)
