@@ -104,6 +104,13 @@ Examples:
 @click.option(
     "--epochs", type=click.IntRange(min=1), default=None, help=f"Most epochs [{_by_task(training.DEFAULT_EPOCHS)}]."
 )
+@click.option(
+    "--patience",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop after this many epochs without a better validation fidelity; the best epoch's weights are kept "
+    f"[{_by_task(training.DEFAULT_PATIENCE)}].",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size, show_default=True)
 @click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
 @options.mixed_precision_option("float32", "float32")

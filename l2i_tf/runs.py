@@ -97,7 +97,7 @@ class TrainConfig(Settings):
     epochs: int | None = None  # None: the task's default (training.DEFAULT_EPOCHS), recorded resolved
     batch_size: int = 16
     learning_rate: float = 1e-3
-    patience: int = 15
+    patience: int | None = None  # None: the task's default (training.DEFAULT_PATIENCE), recorded resolved
     # Multi-label training mixtures (and a quarter as many for validation and test). Measured on ESC-10's
     # validation fold: 960 -> micro-AUPRC 0.77 (overfits); 2400 -> 0.94; 4800 (20 epochs, α = 3) -> 0.95.
     mixtures: int = 4800

@@ -329,6 +329,8 @@ def test_cli_train_reports_fidelity_and_refuses_an_existing_run(tiny_job, tmp_pa
         "5",
         "--hidden",
         "8",
+        "--patience",
+        "3",
         "--out",
         str(tmp_path / "run"),
     ]
@@ -337,6 +339,7 @@ def test_cli_train_reports_fidelity_and_refuses_an_existing_run(tiny_job, tmp_pa
     result = runner.invoke(main, args, env=env)
     assert result.exit_code == 0, result.output
     assert "test fidelity: top-1" in result.output
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["patience"] == 3
     again = runner.invoke(main, args, env=env)
     assert again.exit_code != 0 and "already holds a run" in again.output
     bad = runner.invoke(main, [*args[:-2], "--out", str(tmp_path / "x"), "--layers", "nope"], env=env)
