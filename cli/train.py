@@ -107,9 +107,9 @@ Examples:
 @click.option(
     "--patience",
     type=click.IntRange(min=1),
-    default=None,
-    help="Stop after this many epochs without a better validation fidelity; the best epoch's weights are kept "
-    f"[{_by_task(training.DEFAULT_PATIENCE)}].",
+    default=DEFAULTS.patience,
+    show_default=True,
+    help="Stop after this many epochs without a better validation fidelity; the best epoch's weights are kept.",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size, show_default=True)
 @click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)

@@ -43,11 +43,6 @@ DEFAULT_LOSS_WEIGHTS = {False: (3.0, 3.0), True: (3.0, 1.0)}
 # Epochs by task: multi-label epochs hold 4800 mixtures (runs.TrainConfig.mixtures), so 20 of them are as many
 # steps as 40 of 2400.
 DEFAULT_EPOCHS = {False: 40, True: 20}
-# Epochs without a better validation fidelity before training stops (the best epoch's weights are kept). Four
-# default single-label ESC-10 runs (two seeds, with and without oneDNN) followed for 40 epochs: 6 keeps the same
-# epoch as 15 in three (one clip of fold 5 apart in the fourth) and stops after 13-17 epochs instead of 22-40.
-# Multi-label: unchanged (not measured; its 20 epochs rarely stop early).
-DEFAULT_PATIENCE = {False: 6, True: 15}
 # (source_mixtures, source_weight) by task (l2i_tf.source_mixtures), chosen on ESC-10's validation fold (fold 4);
 # multi-label: none (its training data are mixtures already).
 DEFAULT_SOURCES = {False: (960, 5.0), True: (0, 0.0)}
@@ -145,7 +140,6 @@ def resolve(config: TrainConfig, model_f: keras.Model) -> tuple[TrainConfig, aud
         alpha=alpha if config.alpha is None else config.alpha,
         temperature=temperature if config.temperature is None else config.temperature,
         epochs=DEFAULT_EPOCHS[multilabel] if config.epochs is None else config.epochs,
-        patience=DEFAULT_PATIENCE[multilabel] if config.patience is None else config.patience,
         layers=tuple(config.layers or (info.layers if info else ())),
         stft=stft.to_dict(),
     )

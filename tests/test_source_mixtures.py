@@ -172,13 +172,12 @@ def test_quick_cross_validation_folds_use_few_source_mixtures():
 
 
 def test_unset_epochs_and_loss_weights_take_the_task_defaults_and_a_resume_keeps_the_recorded_epochs(tmp_path):
-    config = make_tone_job(tmp_path, epochs=None, patience=None)
+    config = make_tone_job(tmp_path, epochs=None)
     model = runs.load_classifier(config.classifier)
     single, _ = training.resolve(config, model)
     multi, _ = training.resolve(dataclasses.replace(config, multilabel=True), model)
-    assert (single.epochs, single.alpha, single.temperature, single.patience) == (40, 3.0, 3.0, 6)
-    assert (multi.epochs, multi.alpha, multi.temperature, multi.patience) == (20, 3.0, 1.0, 15)
-    assert training.resolve(dataclasses.replace(config, patience=2), model)[0].patience == 2
+    assert (single.epochs, single.alpha, single.temperature) == (40, 3.0, 3.0)
+    assert (multi.epochs, multi.alpha, multi.temperature) == (20, 3.0, 1.0)
     assert runs.TrainConfig().mixtures == 4800  # multi-label: 20 epochs of 4800 mixtures
     assert training.resume_config(multi, dataclasses.replace(config, epochs=None)).epochs == 20  # `--resume` alone
     assert training.resume_config(multi, dataclasses.replace(config, epochs=30)).epochs == 30  # `--resume --epochs 30`
@@ -195,6 +194,6 @@ def test_train_cli_passes_mixtures_and_leaves_unset_epochs_to_the_task(tmp_path,
     monkeypatch.setattr(train_cli, "report", lambda *args: None)
     result = CliRunner().invoke(main, ["train", "--multilabel", "--mixtures", "96", "--out", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
-    assert (seen[0].multilabel, seen[0].mixtures, seen[0].epochs, seen[0].patience) == (True, 96, None, None)
+    assert (seen[0].multilabel, seen[0].mixtures, seen[0].epochs) == (True, 96, None)
     result = CliRunner().invoke(main, ["train", "--multilabel", "--mixtures", "0", "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and "--mixtures" in result.output and len(seen) == 1
