@@ -66,7 +66,7 @@ def decode_cache(tmp_path_factory, worker_id) -> Path:
 @pytest.fixture(scope="session", autouse=True)
 def paper_training_by_default():
     """Training in tests (in this process) uses the paper's loss unless a test sets ``source_mixtures`` and
-    ``source_weight`` itself: the default 960 source mixtures would multiply every tiny training's examples. The
+    ``source_weight`` itself: the default 480 source mixtures would multiply every tiny training's examples. The
     default itself is tested in tests/test_source_mixtures.py (which puts ``SOURCE_DEFAULTS`` back)."""
     from l2i_tf import training
 

@@ -124,7 +124,7 @@ def test_installed_l2i_tf_train_runs_on_the_bundled_data(fresh_venv, tmp_path, m
 
     quick = ["--epochs", "1", "--nmf-iterations", "2", "-k", "8", "--hidden", "8", "--clip-seconds", "1"]
     quick += ["--train-folds", "1", "--val-folds", "2", "--test-folds", "3"]  # 240 of the 400 clips: less decoding
-    quick += ["--source-mixtures", "16"]  # the default source term on 16 mixtures, not 960
+    quick += ["--source-mixtures", "16"]  # the default source term on 16 mixtures, not 480
     result = run([fresh_venv / "bin" / "l2i-tf", "train", *quick, "--out", tmp_path / "run"], env=env, cwd=elsewhere)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["class_names"] == list(ESC10_CLASSES) and metrics["epochs_done"] == 1
