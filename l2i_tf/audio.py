@@ -214,14 +214,25 @@ def istft(spectrum, num_samples, config: STFTConfig) -> tf.Tensor:
     frames = tf.signal.irfft(spectrum, [config.fft_length])
     if config.fft_length != config.frame_length:
         frames = frames[..., : config.frame_length]
-    signal = framing.overlap_add(frames * window_fn(config.frame_length, dtype=frames.dtype), config.frame_step)
-    start = config.front_pad
-    return signal[..., start : start + num_samples]
+    frames = frames * window_fn(config.frame_length, dtype=frames.dtype)
+    return framing.overlap_add_crop(frames, config.frame_step, config.front_pad, num_samples)
+
+
+def power(spectrum) -> tf.Tensor:
+    """``|S|² = re² + im²`` of a complex STFT: a third of ``tf.abs``'s time on one CPU thread, as tf.data runs it
+    (``ComplexAbs`` is the overflow-safe ``hypot``; an STFT's magnitudes are far from float32's range)."""
+    real, imag = tf.math.real(spectrum), tf.math.imag(spectrum)
+    return real * real + imag * imag
+
+
+def magnitude(spectrum) -> tf.Tensor:
+    """``|S|`` of a complex STFT, as ``sqrt(`` :func:`power` ``)``: ``tf.abs`` to float32 rounding, half its time."""
+    return tf.sqrt(power(spectrum))
 
 
 def magnitude_phase(spectrum) -> tuple[tf.Tensor, tf.Tensor]:
     """Split a complex STFT into ``X = log1p(|S|)`` and unit-modulus phase ``S / |S|`` (1 where |S| = 0)."""
-    mag = tf.abs(spectrum)
+    mag = magnitude(spectrum)
     safe = tf.where(mag > 0, mag, tf.ones_like(mag))
     phase = tf.where(mag > 0, spectrum / tf.cast(safe, spectrum.dtype), tf.ones_like(spectrum))
     return tf.math.log1p(mag), phase
@@ -264,8 +275,8 @@ def masked_waveform(x, phase, mask, num_samples, config: STFTConfig, domain: str
         raise ValueError(f"phase must be complex, got dtype {phase.dtype.name}")
     if domain == "log1p":
         return synthesize(mask * x, phase, num_samples, config)
-    magnitude = mask * tf.math.expm1(tf.nn.relu(x))
-    return istft(tf.cast(magnitude, phase.dtype) * phase, num_samples, config)
+    scaled = mask * tf.math.expm1(tf.nn.relu(x))
+    return istft(tf.cast(scaled, phase.dtype) * phase, num_samples, config)
 
 
 def masked_spectrum_waveform(spectrum, mask, num_samples, config: STFTConfig, domain: str = "log1p") -> tf.Tensor:
@@ -277,8 +288,8 @@ def masked_spectrum_waveform(spectrum, mask, num_samples, config: STFTConfig, do
     check_domain(domain)
     gain = tf.convert_to_tensor(mask, tf.float32)
     if domain == "log1p":
-        magnitude = tf.abs(spectrum)
-        gain = tf.math.divide_no_nan(tf.math.expm1(gain * tf.math.log1p(magnitude)), magnitude)
+        mag = magnitude(spectrum)
+        gain = tf.math.divide_no_nan(tf.math.expm1(gain * tf.math.log1p(mag)), mag)
     return istft(spectrum * tf.cast(gain, spectrum.dtype), num_samples, config)
 
 
@@ -340,8 +351,7 @@ class LogMelSpectrogram(keras.layers.Layer):
         waveform = tf.convert_to_tensor(waveform)
         if waveform.shape.rank == 3:
             waveform = tf.squeeze(waveform, -1)
-        power = tf.square(tf.abs(stft(waveform, self._config)))
-        mel = tf.tensordot(power, self._mel, 1)
+        mel = tf.tensordot(power(stft(waveform, self._config)), self._mel, 1)
         return tf.math.log(mel + 1e-6)
 
     def compute_output_shape(self, input_shape):

@@ -91,6 +91,7 @@ def feature_shards(run: runs.Run, cache: Path) -> list:
         interpreter.stft_config.sample_rate,
         interpreter.clip_samples,
         lambda w: run_features(tf.constant(w)),
+        interpreter.stft_config,
     )
     return shards
 

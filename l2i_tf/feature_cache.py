@@ -3,7 +3,8 @@ pipelines that train and score the interpreter from them, so memory does not gro
 
 A split's features live in ``<folder>/shard-NNNNN.<key>.npy`` (``SHARD_EXAMPLES`` examples a shard, the last one
 shorter; one file per key of :meth:`~l2i_tf.interpreter.Interpreter.precompute` — ``waveform``,
-``classifier_logits``, ``sequence_0..n`` — each written under a temporary name and renamed) and
+``classifier_logits``, ``sequence_0..n`` — each written under a temporary name and renamed; a training run's
+splits hold X in place of the waveform, :func:`spectrogram_features`) and
 ``<folder>/index.json`` (written last: the split is complete when it exists). :func:`write_split` fills them from a
 stream of examples in batches of ``FEATURE_BATCH`` (the classifier sees the same batches as the in-memory trainer),
 holding one shard.
@@ -34,7 +35,10 @@ SHARD_EXAMPLES = 256
 FEATURE_BATCH = 32
 """Examples per classifier pass while writing (as :meth:`~l2i_tf.interpreter.Interpreter.precompute`)."""
 INDEX = "index.json"
-FORMAT = "npy-per-key"
+FORMAT = "npy-per-key-2"
+SPECTROGRAM_DTYPE = np.float16
+"""How :func:`spectrogram_features` stores X and |S_src|: 2⁻¹¹ relative rounding (X ≤ log1p(frame) ≈ 6), far
+below the NMF model's error; the same bytes as the waveform they replace (F·T ≈ 2·samples at a quarter-frame hop)."""
 """The shards' layout, recorded in ``index.json``: a cache written in another (an older version's npz) is rebuilt."""
 
 
@@ -68,7 +72,34 @@ def _flatten(features: dict) -> dict[str, np.ndarray]:
     training split's ``source`` and ``source_weight``)."""
     out = {key: value for key, value in features.items() if key != "sequences"}
     out.update({f"sequence_{i}": s for i, s in enumerate(features["sequences"])})
-    return {key: np.asarray(value, dtype="float32") for key, value in out.items()}
+    return {key: np.asarray(value, dtype=_stored_dtype(value)) for key, value in out.items()}
+
+
+def _stored_dtype(value):
+    return SPECTROGRAM_DTYPE if getattr(value, "dtype", None) == SPECTROGRAM_DTYPE else np.float32
+
+
+def spectrogram_features(features: Callable, stft: audio.STFTConfig) -> Callable:
+    """``features`` (a batch -> a :meth:`~l2i_tf.interpreter.Interpreter.precompute`-like dict, with ``source``
+    for source mixtures) -> the same dict with ``spectrogram`` X = log1p|S| in place of ``waveform`` and
+    ``source_magnitude`` |S_src| in place of ``source``, both :data:`SPECTROGRAM_DTYPE`: what a training step reads
+    (:func:`analysed`), made once when the split is written rather than in every epoch (the STFTs and magnitudes
+    were a third of the CPU a training step used, in tf.data beside it)."""
+
+    @tf.function(reduce_retracing=True)
+    def magnitude(waveform):
+        return audio.magnitude(audio.stft(waveform, stft))
+
+    def run(batch) -> dict:
+        out = dict(features(batch))
+        x = tf.math.log1p(magnitude(tf.convert_to_tensor(out.pop("waveform"), tf.float32)))
+        out["spectrogram"] = x.numpy().astype(SPECTROGRAM_DTYPE)
+        if "source" in out:
+            source = tf.convert_to_tensor(out.pop("source"), tf.float32)
+            out["source_magnitude"] = magnitude(source).numpy().astype(SPECTROGRAM_DTYPE)
+        return out
+
+    return run
 
 
 def write_split(folder: str | Path, batches: Iterable[np.ndarray], features: Callable[[np.ndarray], dict]) -> Shards:
@@ -89,14 +120,14 @@ def write_split(folder: str | Path, batches: Iterable[np.ndarray], features: Cal
         for key in pending[0]:  # one key's copy at a time on top of the pending batches
             with files.atomic_file(_key_path(folder, len(counts), key)) as tmp, open(tmp, "wb") as f:
                 np.save(f, np.concatenate([p[key] for p in pending]))
-        counts.append(sum(len(p["waveform"]) for p in pending))
+        counts.append(sum(_examples(p) for p in pending))
         pending.clear()
 
     for batch in batches:
         out = _flatten(features(batch))
         shapes = shapes or {key: list(value.shape[1:]) for key, value in out.items()}
         pending.append(out)
-        if sum(len(p["waveform"]) for p in pending) >= SHARD_EXAMPLES:
+        if sum(_examples(p) for p in pending) >= SHARD_EXAMPLES:
             flush()
     if pending:
         flush()
@@ -104,6 +135,10 @@ def write_split(folder: str | Path, batches: Iterable[np.ndarray], features: Cal
         raise ValueError(f"{folder}: no examples to cache")
     files.write_json(folder / INDEX, {"format": FORMAT, "counts": counts, "shapes": shapes})
     return Shards.load(folder)
+
+
+def _examples(batch: dict) -> int:
+    return len(next(iter(batch.values())))
 
 
 def _key_path(folder: Path, shard: int, key: str) -> Path:
@@ -243,21 +278,24 @@ class Shards:
 
 def analysed(batch: dict, stft: audio.STFTConfig) -> dict:
     """A batch of a split with X (``spectrogram``) in place of the waveform, and for training mixtures the linear
-    magnitudes ``|S_x|`` (``magnitude``) and ``|S_src|`` (``source_magnitude``) in place of the source; a batch
-    analysed already is returned as it is. The one place the training step's STFTs are made, in tf.data
-    (:func:`with_spectrograms`) or, for a batch that did not go through it, in the step."""
+    magnitudes ``|S_x|`` (``magnitude``) and ``|S_src|`` (``source_magnitude``) in place of the source. A batch
+    read from :func:`spectrogram_features`' shards has X and |S_src| already: ``|S_x| = expm1(X)`` is added; a
+    batch analysed already is returned as it is. Runs in tf.data (:func:`with_spectrograms`) or, for a batch that
+    did not go through it, in the step."""
     if "waveform" not in batch:
+        if "source_magnitude" in batch and "magnitude" not in batch:
+            batch = {**batch, "magnitude": tf.math.expm1(batch["spectrogram"])}
         return batch
     batch = dict(batch)
-    magnitude = tf.abs(audio.stft(batch.pop("waveform"), stft))
+    magnitude = audio.magnitude(audio.stft(batch.pop("waveform"), stft))
     batch["spectrogram"] = tf.math.log1p(magnitude)
     if "source" in batch:
         batch["magnitude"] = magnitude
-        batch["source_magnitude"] = tf.abs(audio.stft(batch.pop("source"), stft))
+        batch["source_magnitude"] = audio.magnitude(audio.stft(batch.pop("source"), stft))
     return batch
 
 
 def with_spectrograms(dataset: tf.data.Dataset, stft: audio.STFTConfig) -> tf.data.Dataset:
     """Batches of a split (:meth:`Shards.dataset`, :meth:`Shards.epochs_dataset`) -> the same batches
-    :func:`analysed`: the STFTs run in tf.data's threads beside the training step, not in it."""
+    :func:`analysed`, in tf.data's threads beside the training step (for shards of waveforms, the STFTs)."""
     return without_autotune(dataset.map(lambda b: analysed(b, stft), num_parallel_calls=tf.data.AUTOTUNE).prefetch(2))

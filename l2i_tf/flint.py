@@ -128,6 +128,13 @@ class FlintDecoder(keras.layers.Layer):
         return {**super().get_config(), "num_bins": self.num_bins, "hidden": self.hidden, "steps": self.steps}
 
 
+def cached_spectrogram(batch: dict, analysis) -> tf.Tensor:
+    """X of a batch: read from the feature cache (``spectrogram``) or made from its waveform by ``analysis``."""
+    if "spectrogram" in batch:
+        return tf.cast(batch["spectrogram"], tf.float32)
+    return analysis(batch["waveform"])[0]
+
+
 def fidelity_metric(multilabel: bool):
     """Θ-style fidelity tracked during fit: micro-AUPRC (multi-label) or top-1 agreement with the classifier."""
     if multilabel:
@@ -176,7 +183,7 @@ class Flint(FidelityTraining, keras.Model):
     """FLINT's interpreter of a frozen classifier: ``[seq_1..seq_n, X]`` -> ``attributes`` Φ ``[batch, J]``,
     ``logits`` h(Φ) ``[batch, C]``, ``reconstruction`` d(Φ) ``[batch, T, F]``.
 
-    ``train_step`` reads cached batches (``sequences``, ``classifier_logits``, ``waveform``; see
+    ``train_step`` reads cached batches (``sequences``, ``classifier_logits``, ``spectrogram`` or ``waveform``; see
     :mod:`l2i_tf.feature_cache`) and minimises :func:`~l2i_tf.losses.flint_loss`.
 
     Args:
@@ -184,7 +191,7 @@ class Flint(FidelityTraining, keras.Model):
         num_bins: F.
         attributes: J.
         num_classes: C.
-        stft: the STFT configuration (dict) that makes X from the cached waveform.
+        stft: the STFT configuration (dict) that makes X from a waveform (cached batches may hold X itself).
         multilabel: BCE (True) or cross-entropy (False) fidelity.
         loss_weights: (λ_rec, λ_spa, λ_ent).
         hidden: width of Ψ_FLINT.
@@ -218,7 +225,7 @@ class Flint(FidelityTraining, keras.Model):
 
     def forward(self, batch, training=False):
         """A cached batch -> (outputs, X)."""
-        spectrogram, _ = self.analysis(batch["waveform"])
+        spectrogram = cached_spectrogram(batch, self.analysis)
         return self([*batch["sequences"], spectrogram], training=training), spectrogram
 
     def _step(self, batch, training):

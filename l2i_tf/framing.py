@@ -47,3 +47,32 @@ def overlap_add(frames, frame_step: int) -> tf.Tensor:
     for j in range(hops):  # row j of frame t lands on output row t + j
         total += tf.pad(rows[..., j, :], [*lead, [j, hops - 1 - j], [0, 0]])
     return tf.reshape(total, tf.concat([shape[:-2], [-1]], 0))
+
+
+def overlap_add_crop(frames, frame_step: int, start: int, num_samples) -> tf.Tensor:
+    """``overlap_add(frames, frame_step)[..., start : start + num_samples]``.
+
+    The ISTFT crops its front pad (``start = frame_length − frame_step``) and keeps at most ``T·frame_step``
+    samples: with whole hops those are the rows every frame overlaps, ``T − r + 1`` of them, each the sum of ``r``
+    frame rows, so the sum is taken there alone (no padding, no edge rows). Other crops and hops take
+    :func:`overlap_add` and slice."""
+    frames = tf.convert_to_tensor(frames)
+    frame_length = frames.shape[-1]
+
+    def crop():
+        return overlap_add(frames, frame_step)[..., start : start + num_samples]
+
+    if frame_length is None or frame_length % frame_step or start != frame_length - frame_step:
+        return crop()
+    hops = frame_length // frame_step
+    shape = tf.shape(frames)
+    inner = shape[-2] - hops + 1  # rows hops − 1 .. T − 1 of the overlap-added signal
+
+    def interior():
+        rows = tf.reshape(frames, tf.concat([shape[:-1], [hops, frame_step]], 0))  # [..., T, hops, hop]
+        total = rows[..., hops - 1 : hops - 1 + inner, 0, :]
+        for j in range(1, hops):
+            total += rows[..., hops - 1 - j : hops - 1 - j + inner, j, :]
+        return tf.reshape(total, tf.concat([shape[:-2], [-1]], 0))[..., :num_samples]
+
+    return tf.cond(inner * frame_step >= num_samples, interior, crop)

@@ -6,8 +6,49 @@ import keras
 import tensorflow as tf
 
 FEATURE_ORDERS = ("btfc", "bftc", "btc")
+RESIZE_MATRIX_LIMIT = 1 << 20  # entries of the [frames_out, frames_in] interpolation matrix of a gradient
 FREQ_REDUCTIONS = ("mean", "flatten")
 POOLINGS = ("attention", "max")
+
+
+def interpolation_matrix(size_in, size_out) -> tf.Tensor:
+    """float32 ``[size_out, size_in]``: the linear map of ``tf.image.resize(..., method="bilinear")`` along one
+    axis (half-pixel centres, no antialiasing, edges clamped), with TensorFlow's float32 arithmetic for the source
+    positions, so ``R @ x`` equals the resize of ``x`` to float rounding."""
+    scale = tf.cast(size_in, tf.float32) / tf.cast(size_out, tf.float32)
+    source = (tf.cast(tf.range(size_out), tf.float32) + 0.5) * scale - 0.5
+    floor = tf.floor(source)
+    lower = tf.maximum(tf.cast(floor, tf.int32), 0)
+    upper = tf.minimum(tf.cast(tf.math.ceil(source), tf.int32), size_in - 1)
+    lerp = (source - floor)[:, None]
+    return tf.one_hot(lower, size_in) * (1.0 - lerp) + tf.one_hot(upper, size_in) * lerp
+
+
+@tf.custom_gradient
+def resize_time(x, size):
+    """Bilinear resize of a sequence ``[batch, t, channels]`` to ``[batch, size, channels]`` along time:
+    ``tf.image.resize`` of ``x[:, :, None, :]`` to ``[size, 1]``. Its gradient is the transposed interpolation
+    matrix (:func:`interpolation_matrix`) times the incoming gradient, one matmul, while the matrix has at most
+    :data:`RESIZE_MATRIX_LIMIT` entries (ResizeBilinearGrad and the strided slices of the 4-D resize were a fifth
+    of a training step on CPU; the forward resize is cheaper than the matmul), ResizeBilinearGrad beyond."""
+    image = tf.expand_dims(x, 2)
+    y = tf.squeeze(tf.image.resize(image, tf.stack([size, 1]), method="bilinear"), 2)
+
+    def grad(dy):
+        length = tf.shape(x)[1]
+
+        def by_matrix():
+            return tf.matmul(interpolation_matrix(length, size)[None], dy, transpose_a=True)
+
+        def by_resize_grad():
+            back = tf.raw_ops.ResizeBilinearGrad(
+                grads=tf.expand_dims(dy, 2), original_image=image, align_corners=False, half_pixel_centers=True
+            )
+            return tf.squeeze(back, 2)
+
+        return tf.cond(length * size <= RESIZE_MATRIX_LIMIT, by_matrix, by_resize_grad), None
+
+    return y, grad
 
 
 @keras.saving.register_keras_serializable(package="l2i_tf")
@@ -145,16 +186,15 @@ class Psi(keras.layers.Layer):
         then resized; a branch longer than T is resized first. Same weights, same function (float rounding)."""
         kernel = self.merge.kernel
         taps, hidden = kernel.shape[0], self.hidden
-        size = tf.stack([num_frames, 1])
         total = 0.0
         for i, b in enumerate(branches):
             k_i = tf.reshape(tf.transpose(kernel[:, i * hidden : (i + 1) * hidden, :], [1, 0, 2]), [hidden, -1])
 
             def product_then_resize(b=b, k_i=k_i):
-                return tf.image.resize(tf.matmul(b, k_i)[:, :, None, :], size, method="bilinear")[:, :, 0, :]
+                return resize_time(tf.matmul(b, k_i), num_frames)
 
             def resize_then_product(b=b, k_i=k_i):
-                return tf.matmul(tf.image.resize(b[:, :, None, :], size, method="bilinear")[:, :, 0, :], k_i)
+                return tf.matmul(resize_time(b, num_frames), k_i)
 
             total += tf.cond(tf.shape(b)[1] <= num_frames, product_then_resize, resize_then_product)
         # out[t] = Σ_j y_j[t + j − left] with Conv1D's "same" padding (left = (taps − 1) // 2); split, pad and

@@ -332,7 +332,7 @@ def train(
     t0 = time.perf_counter()
     run = interpreter.stages.features_function
     shards, window_counts = training_data.build_features(
-        out / runs.FEATURE_CACHE, config, parts, stft.sample_rate, window, lambda w: run(tf.constant(w))
+        out / runs.FEATURE_CACHE, config, parts, stft.sample_rate, window, lambda w: run(tf.constant(w)), stft
     )
     timings["features_seconds"] = time.perf_counter() - t0
 

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from l2i_tf import audio, losses, slime
-from l2i_tf.flint import BaselineFitError, FidelityTraining, fidelity_metric
+from l2i_tf.flint import BaselineFitError, FidelityTraining, cached_spectrogram, fidelity_metric
 
 
 def _register(cls):
@@ -196,7 +196,7 @@ class Vibi(FidelityTraining, keras.Model):
     Args:
         num_bins: F.
         num_classes: C.
-        stft: the STFT configuration (dict) that makes X from the cached waveform.
+        stft: the STFT configuration (dict) that makes X from a waveform (cached batches may hold X itself).
         multilabel: BCE (True) or cross-entropy (False) to the classifier's prediction.
         k: chunks selected.
         time_chunks, freq_chunks: the chunk grid.
@@ -244,7 +244,7 @@ class Vibi(FidelityTraining, keras.Model):
         return self.time_chunks * self.freq_chunks
 
     def _step(self, batch, training):
-        x, _ = self.analysis(batch["waveform"])
+        x = cached_spectrogram(batch, self.analysis)
         out = self(x, training=training)
         logits = batch["classifier_logits"]
         terms = losses.vibi_loss(logits, out["logits"], out["log_probs"], self.beta, self.multilabel)

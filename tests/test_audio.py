@@ -262,3 +262,11 @@ def test_log_mel_front_end_keeps_25_and_10_ms_at_any_rate():
     at22k = LogMelSpectrogram.for_rate(22050, num_mel_bins=16)
     assert (at22k.sample_rate, at22k.frame_length, at22k.frame_step, at22k.fft_length) == (22050, 551, 220, 1024)
     assert at22k(noise((1, 22050))).shape == (1, STFTConfig(22050, 551, 220, 1024).num_frames(22050), 16)
+
+
+def test_magnitude_and_power_equal_tf_abs_of_an_stft():
+    spectrum = audio.stft(noise((3, 8000), seed=4), STFTConfig())
+    reference = np.abs(spectrum.numpy().astype("complex128"))
+    np.testing.assert_allclose(audio.magnitude(spectrum).numpy(), reference, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(audio.power(spectrum).numpy(), reference**2, rtol=1e-5, atol=1e-6)
+    assert audio.magnitude(np.zeros((2, 3), "complex64")).numpy().tolist() == [[0.0] * 3] * 2

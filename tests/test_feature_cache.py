@@ -165,3 +165,32 @@ def test_batches_draw_from_the_whole_split_in_the_epoch_order(small_shards):
     np.testing.assert_array_equal(np.concatenate(batches), waves[training.epoch_order(5, 1, 150)])
     first = np.searchsorted(shards._starts, training.epoch_order(5, 1, 150)[:48], side="right") - 1
     assert set(first.tolist()) == {0, 1, 2}  # the first batch already holds examples of all three shards
+
+
+def test_training_shards_hold_x_and_the_source_magnitude_and_analyse_as_the_waveforms(tmp_path):
+    """A training split is stored as X = log1p|S| and |S_src| (float16, the waveform's bytes) rather than the
+    waveforms: a batch read back analyses (X, |S_x| = expm1(X), |S_src|) as the waveforms do, to float16 rounding."""
+    import tensorflow as tf
+
+    from l2i_tf import audio
+
+    stft = audio.STFTConfig(16000, 64, 16, 64)
+    waves = (0.3 * np.random.default_rng(3).standard_normal((40, 800))).astype("float32")
+
+    def with_source(batch):  # a source that is a function of the example
+        return {**fake_features(batch), "source": 0.5 * np.roll(batch, 7, axis=1)}
+
+    sources = 0.5 * np.roll(waves, 7, axis=1)
+    features = feature_cache.spectrogram_features(with_source, stft)
+    shards = feature_cache.write_split(tmp_path / "train", feature_cache.rebatch(iter(waves)), features)
+    assert set(shards.keys) == {"spectrogram", "source_magnitude", "classifier_logits", "sequence_0", "sequence_1"}
+    files = {p.name.split(".")[1]: p.stat().st_size for p in shards.folder.glob("shard-00000.*.npy")}
+    assert files["spectrogram"] < 1.2 * waves[0].nbytes * shards.counts[0]  # about the waveforms' bytes
+    batch = next(iter(feature_cache.with_spectrograms(shards.dataset(40), stft)))
+    expected = feature_cache.analysed(
+        {"waveform": tf.constant(waves), "source": tf.constant(sources), "sequences": ()}, stft
+    )
+    for key in ("spectrogram", "magnitude", "source_magnitude"):
+        scale = float(tf.reduce_max(expected[key]))
+        np.testing.assert_allclose(batch[key].numpy(), expected[key].numpy(), atol=2e-3 * scale, err_msg=key)
+    np.testing.assert_array_equal(batch["classifier_logits"].numpy(), fake_features(waves)["classifier_logits"])

@@ -51,3 +51,25 @@ def test_frames_and_overlap_add_equal_tf_signal_for_unknown_shapes(length, step,
         frames
     )
     np.testing.assert_allclose(added.numpy(), tf.signal.overlap_and_add(frames, step).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "length, step, start, samples",
+    [
+        (1024, 256, 768, 5000),  # the ISTFT's crop: the rows every frame covers
+        (1024, 256, 768, 0),
+        (1024, 256, 768, 9000),  # past those rows: the whole sum, sliced
+        (1024, 256, 0, 700),  # another start
+        (8, 2, 6, 40),
+        (6, 4, 2, 30),  # the hop does not divide the frame
+    ],
+)
+def test_overlap_add_crop_is_overlap_add_cropped(length, step, start, samples):
+    """The ISTFT's overlap-add of the rows every frame covers (or, for other crops, the whole sum sliced) equals
+    tf.signal's overlap-add cropped to [start, start + samples), in shape and value, traced with unknown shapes."""
+    frames = _signal((2, 25, length), seed=2)
+    spec = [tf.TensorSpec([None, None, length])]
+    ours = tf.function(lambda f: framing.overlap_add_crop(f, step, start, samples), input_signature=spec)(frames)
+    expected = tf.signal.overlap_and_add(frames, step)[..., start : start + samples]
+    assert ours.shape == expected.shape
+    np.testing.assert_allclose(ours.numpy(), expected.numpy(), atol=1e-6)

@@ -14,7 +14,7 @@ import tensorflow as tf
 from click.testing import CliRunner
 
 from cli.main import main
-from l2i_tf import audio, classifier, feature_cache, losses, runs, training
+from l2i_tf import audio, classifier, feature_cache, layers, losses, runs, training
 from l2i_tf.dictionary import DictionaryMismatchError
 from l2i_tf.interpreter import ClassifierContractError, Interpreter, check_classifier, tap_orders
 from l2i_tf.layers import FeatureSequences, Psi, Theta
@@ -69,6 +69,27 @@ def test_psi_merges_at_the_branch_rates_what_the_merge_conv_gives_on_resized_bra
     plain = tf.nn.relu(psi.to_k(psi.merge(tf.concat(resized, axis=-1))))
     assert float(tf.reduce_max(plain)) > 0.1  # a non-trivial H
     np.testing.assert_allclose(h.numpy(), plain.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("by_matrix", [True, False], ids=["matrix-gradient", "resize-gradient"])
+@pytest.mark.parametrize("length, size", [(1, 5), (3, 2), (25, 61), (400, 61), (125, 313), (2, 1000), (7, 7), (5, 1)])
+def test_resize_time_is_tf_image_resize_bilinear_values_and_gradients(length, size, by_matrix, monkeypatch):
+    """Ψ's resize along time is tf.image.resize of [batch, t, 1, c] to [size, 1] (bilinear, half-pixel centres) in
+    value and gradient, whether the gradient is the interpolation matrix's matmul or, above its limit, TF's own."""
+    if not by_matrix:
+        monkeypatch.setattr(layers, "RESIZE_MATRIX_LIMIT", 0)
+    x = tf.random.stateless_normal([2, length, 3], seed=[length, size])
+    weights = tf.random.stateless_normal([2, size, 3], seed=[size, length])
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        ours = layers.resize_time(x, tf.constant(size))
+        reference = tf.image.resize(x[:, :, None, :], [size, 1], method="bilinear")[:, :, 0, :]
+        loss_ours, loss_reference = tf.reduce_sum(ours * weights), tf.reduce_sum(reference * weights)
+    assert ours.shape == (2, size, 3)
+    np.testing.assert_allclose(ours.numpy(), reference.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(tape.gradient(loss_ours, x), tape.gradient(loss_reference, x), rtol=1e-5, atol=1e-5)
+    matrix = layers.interpolation_matrix(length, size).numpy()
+    np.testing.assert_allclose(matrix.sum(axis=1), 1.0, rtol=1e-6)  # every output a convex mix of inputs
 
 
 def test_feature_sequences_reduce_frequency_by_mean_or_flatten():
