@@ -219,14 +219,15 @@ def istft(spectrum, num_samples, config: STFTConfig) -> tf.Tensor:
 
 
 def power(spectrum) -> tf.Tensor:
-    """``|S|² = re² + im²`` of a complex STFT: a third of ``tf.abs``'s time on one CPU thread, as tf.data runs it
-    (``ComplexAbs`` is the overflow-safe ``hypot``; an STFT's magnitudes are far from float32's range)."""
+    """``|S|² = re² + im²`` of a complex STFT (``tf.abs`` is the overflow-safe ``hypot``, slower on CPU; an STFT's
+    magnitudes are far from float32's range)."""
     real, imag = tf.math.real(spectrum), tf.math.imag(spectrum)
     return real * real + imag * imag
 
 
 def magnitude(spectrum) -> tf.Tensor:
-    """``|S|`` of a complex STFT, as ``sqrt(`` :func:`power` ``)``: ``tf.abs`` to float32 rounding, half its time."""
+    """``|S|`` of a complex STFT, as ``sqrt(`` :func:`power` ``)``: ``tf.abs`` to float32 rounding, in half its time
+    on one CPU thread (6.2 against 13.5 ms on [16, 313, 513])."""
     return tf.sqrt(power(spectrum))
 
 

@@ -36,10 +36,10 @@ FEATURE_BATCH = 32
 """Examples per classifier pass while writing (as :meth:`~l2i_tf.interpreter.Interpreter.precompute`)."""
 INDEX = "index.json"
 FORMAT = "npy-per-key-2"
+"""The shards' layout, recorded in ``index.json``: a cache written in another (an older version's) is rebuilt."""
 SPECTROGRAM_DTYPE = np.float16
 """How :func:`spectrogram_features` stores X and |S_src|: 2⁻¹¹ relative rounding (X ≤ log1p(frame) ≈ 6), far
 below the NMF model's error; the same bytes as the waveform they replace (F·T ≈ 2·samples at a quarter-frame hop)."""
-"""The shards' layout, recorded in ``index.json``: a cache written in another (an older version's npz) is rebuilt."""
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -87,16 +87,15 @@ def spectrogram_features(features: Callable, stft: audio.STFTConfig) -> Callable
     were a third of the CPU a training step used, in tf.data beside it)."""
 
     @tf.function(reduce_retracing=True)
-    def magnitude(waveform):
-        return audio.magnitude(audio.stft(waveform, stft))
+    def spectra(waveform, log):
+        magnitude = audio.magnitude(audio.stft(waveform, stft))
+        return tf.cast(tf.math.log1p(magnitude) if log else magnitude, SPECTROGRAM_DTYPE)
 
     def run(batch) -> dict:
         out = dict(features(batch))
-        x = tf.math.log1p(magnitude(tf.convert_to_tensor(out.pop("waveform"), tf.float32)))
-        out["spectrogram"] = x.numpy().astype(SPECTROGRAM_DTYPE)
+        out["spectrogram"] = spectra(tf.convert_to_tensor(out.pop("waveform"), tf.float32), True).numpy()
         if "source" in out:
-            source = tf.convert_to_tensor(out.pop("source"), tf.float32)
-            out["source_magnitude"] = magnitude(source).numpy().astype(SPECTROGRAM_DTYPE)
+            out["source_magnitude"] = spectra(tf.convert_to_tensor(out.pop("source"), tf.float32), False).numpy()
         return out
 
     return run
@@ -186,6 +185,10 @@ class Shards:
             self._layouts[shard, key] = (offset, dtype, tuple(shape[1:]))
         return self._layouts[shard, key]
 
+    def dtype(self, key: str) -> np.dtype:
+        """The stored dtype of ``key`` (float32, or :data:`SPECTROGRAM_DTYPE`)."""
+        return self._layout(0, key)[1]
+
     def _gather(self, shard: int, rows: np.ndarray, keys=None) -> dict[str, np.ndarray]:
         """Rows ``rows`` of ``shard``, in that order, by key, each read at its offset (a run of consecutive rows in
         one read); nothing stays mapped or open."""
@@ -230,7 +233,7 @@ class Shards:
         examples = self._epoch_plan(seed, epoch)[batch * batch_size : (batch + 1) * batch_size]
         shard_ids = np.searchsorted(self._starts, examples, side="right") - 1
         rows = examples - self._starts[shard_ids]
-        out = {key: np.empty([len(rows), *self.shapes[key]], np.float32) for key in self.keys}
+        out = {key: np.empty([len(rows), *self.shapes[key]], self.dtype(key)) for key in self.keys}
         for j in np.unique(shard_ids):
             at = np.flatnonzero(shard_ids == j)
             for key, value in self._gather(int(j), rows[at]).items():
@@ -251,7 +254,8 @@ class Shards:
             return self._batch(seed, int(e), int(b), batch_size)
 
         def one_batch(e, b):
-            flat = tf.numpy_function(read, [e, b], [tf.float32] * len(self.keys), stateful=False)
+            dtypes = [tf.as_dtype(self.dtype(key)) for key in self.keys]  # float16 X goes to tf as it is
+            flat = tf.numpy_function(read, [e, b], dtypes, stateful=False)
             for tensor, key in zip(flat, self.keys, strict=True):
                 tensor.set_shape([None, *self.shapes[key]])
             return self._structure(flat)
@@ -283,8 +287,10 @@ def analysed(batch: dict, stft: audio.STFTConfig) -> dict:
     batch analysed already is returned as it is. Runs in tf.data (:func:`with_spectrograms`) or, for a batch that
     did not go through it, in the step."""
     if "waveform" not in batch:
+        stored = {key: tf.cast(batch[key], tf.float32) for key in ("spectrogram", "source_magnitude") if key in batch}
+        batch = {**batch, **stored}
         if "source_magnitude" in batch and "magnitude" not in batch:
-            batch = {**batch, "magnitude": tf.math.expm1(batch["spectrogram"])}
+            batch["magnitude"] = tf.math.expm1(batch["spectrogram"])
         return batch
     batch = dict(batch)
     magnitude = audio.magnitude(audio.stft(batch.pop("waveform"), stft))
