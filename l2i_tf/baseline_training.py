@@ -158,11 +158,13 @@ def train_flint(run: runs.Run, shards, config: FlintConfig) -> tuple[Flint, dict
 
 def train_vibi(run: runs.Run, shards, config: VibiConfig) -> tuple[Vibi, dict]:
     interpreter = run.interpreter
-    shapes = shards[0].shapes  # X's frames (or the waveform's samples) of every training example
-    samples = interpreter.clip_samples or int(run.config.clip_seconds * interpreter.stft_config.sample_rate)
-    if "waveform" in shapes:
+    shapes = shards[0].shapes
+    if "spectrogram" in shapes:  # the cache holds X [frames, F]; the clips' length for the message
+        frames = shapes["spectrogram"][0]
+        samples = interpreter.clip_samples or int(run.config.clip_seconds * interpreter.stft_config.sample_rate)
+    else:
         samples = shapes["waveform"][0]
-    frames = shapes["spectrogram"][0] if "spectrogram" in shapes else interpreter.stft_config.num_frames(samples)
+        frames = interpreter.stft_config.num_frames(samples)
     check_fits(frames, config.time_chunks, f"a {samples}-sample training clip")
     model = Vibi(
         interpreter.num_bins,
