@@ -69,7 +69,8 @@ def _stack(examples: list):
 
 def _flatten(features: dict) -> dict[str, np.ndarray]:
     """The cached keys: ``waveform``, ``classifier_logits``, ``sequence_<i>``, and any extra key as it is (a
-    training split's ``source`` and ``source_weight``)."""
+    training split's ``source`` and ``source_weight``), in float32; :data:`SPECTROGRAM_DTYPE` arrays (X, |S_src|)
+    stay as they are."""
     out = {key: value for key, value in features.items() if key != "sequences"}
     out.update({f"sequence_{i}": s for i, s in enumerate(features["sequences"])})
     return {key: np.asarray(value, dtype=_stored_dtype(value)) for key, value in out.items()}
@@ -84,7 +85,7 @@ def spectrogram_features(features: Callable, stft: audio.STFTConfig) -> Callable
     for source mixtures) -> the same dict with ``spectrogram`` X = log1p|S| in place of ``waveform`` and
     ``source_magnitude`` |S_src| in place of ``source``, both :data:`SPECTROGRAM_DTYPE`: what a training step reads
     (:func:`analysed`), made once when the split is written rather than in every epoch (the STFTs and magnitudes
-    were a third of the CPU a training step used, in tf.data beside it)."""
+    were about a third of the CPU a default training step used, in tf.data beside it)."""
 
     @tf.function(reduce_retracing=True)
     def spectra(waveform, log):
