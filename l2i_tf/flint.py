@@ -16,6 +16,7 @@ import keras
 import tensorflow as tf
 
 from l2i_tf import audio, losses
+from l2i_tf.layers import resize_time
 
 
 def _register(cls):
@@ -75,7 +76,7 @@ class FlintAttributes(keras.layers.Layer):
     def call(self, sequences):
         outs = [branch(x) for x, branch in zip(sequences, self.branches)]
         frames = tf.reduce_max(tf.stack([tf.shape(o)[1] for o in outs]))
-        outs = [tf.image.resize(o[:, :, None, :], tf.stack([frames, 1]), method="bilinear")[:, :, 0, :] for o in outs]
+        outs = [resize_time(o, frames) for o in outs]
         x = self.merge(tf.concat(outs, axis=-1) if len(outs) > 1 else outs[0])
         return self.to_attributes(tf.reduce_mean(x, axis=1))
 
@@ -117,8 +118,8 @@ class FlintDecoder(keras.layers.Layer):
 
     def call(self, inputs):
         attributes, spectrogram = inputs
-        coarse = tf.reshape(self.expand(attributes), [-1, self.steps, 1, self.hidden])
-        x = tf.image.resize(coarse, tf.stack([tf.shape(spectrogram)[1], 1]), method="bilinear")[:, :, 0, :]
+        coarse = tf.reshape(self.expand(attributes), [-1, self.steps, self.hidden])
+        x = resize_time(coarse, tf.shape(spectrogram)[1])
         return self.to_bins(self.smooth(x))
 
     def compute_output_shape(self, input_shapes):
