@@ -111,6 +111,13 @@ Examples:
     show_default=True,
     help="Stop after this many epochs without a better validation fidelity; the best epoch's weights are kept.",
 )
+@click.option(
+    "--ema-epochs",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Horizon, epochs, of the moving average of Ψ/Θ's weights that validation, early stopping and the saved "
+    f"interpreter use [{_by_task(training.DEFAULT_EMA_EPOCHS)}; 0: the raw weights].",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size, show_default=True)
 @click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
 @options.mixed_precision_option("float32", "float32")

@@ -41,6 +41,20 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         return {"wait": int(self.wait), "best": best, "best_epoch": int(self.best_epoch)}
 
 
+class AveragedWeights(keras.callbacks.SwapEMAWeights):
+    """Keras' swap of the optimizer's moving average of the weights into the model, at every validation and from
+    the end of every epoch to the start of the next, so the callbacks after it (early stopping, its best weights,
+    checkpoints) and the saved interpreter see the average; training steps update the raw weights.
+
+    A checkpoint is written while the average is in the model (and the raw weights in the optimizer's average
+    slots): a ``resumed`` run starts in that state and swaps back before its first epoch, so it continues exactly.
+    """
+
+    def __init__(self, resumed: bool = False):
+        super().__init__(swap_on_epoch=True)
+        self._ema_weights_in_model = resumed
+
+
 SOURCE_TIE_BREAK = 1e-4
 """Weight of the training source loss in :class:`FidelityThenSource`: far below one validation example's share of
 fidelity for validation sets up to ~10 000 examples (the source loss is ~0.1)."""

@@ -97,6 +97,10 @@ class TrainConfig(Settings):
     epochs: int | None = None  # None: the task's default (training.DEFAULT_EPOCHS), recorded resolved
     batch_size: int = 16
     learning_rate: float = 1e-3
+    # Horizon, in epochs, of the moving average of Ψ/Θ's weights that validation, early stopping, checkpoints and
+    # the saved interpreter use (0: the raw weights); None: the task's default (training.DEFAULT_EMA_EPOCHS),
+    # recorded resolved.
+    ema_epochs: float | None = None
     # Epochs without a better validation fidelity before training stops (the best epoch's weights are kept). Six
     # ESC-10 runs followed for 40 epochs (default and paper's training, three seeds; README, "Where the time of a
     # training step goes") and one multi-label run: 6 keeps the same epoch as 15 in five of seven, in about half the
@@ -180,9 +184,10 @@ def write_config(out: Path, config: TrainConfig, stft: audio.STFTConfig) -> None
 
 def read_config(folder: str | Path) -> TrainConfig:
     """The run's recorded settings. A run recorded before the source-consistency term had none: it reads as the
-    paper's training (``source_mixtures`` 0, ``source_weight`` 0), so resuming or cross-validating it keeps it."""
+    paper's training (``source_mixtures`` 0, ``source_weight`` 0), so resuming or cross-validating it keeps it; one
+    recorded before the weights' moving average reads with none (``ema_epochs`` 0)."""
     recorded = json.loads((Path(folder) / CONFIG).read_text())["train"]
-    return TrainConfig.from_dict({"source_mixtures": 0, "source_weight": 0.0, **recorded})
+    return TrainConfig.from_dict({"source_mixtures": 0, "source_weight": 0.0, "ema_epochs": 0.0, **recorded})
 
 
 # -------------------------------------------------------------------- loading

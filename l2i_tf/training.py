@@ -49,6 +49,8 @@ DEFAULT_EPOCHS = {False: 40, True: 20}
 # mixtures' SI-SDRi (median 2.10 against 1.97 dB), in 0.79x the time (README, "Where the time of a training step
 # goes").
 DEFAULT_SOURCES = {False: (480, 5.0), True: (0, 0.0)}
+# Horizon, epochs, of the moving average of Ψ/Θ's weights (l2i_tf.checkpoints.AveragedWeights) by task. FIGURES
+DEFAULT_EMA_EPOCHS = {False: 2.0, True: 2.0}
 
 
 class ClassNamesError(ValueError):
@@ -138,6 +140,7 @@ def resolve(config: TrainConfig, model_f: keras.Model) -> tuple[TrainConfig, aud
         config,
         source_mixtures=mixtures if config.source_mixtures is None else config.source_mixtures,
         source_weight=weight if config.source_weight is None else config.source_weight,
+        ema_epochs=DEFAULT_EMA_EPOCHS[multilabel] if config.ema_epochs is None else config.ema_epochs,
         multilabel=multilabel,
         class_names=resolve_class_names(model_f, config, info),
         alpha=alpha if config.alpha is None else config.alpha,
@@ -147,6 +150,8 @@ def resolve(config: TrainConfig, model_f: keras.Model) -> tuple[TrainConfig, aud
         stft=stft.to_dict(),
     )
     check_sources(config, multilabel)
+    if not config.ema_epochs >= 0:
+        raise ValueError(f"ema_epochs must be >= 0 (0: no moving average), got {config.ema_epochs!r}")
     return config, stft
 
 
@@ -232,8 +237,20 @@ def new_interpreter(model_f, config: TrainConfig, dictionary: Dictionary, stft: 
         precision=config.precision,
         source_weight=config.source_weight,
     )
-    interpreter.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+    interpreter.compile(optimizer=optimizer(config))
     return interpreter
+
+
+def optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
+    """Adam at the run's learning rate; with ``config.ema_epochs`` > 0 it also keeps the moving average of the
+    weights it trains (its momentum is set from the epoch's steps by :func:`ema_momentum`)."""
+    return keras.optimizers.Adam(config.learning_rate, use_ema=bool(config.ema_epochs))
+
+
+def ema_momentum(epochs: float, steps_per_epoch: int) -> float:
+    """The per-step momentum of a moving average whose horizon (1 / (1 − momentum) steps) is ``epochs`` epochs of
+    ``steps_per_epoch`` steps; 0 (the average is the weights) when that is at most one step."""
+    return max(0.0, 1.0 - 1.0 / (epochs * steps_per_epoch))
 
 
 def _fit(interpreter, shards: list, config: TrainConfig, out: Path, resumed, callbacks) -> list[dict]:
@@ -242,6 +259,8 @@ def _fit(interpreter, shards: list, config: TrainConfig, out: Path, resumed, cal
     monitor = "val_fidelity_micro_auprc" if config.multilabel else "val_fidelity_top1"
     ranking = [checkpoints.FidelityThenSource(monitor)] if config.source_weight else []
     monitor = "val_fidelity_then_source" if config.source_weight else monitor
+    # first: every callback after it, and validation, see the averaged weights
+    averaged = [checkpoints.AveragedWeights(resumed=resumed is not None)] if config.ema_epochs else []
     first_epoch = resumed.epochs_done if resumed else 0
     history = list(resumed.history) if resumed else []
     early_stopping = checkpoints.ResumableEarlyStopping(
@@ -254,6 +273,7 @@ def _fit(interpreter, shards: list, config: TrainConfig, out: Path, resumed, cal
         verbose=0,
     )
     all_callbacks = [
+        *averaged,
         *ranking,  # before early stopping: it adds the value early stopping monitors
         early_stopping,
         keras.callbacks.TensorBoard(log_dir=str(out / runs.LOGS), write_graph=False),
@@ -262,6 +282,8 @@ def _fit(interpreter, shards: list, config: TrainConfig, out: Path, resumed, cal
     ]
     if first_epoch < config.epochs:
         train_ds, steps = shards[0].epochs_dataset(config.batch_size, config.seed, first_epoch, config.epochs)
+        if config.ema_epochs:  # read when the training step is traced, below
+            interpreter.optimizer.ema_momentum = ema_momentum(config.ema_epochs, steps)
         interpreter.fit(
             feature_cache.with_spectrograms(train_ds, interpreter.stft_config),
             steps_per_epoch=steps,
@@ -323,8 +345,7 @@ def train(
     with (strategy or tf.distribute.get_strategy()).scope():
         resumed = None
         if resume:
-            optimizer = keras.optimizers.Adam(config.learning_rate)
-            resumed = checkpoints.resume(out / runs.CHECKPOINTS, optimizer, safe_mode)
+            resumed = checkpoints.resume(out / runs.CHECKPOINTS, optimizer(config), safe_mode)
             interpreter = resumed.interpreter
         else:
             interpreter = new_interpreter(model_f, config, dictionary, stft)

@@ -304,6 +304,70 @@ def test_resume_continues_from_the_last_checkpoint(tiny_trained, tmp_path):
     assert results["epochs_run"] == 1
 
 
+def test_ema_momentum_gives_the_moving_average_a_horizon_of_the_asked_epochs():
+    assert training.ema_momentum(2.0, 45) == pytest.approx(1 - 1 / 90)  # 1 / (1 - momentum) = 90 steps
+    assert training.ema_momentum(0.5, 2) == 0.0  # one step or less: the average is the weights
+
+
+class _WeightsRecorder(keras.callbacks.Callback):
+    """Ψ/Θ's weights after every training step (the raw ones) and at every epoch's end (what callbacks see)."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps, self.epoch_ends = [], []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps.append([v.numpy() for v in self.model.head_variables])
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch_ends.append([v.numpy() for v in self.model.head_variables])
+
+
+def test_callbacks_and_the_saved_interpreter_get_the_moving_average_of_the_weights(tiny_job, tmp_path):
+    import dataclasses
+
+    config, out = dataclasses.replace(tiny_job, epochs=3, ema_epochs=1.5), tmp_path / "run"
+    recorder = _WeightsRecorder()
+    training.train(out, config, callbacks=[recorder])
+    steps = len(recorder.steps) // 3
+    momentum = training.ema_momentum(1.5, steps)
+    assert json.loads((out / "config.json").read_text())["train"]["ema_epochs"] == 1.5
+    average, expected = recorder.steps[0], []  # the average starts at the first step's weights
+    for step, weights in enumerate(recorder.steps[1:], start=2):
+        average = [momentum * a + (1 - momentum) * w for a, w in zip(average, weights, strict=True)]
+        if step % steps == 0:
+            expected.append(average)
+    for epoch, (seen, want) in enumerate(zip(recorder.epoch_ends, expected, strict=True)):
+        for a, b in zip(seen, want, strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-5, err_msg=f"epoch {epoch + 1}")
+    last_raw = recorder.steps[-1]
+    assert max(float(np.abs(a - b).max()) for a, b in zip(last_raw, expected[-1], strict=True)) > 1e-3
+    best = json.loads((out / "checkpoints" / "state.json").read_text())["early_stopping"]["best_epoch"]
+    saved = runs.load_keras(out / "interpreter.keras", compile=False).head_variables
+    for a, b in zip(saved, expected[best], strict=True):
+        np.testing.assert_allclose(a.numpy(), b, atol=1e-6)
+
+
+def test_a_run_recorded_before_the_moving_average_reads_without_it(tiny_trained, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(tiny_trained["run"], out)
+    recorded = json.loads((out / "config.json").read_text())
+    assert runs.read_config(out).ema_epochs == recorded["train"]["ema_epochs"] > 0  # resolved, recorded
+    del recorded["train"]["ema_epochs"]
+    (out / "config.json").write_text(json.dumps(recorded))
+    assert runs.read_config(out).ema_epochs == 0.0
+
+
+def test_a_negative_ema_horizon_is_refused_naming_it(tiny_job, tmp_path):
+    import dataclasses
+
+    with pytest.raises(ValueError, match=r"ema_epochs must be >= 0 \(0: no moving average\), got -1"):
+        training.train(tmp_path / "run", dataclasses.replace(tiny_job, ema_epochs=-1.0))
+    assert not (tmp_path / "run" / "interpreter.keras").exists()
+
+
 def test_resume_without_a_checkpoint_is_refused(tiny_job, tmp_path):
     with pytest.raises(runs.RunFolderError, match="no checkpoint"):
         training.train(tmp_path / "empty", tiny_job, resume=True)
