@@ -21,24 +21,50 @@ STATE = "state.json"
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-    """Keras' early stopping whose state (best value, epochs waited, best weights) survives a restart."""
+    """Keras' early stopping whose state (best value, epochs waited, best weights) survives a restart.
 
-    def __init__(self, restored: dict | None = None, best_weights=None, **kwargs):
+    With ``patience_monitor`` (the validation fidelity, when ``monitor`` adds a tie-break to it:
+    :class:`FidelityThenSource`), patience counts the epochs since that metric last rose: an epoch better by the
+    tie-break alone takes over the best weights but does not restart the count.
+    """
+
+    def __init__(self, restored: dict | None = None, best_weights=None, patience_monitor: str | None = None, **kwargs):
         super().__init__(**kwargs)
         self.restored = restored
         self.restored_weights = best_weights
+        self.patience_monitor = patience_monitor
+        self.best_rising = -np.inf
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
+        self.best_rising = -np.inf
         if self.restored:
             self.wait = self.restored["wait"]
             self.best = self.restored["best"]
             self.best_epoch = self.restored["best_epoch"]
             self.best_weights = self.restored_weights
+            # a checkpoint from before this value was kept: the best monitored value stands in for it
+            rising = self.restored.get("best_rising", self.best)
+            self.best_rising = -np.inf if rising is None else rising
+
+    def on_epoch_end(self, epoch, logs=None):
+        waited = self.wait
+        super().on_epoch_end(epoch, logs)
+        value = (logs or {}).get(self.patience_monitor) if self.patience_monitor else None
+        if value is None:
+            return
+        if float(value) > self.best_rising:
+            self.best_rising = float(value)
+        elif self.wait == 0:  # a better epoch by the tie-break alone: patience goes on counting
+            self.wait = waited + 1
+            if self.wait >= self.patience and epoch > 0:
+                self.stopped_epoch = epoch
+                self.model.stop_training = True
 
     def state(self) -> dict:
         best = self.best if np.isfinite(self.best) else None
-        return {"wait": int(self.wait), "best": best, "best_epoch": int(self.best_epoch)}
+        rising = self.best_rising if np.isfinite(self.best_rising) else None
+        return {"wait": int(self.wait), "best": best, "best_epoch": int(self.best_epoch), "best_rising": rising}
 
 
 class AveragedWeights(keras.callbacks.SwapEMAWeights):

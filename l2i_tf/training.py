@@ -258,6 +258,7 @@ def _fit(interpreter, shards: list, config: TrainConfig, out: Path, resumed, cal
     history of every epoch done (including those before a resume)."""
     monitor = "val_fidelity_micro_auprc" if config.multilabel else "val_fidelity_top1"
     ranking = [checkpoints.FidelityThenSource(monitor)] if config.source_weight else []
+    rising = monitor if config.source_weight else None  # patience counts from the fidelity's last rise
     monitor = "val_fidelity_then_source" if config.source_weight else monitor
     # first: every callback after it, and validation, see the averaged weights
     averaged = [checkpoints.AveragedWeights(resumed=resumed is not None)] if config.ema_epochs else []
@@ -266,6 +267,7 @@ def _fit(interpreter, shards: list, config: TrainConfig, out: Path, resumed, cal
     early_stopping = checkpoints.ResumableEarlyStopping(
         resumed.early_stopping if resumed else None,
         resumed.best_weights if resumed else None,
+        patience_monitor=rising,
         monitor=monitor,
         mode="max",
         patience=config.patience,

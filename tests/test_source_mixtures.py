@@ -155,6 +155,54 @@ def test_early_stopping_ranks_by_fidelity_then_source_loss():
     assert "val_fidelity_then_source" not in logs  # the paper's training: nothing added
 
 
+def _stopping_run(fidelities, sources, patience=3, restored=None, start=0):
+    """Early stopping as `l2i-tf train` sets it up, fed validation fidelities and source losses epoch by epoch from
+    epoch ``start``; returns the callback and the epochs it saw (it stops the run after the last)."""
+    import keras
+
+    from l2i_tf.checkpoints import FidelityThenSource, ResumableEarlyStopping
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    rank = FidelityThenSource("val_fidelity_top1")
+    stopping = ResumableEarlyStopping(
+        restored,
+        [w * 0 for w in model.get_weights()] if restored else None,
+        patience_monitor="val_fidelity_top1",
+        monitor="val_fidelity_then_source",
+        mode="max",
+        patience=patience,
+        restore_best_weights=True,
+    )
+    stopping.set_model(model)
+    model.stop_training = False
+    stopping.on_train_begin()
+    seen = 0
+    for epoch, (fidelity, source) in enumerate(zip(fidelities, sources, strict=True), start=start):
+        logs = {"val_fidelity_top1": fidelity, "source": source}
+        rank.on_epoch_end(epoch, logs)
+        stopping.on_epoch_end(epoch, logs)
+        seen += 1
+        if model.stop_training:
+            break
+    return stopping, seen
+
+
+def test_patience_counts_from_the_last_rise_of_the_validation_fidelity_not_from_a_tie_break():
+    fidelities = [0.80, 0.90, 0.90, 0.90, 0.90, 0.90, 0.95]
+    sources = [0.30, 0.25, 0.20, 0.15, 0.10, 0.05, 0.01]  # every epoch better by the tie-break
+    stopping, seen = _stopping_run(fidelities, sources)
+    assert seen == 5  # the fidelity last rose at epoch 2: epochs 3, 4, 5 without a rise, then stop
+    assert stopping.best_epoch == 4  # the best weights: the lowest source loss among the best fidelities
+    assert stopping.state()["wait"] == 3 and stopping.state()["best_rising"] == 0.90
+    # killed after epoch 4 (two epochs without a rise) and resumed from its state: it stops after one more
+    first, _ = _stopping_run(fidelities[:4], sources[:4])
+    resumed, seen = _stopping_run(fidelities[4:], sources[4:], restored=first.state(), start=4)
+    assert seen == 1 and resumed.best_epoch == 4 and resumed.state() == stopping.state()
+    # a rise restarts the count
+    stopping, seen = _stopping_run([0.8, 0.9, 0.9, 0.95, 0.95, 0.95, 0.95], [0.3] * 7)
+    assert seen == 7 and stopping.best_epoch == 3
+
+
 def test_a_run_recorded_before_the_term_reads_as_the_paper_training(tmp_path):
     recorded = runs.TrainConfig(source_mixtures=960, source_weight=5.0).to_dict()
     del recorded["source_mixtures"], recorded["source_weight"]  # as an earlier version wrote config.json
