@@ -416,6 +416,8 @@ def test_cli_train_reports_fidelity_and_refuses_an_existing_run(tiny_job, tmp_pa
         "8",
         "--patience",
         "3",
+        "--ema-epochs",
+        "0.5",
         "--out",
         str(tmp_path / "run"),
     ]
@@ -424,11 +426,15 @@ def test_cli_train_reports_fidelity_and_refuses_an_existing_run(tiny_job, tmp_pa
     result = runner.invoke(main, args, env=env)
     assert result.exit_code == 0, result.output
     assert "test fidelity: top-1" in result.output
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["patience"] == 3
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
+    assert (recorded["patience"], recorded["ema_epochs"]) == (3, 0.5)
     again = runner.invoke(main, args, env=env)
     assert again.exit_code != 0 and "already holds a run" in again.output
     bad = runner.invoke(main, [*args[:-2], "--out", str(tmp_path / "x"), "--layers", "nope"], env=env)
     assert bad.exit_code != 0 and "no layer 'nope'" in bad.output
+    negative = runner.invoke(main, [*args[:-4], "--ema-epochs", "-1", "--out", str(tmp_path / "y")], env=env)
+    assert negative.exit_code == 2 and "--ema-epochs" in negative.output and "-1" in negative.output
+    assert not (tmp_path / "y").exists()
 
 
 def test_mirrored_strategy_on_two_cpus_matches_one_device():
