@@ -158,13 +158,8 @@ def train_flint(run: runs.Run, shards, config: FlintConfig) -> tuple[Flint, dict
 
 def train_vibi(run: runs.Run, shards, config: VibiConfig) -> tuple[Vibi, dict]:
     interpreter = run.interpreter
-    shapes = shards[0].shapes
-    if "spectrogram" in shapes:  # the cache holds X [frames, F]; the clips' length for the message
-        frames = shapes["spectrogram"][0]
-        samples = interpreter.clip_samples or int(run.config.clip_seconds * interpreter.stft_config.sample_rate)
-    else:
-        samples = shapes["waveform"][0]
-        frames = interpreter.stft_config.num_frames(samples)
+    frames = shards[0].shapes["spectrogram"][0]  # the cache holds X [frames, F]; the clips' length for the message
+    samples = interpreter.clip_samples or int(run.config.clip_seconds * interpreter.stft_config.sample_rate)
     check_fits(frames, config.time_chunks, f"a {samples}-sample training clip")
     model = Vibi(
         interpreter.num_bins,

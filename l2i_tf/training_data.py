@@ -125,11 +125,11 @@ def _split_stream(config, part, index: int, sample_rate: int, window, cache: Pat
 
 
 def build_features(
-    cache: Path, config, parts, sample_rate: int, window: int | None, features, stft=None
+    cache: Path, config, parts, sample_rate: int, window: int | None, features, stft
 ) -> tuple[list, dict]:
     """Every split's classifier features (``features``: a waveform batch -> a precompute dict) in shards under
-    ``cache/<split>/``; returns (the three :class:`Shards`, the windows' description for ``metrics.json``). With
-    ``stft`` (an STFTConfig) the splits hold X and |S_src| at that STFT in place of the waveforms
+    ``cache/<split>/``; returns (the three :class:`Shards`, the windows' description for ``metrics.json``). The
+    splits hold X and |S_src| at ``stft`` (an STFTConfig) in place of the waveforms
     (:func:`~l2i_tf.feature_cache.spectrogram_features`).
 
     A complete cache (``cache/features.json``, e.g. left by a killed run being resumed) is reused as it is.
@@ -158,8 +158,7 @@ def build_features(
         if index == 0 and config.source_mixtures:
             stream = _with_source_mixtures(stream, config, part, sample_rate, window, cache)
             split_features = source_mixtures.decided_source(features)
-        if stft is not None:
-            split_features = feature_cache.spectrogram_features(split_features, stft)
+        split_features = feature_cache.spectrogram_features(split_features, stft)
         shards.append(feature_cache.write_split(cache / name, feature_cache.rebatch(stream), split_features))
         shutil.rmtree(cache / "base", ignore_errors=True)
     counts = {}
