@@ -8,7 +8,8 @@ frames: see l2i_tf.dictionary.IN_MEMORY_LIMIT_BYTES). Peak memory is the largest
 tree, sampled every 0.2 s (as benchmarks/bulk_throughput.py). Prints per size: wall time, clips/s of the whole job,
 examples/s of the feature pass (every split's clips and the training split's source mixtures) and of training
 (examples × epochs per second), and peak memory; then the goals' ratios and each rate's spread across sizes (the
-whole job's includes the fixed costs: start-up, and the default's 480 source mixtures whatever the size).
+whole job's includes the fixed costs: start-up, tracing, the dictionary's set-up; the default's source mixtures are
+two a training clip, so they grow with the size).
 
     python benchmarks/scale.py                       # 400, 4000 and 20000 clips
     python benchmarks/scale.py --sizes 400,4000 --no-evaluate

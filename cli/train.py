@@ -84,7 +84,8 @@ Examples:
     "--source-mixtures",
     type=click.IntRange(min=0),
     default=None,
-    help="Single-label: training mixtures of two training clips, with their sources [task default; 0: none].",
+    help="Single-label: training mixtures of two training clips, with their sources "
+    "[task default: 2 a training clip; 0: none].",
 )
 @click.option(
     "--source-weight",

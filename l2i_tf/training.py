@@ -43,12 +43,14 @@ DEFAULT_LOSS_WEIGHTS = {False: (3.0, 3.0), True: (3.0, 1.0)}
 # Epochs by task: multi-label epochs hold 4800 mixtures (runs.TrainConfig.mixtures), so 20 of them are as many
 # steps as 40 of 2400.
 DEFAULT_EPOCHS = {False: 40, True: 20}
-# (source_mixtures, source_weight) by task (l2i_tf.source_mixtures), the weight chosen on ESC-10's validation fold
-# (fold 4); multi-label: none (its training data are mixtures already). 480 mixtures (was 960): three seeds each,
-# the validation fidelity averaged over epochs 5-40 is the same (90.7 %), so are fold 5's fidelity (89.4 %) and the
-# mixtures' SI-SDRi (median 2.10 against 1.97 dB), in 0.79x the time (README, "Where the time of a training step
-# goes").
-DEFAULT_SOURCES = {False: (480, 5.0), True: (0, 0.0)}
+# (source mixtures per training clip, source_weight) by task (l2i_tf.source_mixtures), the weight chosen on ESC-10's
+# validation fold (fold 4); multi-label: none (its training data are mixtures already). 2 a clip is ESC-10's 480 for
+# its 240 training clips (was 960: three seeds each, the validation fidelity averaged over epochs 5-40 is the same,
+# 90.7 %, so are fold 5's, 89.4 %, and the mixtures' SI-SDRi, median 2.10 against 1.97 dB, in 0.79x the time). A count
+# per clip keeps the term's share of the examples at any data-set size: a fixed 480 at 12 000 training clips is
+# 0.04 a clip, and ESC-10 trained at that share (10 mixtures) lost fold-5 fidelity and SI-SDRi (README, "Interpretations
+# of mixtures").
+DEFAULT_SOURCES = {False: (2.0, 5.0), True: (0.0, 0.0)}
 # Horizon, epochs, of the moving average of Ψ/Θ's weights (l2i_tf.checkpoints.AveragedWeights) by task. ESC-10,
 # fold 5's fidelity after each of 40 epochs, seeds 0-2, mean over epochs 10-40: 88.5 % without, 89.6 % at ~2.2
 # epochs, 90.0 % at ~4.4, its swing from epoch to epoch about halved (README, "Where the time of a training step
@@ -138,10 +140,9 @@ def resolve(config: TrainConfig, model_f: keras.Model) -> tuple[TrainConfig, aud
     stft = resolve_stft(config, info)
     multilabel = config.multilabel or bool(info and info.multilabel)
     alpha, temperature = DEFAULT_LOSS_WEIGHTS[multilabel]
-    mixtures, weight = DEFAULT_SOURCES[multilabel]
+    weight = DEFAULT_SOURCES[multilabel][1]
     config = dataclasses.replace(
         config,
-        source_mixtures=mixtures if config.source_mixtures is None else config.source_mixtures,
         source_weight=weight if config.source_weight is None else config.source_weight,
         ema_epochs=DEFAULT_EMA_EPOCHS[multilabel] if config.ema_epochs is None else config.ema_epochs,
         multilabel=multilabel,
@@ -160,18 +161,29 @@ def resolve(config: TrainConfig, model_f: keras.Model) -> tuple[TrainConfig, aud
 
 def check_sources(config: TrainConfig, multilabel: bool) -> None:
     """The source-consistency settings must fit: counts and weights >= 0, a weight needs mixtures to learn from,
-    and both are for single-label runs (multi-label training data are mixtures already)."""
-    if not (isinstance(config.source_mixtures, int) and config.source_mixtures >= 0):
-        raise ValueError(f"source_mixtures must be an integer >= 0, got {config.source_mixtures!r}")
+    and both are for single-label runs (multi-label training data are mixtures already). An unset count is the
+    task's default, resolved per training clip once the data are split (:func:`with_source_mixtures`)."""
+    count = config.source_mixtures
+    if count is not None and not (isinstance(count, int) and count >= 0):
+        raise ValueError(f"source_mixtures must be an integer >= 0, got {count!r}")
     if not config.source_weight >= 0:
         raise ValueError(f"source_weight must be >= 0, got {config.source_weight!r}")
-    if config.source_weight and not config.source_mixtures:
+    if config.source_weight and count == 0:
         raise ValueError(f"source_weight={config.source_weight} needs source_mixtures > 0 (mixtures with sources)")
-    if multilabel and (config.source_mixtures or config.source_weight):
+    if multilabel and (count or config.source_weight):
         raise ValueError(
-            f"source_mixtures={config.source_mixtures}, source_weight={config.source_weight}: the source-consistency "
+            f"source_mixtures={count}, source_weight={config.source_weight}: the source-consistency "
             "term is for single-label classifiers; set both to 0 for a multi-label run"
         )
+
+
+def with_source_mixtures(config: TrainConfig, train_clips: int) -> TrainConfig:
+    """``config`` with its source-mixture count resolved: when unset, the task's count per training clip
+    (:data:`DEFAULT_SOURCES`) times the training split's ``train_clips``, so the term keeps its share of the
+    examples at any data-set size (ESC-10's 240 training clips: 480)."""
+    if config.source_mixtures is not None:
+        return config
+    return dataclasses.replace(config, source_mixtures=round(DEFAULT_SOURCES[config.multilabel][0] * train_clips))
 
 
 def fixed_length(model_f: keras.Model) -> int | None:
@@ -334,11 +346,12 @@ def train(
     window = fixed_length(model_f)
     check_input_length(window, stft)  # and so does a fixed input shorter than one STFT frame
     dictionary = existing_dictionary(out, config, stft)  # one that does not fit stops it too
+    table, parts, skipped = _tables(config)
+    config = with_source_mixtures(config, len(parts[0]))
     runs.write_config(out, config, stft)
     if not resume:
         remove_feature_cache(out)  # a killed run's features are reused by a resume only
 
-    table, parts, skipped = _tables(config)
     if skipped:
         log.warning("skipped %d unreadable clip(s): %s", len(skipped), "; ".join(skipped))
     timings = {"data_seconds": time.perf_counter() - start}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from run_fixture import make_tone_job
 
-from l2i_tf import losses, runs, source_mixtures, training
+from l2i_tf import losses, runs, source_mixtures, tables, training
 from l2i_tf.training_data import ClipFile
 
 T, F, K, C = 6, 5, 3, 2
@@ -122,15 +122,23 @@ def test_bad_source_settings_are_refused_before_any_work(tmp_path, changes, mess
 
 
 def test_unset_source_settings_take_the_task_default_and_are_recorded(tmp_path, monkeypatch):
-    monkeypatch.setattr(training, "DEFAULT_SOURCES", {False: (6, 2.0), True: (0, 0.0)})
+    monkeypatch.setattr(training, "DEFAULT_SOURCES", {False: (0.5, 2.0), True: (0.0, 0.0)})
     config = make_tone_job(tmp_path, epochs=1, source_mixtures=None, source_weight=None)
     model = runs.load_classifier(config.classifier)
     resolved, _ = training.resolve(config, model)
-    assert (resolved.source_mixtures, resolved.source_weight) == (6, 2.0)
+    assert (resolved.source_mixtures, resolved.source_weight) == (None, 2.0)  # the count waits for the split
+    assert training.with_source_mixtures(resolved, 13).source_mixtures == 6  # 0.5 a training clip, rounded
+    assert training.with_source_mixtures(resolved, 240).source_mixtures == 120
     ml, _ = training.resolve(dataclasses.replace(config, multilabel=True), model)
-    assert (ml.source_mixtures, ml.source_weight) == (0, 0.0)
+    assert (training.with_source_mixtures(ml, 240).source_mixtures, ml.source_weight) == (0, 0.0)
     given, _ = training.resolve(dataclasses.replace(config, source_mixtures=0, source_weight=0.0), model)
-    assert (given.source_mixtures, given.source_weight) == (0, 0.0)  # the paper's training, asked for
+    assert training.with_source_mixtures(given, 240).source_mixtures == 0  # the paper's training, asked for
+
+    metrics = training.train(tmp_path / "run", config)
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
+    train_clips = len(tables.split(tables.load_table(config.data, config.layout), config.splits)[0])
+    assert (recorded["source_mixtures"], recorded["source_weight"]) == (round(0.5 * train_clips), 2.0)
+    assert metrics["examples"]["train"] == train_clips + round(0.5 * train_clips)
 
 
 def test_paper_training_has_no_source_term(tiny_trained):
