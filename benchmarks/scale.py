@@ -2,12 +2,13 @@
 
 Each data set holds N clips in the `folders` layout, one folder per ESC-10 class: clip i of class c = a random clip of
 class c plus a random clip of any class at -12..0 dB, each circularly shifted by a random offset, written as 5 s
-16 kHz 16-bit wav to a temporary folder (remixes of the bundled ESC-10 clips, seeded). `l2i-tf train` runs with
-the demo classifier, ``--epochs`` epochs and ``--nmf-iterations`` NMF passes (the dictionary streams above 512 MB of
-frames: see l2i_tf.dictionary.IN_MEMORY_LIMIT_BYTES). Peak memory is the largest resident memory of the process
-tree, sampled every 0.2 s (as benchmarks/bulk_throughput.py). Prints per size: wall time, clips/s of the whole job,
-examples/s of the feature pass (every split's clips and the training split's source mixtures) and of training
-(examples × epochs per second), and peak memory; then the goals' ratios and each rate's spread across sizes (the
+16 kHz 16-bit wav to a temporary folder (remixes of the bundled ESC-10 clips, seeded). `l2i-tf train` runs with the
+demo classifier, ``--epochs`` epochs and ``--nmf-iterations`` NMF passes (the dictionary streams above 512 MB of frames:
+see l2i_tf.dictionary.IN_MEMORY_LIMIT_BYTES). Peak memory is the largest resident memory of the process tree, sampled
+every 0.2 s (as benchmarks/bulk_throughput.py). Prints per size: wall time, clips/s of the whole job, examples/s of
+the feature pass (every split's clips and the training split's source mixtures) and of training (examples × epochs per
+second), peak memory, and the disk the job used at its peak (its decode cache and feature shards: the used bytes of
+the work folder's disk, sampled with the memory); then the goals' ratios and each rate's spread across sizes (the
 whole job's includes the fixed costs: start-up, tracing, the dictionary's set-up; the default's source mixtures are
 two a training clip, so they grow with the size).
 
@@ -58,21 +59,24 @@ def build(folder: Path, count: int, seed: int = 0) -> None:
         soundfile.write(folder / table.class_names[c] / f"{i:06d}.wav", x, RATE, subtype="PCM_16")
 
 
-def measure(command: list[str], env: dict) -> tuple[float, int, str]:
-    """Run ``command``; (wall seconds, peak resident bytes of its process tree, its output's tail)."""
+def measure(command: list[str], env: dict, folder: Path) -> tuple[float, int, int, str]:
+    """Run ``command``; (wall seconds, peak resident bytes of its process tree, peak bytes it added to the disk that
+    holds ``folder`` — its decode cache and feature shards, removed by the end —, its output's tail)."""
     t0 = time.perf_counter()
+    disk = shutil.disk_usage(folder).used
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
-        peak = 0
+        peak = disk_peak = 0
         while proc.poll() is None:
             peak = max(peak, tree_rss(proc.pid))
+            disk_peak = max(disk_peak, shutil.disk_usage(folder).used - disk)
             time.sleep(0.2)
         seconds = time.perf_counter() - t0
         log.seek(0)
         output = log.read()
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(command[:5])}... failed ({proc.returncode}):\n{output[-3000:]}")
-    return seconds, peak, output[-2000:]
+    return seconds, peak, disk_peak, output[-2000:]
 
 
 def run_size(count: int, root: Path, args, env: dict) -> dict:
@@ -83,7 +87,7 @@ def run_size(count: int, root: Path, args, env: dict) -> dict:
     cli = [sys.executable, "-m", "cli.main"]
     train = [*cli, "train", "--data", str(data_dir), "--layout", "folders", "--out", str(out), "--overwrite"]
     train += ["--epochs", str(args.epochs), "--nmf-iterations", str(args.nmf_iterations), *args.train_args.split()]
-    seconds, peak, _ = measure(train, env)
+    seconds, peak, disk, _ = measure(train, env, root)
     metrics = json.loads((out / "metrics.json").read_text())
     train_examples = metrics["examples"]["train"]  # folds 1-3 of 5, and the source mixtures made from them
     row = {
@@ -95,10 +99,11 @@ def run_size(count: int, root: Path, args, env: dict) -> dict:
         "train_examples_per_s": train_examples * metrics["epochs_done"] / metrics["train_seconds"],
         "dictionary_s": metrics["dictionary_seconds"],
         "peak_gb": peak / 1e9,
+        "disk_gb": disk / 1e9,
         "test_top1": metrics["test"].get("top1"),
     }
     if args.evaluate:
-        seconds, peak, _ = measure([*cli, "evaluate", str(out), "--quick"], env)
+        seconds, peak, _, _ = measure([*cli, "evaluate", str(out), "--quick"], env, root)
         row.update(evaluate_s=seconds, evaluate_peak_gb=peak / 1e9)
     if not args.keep:
         shutil.rmtree(data_dir, ignore_errors=True)
@@ -126,12 +131,13 @@ def main():
     finally:
         if not args.keep:
             shutil.rmtree(root / "decode_cache", ignore_errors=True)
-    print(f"\n{'clips':>6} {'train s':>8} {'clips/s':>8} {'feat ex/s':>9} {'train ex/s':>10} {'peak GB':>8}", end="")
+    header = f"{'clips':>6} {'train s':>8} {'clips/s':>8} {'feat ex/s':>9} {'train ex/s':>10} {'peak GB':>8}"
+    print(f"\n{header} {'disk GB':>8}", end="")
     print(f" {'eval s':>7} {'eval GB':>8}" if args.evaluate else "")
     for r in rows:
         print(
             f"{r['clips']:>6} {r['train_s']:>8.0f} {r['clips_per_s']:>8.2f} {r['features_examples_per_s']:>9.2f} "
-            f"{r['train_examples_per_s']:>10.1f} {r['peak_gb']:>8.2f}",
+            f"{r['train_examples_per_s']:>10.1f} {r['peak_gb']:>8.2f} {r['disk_gb']:>8.1f}",
             end="",
         )
         print(f" {r['evaluate_s']:>7.0f} {r['evaluate_peak_gb']:>8.2f}" if args.evaluate else "")
