@@ -253,6 +253,8 @@ def new_interpreter(model_f, config: TrainConfig, dictionary: Dictionary, stft: 
         source_weight=config.source_weight,
     )
     interpreter.compile(optimizer=optimizer(config))
+    # its variables now: built in the first training step instead, they make TensorFlow trace that step twice (~2 s)
+    interpreter.optimizer.build(interpreter.head_variables)
     return interpreter
 
 
