@@ -91,8 +91,13 @@ def source_consistency(
 ):
     """:func:`source_consistency_loss` from the linear magnitudes ``|S_x|`` and ``|S_src|`` ``[B, T, F]`` (what the
     training pipeline gives, with no log1p and expm1 between)."""
+    # only the examples that weigh: a batch's plain clips (no sources: weight 0) cost nothing here
+    rows = tf.reshape(tf.where(tf.not_equal(weight, 0)), [-1])
+    h, contributions, classes, magnitude, source_magnitude, weight = (
+        tf.gather(v, rows) for v in (h, contributions, classes, magnitude, source_magnitude, weight)
+    )
     s = soft_selection(contributions, classes, threshold)
-    full = (tf.einsum("btk,fk->btf", h, W) if reconstruction is None else reconstruction) + 1e-8
+    full = (tf.einsum("btk,fk->btf", h, W) if reconstruction is None else tf.gather(reconstruction, rows)) + 1e-8
     kept = tf.einsum("btk,fk->btf", h * s[:, None, :], W)
     error = tf.square(kept / full * magnitude - source_magnitude)
     per = tf.reduce_sum(error, axis=[1, 2]) / (tf.reduce_sum(tf.square(magnitude), axis=[1, 2]) + 1e-8)

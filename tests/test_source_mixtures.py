@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from run_fixture import make_tone_job
 
 from l2i_tf import losses, runs, source_mixtures, tables, training
@@ -54,6 +55,38 @@ def test_source_term_keeps_the_selected_components_share_and_ignores_weight_zero
     batch = [np.concatenate([a, a]) for a in (h, _contributions([1, -1, -1]), x, source_x)]
     mixed = losses.source_consistency_loss(batch[0], batch[1], [0, 0], batch[2], [source_x[0], x[0]], [1.0, 0.0], W)
     assert float(mixed) < 1e-4  # the second example (weight 0) does not count
+
+
+def _every_row_source_term(h, contributions, classes, magnitude, source_magnitude, weight, W):
+    """The term as written (every row computed, weighted), for comparison with the library's."""
+    s = losses.soft_selection(contributions, classes)
+    full = tf.einsum("btk,fk->btf", h, W) + 1e-8
+    kept = tf.einsum("btk,fk->btf", h * s[:, None, :], W)
+    per = tf.reduce_sum(tf.square(kept / full * magnitude - source_magnitude), axis=[1, 2])
+    per = per / (tf.reduce_sum(tf.square(magnitude), axis=[1, 2]) + 1e-8)
+    return tf.math.divide_no_nan(tf.reduce_sum(weight * per), tf.reduce_sum(weight))
+
+
+@pytest.mark.parametrize("weights", [[1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+def test_source_term_on_the_weighted_rows_only_has_the_every_row_value_and_gradient(weights):
+    rng = np.random.default_rng(3)
+    h = tf.constant(rng.random((4, T, K)), tf.float32)
+    contributions = tf.constant(rng.standard_normal((4, K, C)), tf.float32)
+    magnitude, source = (tf.constant(rng.random((4, T, F)) * 3, tf.float32) for _ in range(2))
+    W, classes, weight = tf.constant(rng.random((F, K)), tf.float32), tf.constant([0, 1, 1, 0]), tf.constant(weights)
+    values, grads = [], []
+    for term in (losses.source_consistency, _every_row_source_term):
+        with tf.GradientTape() as tape:
+            tape.watch([h, contributions])
+            value = term(h, contributions, classes, magnitude, source, weight, W)
+        values.append(float(value))
+        grads.append([np.asarray(tf.convert_to_tensor(g)) for g in tape.gradient(value, [h, contributions])])
+    assert values[0] == pytest.approx(values[1], rel=1e-6)
+    for ours, theirs in zip(grads[0], grads[1], strict=True):
+        assert np.all(np.isfinite(ours))
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-7)
+    if not any(weights):
+        assert values[0] == 0.0 and not any(np.any(g) for g in grads[0])
 
 
 def test_soft_selection_follows_the_decided_class():
