@@ -14,7 +14,6 @@ import tensorflow as tf
 
 from l2i_tf import (
     audio,
-    batches,
     checkpoints,
     data,
     feature_cache,
@@ -386,8 +385,7 @@ def train(
     results["examples"] = dict(zip(mixtures.SPLIT_NAMES, map(len, shards), strict=True))
     if window_counts:  # a fixed-length classifier: every split was cut into windows
         results["windows"] = window_counts
-    for split_name, split in zip(mixtures.SPLIT_NAMES[1:], shards[1:], strict=True):
-        results[split_name] = metrics.fidelity(*shard_logits(interpreter, split), config.multilabel)
+    results.update(split_fidelity(interpreter, shards, config.multilabel))
     results["epochs_run"] = len(history) - (resumed.epochs_done if resumed else 0)
     results["epochs_done"] = len(history)
     results["history"] = checkpoints.history_table(history)
@@ -408,15 +406,24 @@ def remove_feature_cache(out: Path) -> None:
         cache.parent.rmdir()
 
 
-def shard_logits(interpreter: Interpreter, shards: feature_cache.Shards, batch_size: int = 64):
-    """(the classifier's logits, Θ's logits) for every example of a split's feature shards, in stored order."""
+def split_fidelity(interpreter: Interpreter, shards: list, multilabel: bool) -> dict:
+    """Θ's fidelity to the classifier (:func:`l2i_tf.metrics.fidelity`) on the validation and test splits' shards."""
+    logits = heads_logits(interpreter)
+    splits = zip(mixtures.SPLIT_NAMES[1:], shards[1:], strict=True)
+    return {name: metrics.fidelity(*shard_logits(interpreter, split, 64, logits), multilabel) for name, split in splits}
+
+
+def shard_logits(interpreter: Interpreter, shards: feature_cache.Shards, batch_size: int = 64, logits=None):
+    """(the classifier's logits, Θ's logits) for every example of a split's feature shards, in stored order.
+    ``logits``: :func:`heads_logits` of ``interpreter`` (made here if None; pass one to share its tracing)."""
+    logits = logits or heads_logits(interpreter)
     ours, theirs = [], []
     for batch in shards.dataset(batch_size):
-        ours.append(interpreter.forward(batch)[0]["logits"].numpy())
+        ours.append(logits(batch).numpy())
         theirs.append(batch["classifier_logits"].numpy())
     return np.concatenate(theirs), np.concatenate(ours)
 
 
-def cached_logits(interpreter: Interpreter, cached: dict, batch_size: int = 64) -> np.ndarray:
-    """Θ's logits for cached clips (see :meth:`Interpreter.precompute`)."""
-    return batches.map_batches(lambda b: interpreter.forward(b)[0]["logits"], cached, batch_size)
+def heads_logits(interpreter: Interpreter):
+    """Θ's logits of a cached batch as one traced function (any batch size): eagerly, a batch costs twice as much."""
+    return tf.function(lambda batch: interpreter.forward(batch)[0]["logits"], reduce_retracing=True)
