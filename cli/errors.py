@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from l2i_tf import audio, runs, timeline, training
+from l2i_tf import audio, feature_cache, runs, timeline, training
 from l2i_tf.dictionary import DictionaryMismatchError
 from l2i_tf.explain_files import FixedByExportError, UnknownClassError
 
@@ -60,6 +60,14 @@ def sample_rate_mismatch(error: training.SampleRateMismatchError) -> click.BadPa
         )
         return click.BadParameter(message, param_hint="--sample-rate")
     return click.BadParameter(str(error), param_hint="--classifier")
+
+
+def disk_space(error: feature_cache.DiskSpaceError, param_hint: str, more: str = "") -> click.BadParameter:
+    """Feature shards that will not fit on the run folder's disk (found before they are written); ``more``: another
+    way out."""
+    return click.BadParameter(
+        f"{error}; free that much or put the run folder on a larger disk{more}", param_hint=param_hint
+    )
 
 
 def dictionary_mismatch(error: DictionaryMismatchError, given: bool) -> click.BadParameter:

@@ -7,7 +7,7 @@ import dataclasses
 import click
 
 from cli import errors, options
-from l2i_tf import audio, data, explain, runs
+from l2i_tf import audio, data, explain, feature_cache, runs
 from l2i_tf import evaluate as evaluate_lib
 from l2i_tf import slime as slime_lib
 from l2i_tf.explainer import ExplainConfig
@@ -132,6 +132,8 @@ def command(
         raise errors.unsafe_model(e, "RUN_DIR") from None
     except runs.RunFolderError as e:
         raise errors.run_folder(e, "RUN_DIR") from None
+    except feature_cache.DiskSpaceError as e:  # the baselines' feature shards, in the run folder
+        raise errors.disk_space(e, "RUN_DIR") from None
     except (data.AudioDataError, ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(evaluate_lib.markdown(report))

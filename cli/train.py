@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from cli import errors, options
-from l2i_tf import audio, data, runs, training
+from l2i_tf import audio, data, feature_cache, runs, training
 from l2i_tf import classifier as classifier_lib
 from l2i_tf import layers as layers_lib
 from l2i_tf.dictionary import DictionaryMismatchError
@@ -186,6 +186,8 @@ def run(out, config: runs.TrainConfig, resume: bool, overwrite: bool, unsafe_loa
         raise errors.sample_rate_mismatch(e) from None
     except DictionaryMismatchError as e:
         raise errors.dictionary_mismatch(e, given=bool(config.dictionary)) from None
+    except feature_cache.DiskSpaceError as e:
+        raise errors.disk_space(e, "--out", ", or train on fewer examples (--source-mixtures; --mixtures)") from None
     except (data.AudioDataError, ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from None
 

@@ -19,8 +19,10 @@ does not grow with the number of shards.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -102,11 +104,43 @@ def spectrogram_features(features: Callable, stft: audio.STFTConfig) -> Callable
     return run
 
 
-def write_split(folder: str | Path, batches: Iterable[np.ndarray], features: Callable[[np.ndarray], dict]) -> Shards:
+class DiskSpaceError(OSError):
+    """A feature cache's disk has less free space than its shards will take (raised before they are written)."""
+
+    def __init__(self, folder: Path, needed: int, free: int):
+        message = (
+            f"{folder}: the feature shards of this run need at least {needed / 1e9:.1f} GB, and its disk has "
+            f"{free / 1e9:.1f} GB free"
+        )
+        super().__init__(errno.ENOSPC, message)
+        self.folder, self.needed, self.free = folder, needed, free
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def check_free_space(folder: str | Path, needed: float) -> None:
+    """:class:`DiskSpaceError` if the disk of ``folder`` (an existing folder) has less than ``needed`` bytes free."""
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise DiskSpaceError(Path(folder), int(needed), free)
+
+
+def example_bytes(out: dict, examples: int, without=()) -> float:
+    """Bytes an example of a flattened features batch (:func:`_flatten`) of ``examples`` examples takes in the shards,
+    leaving out the keys ``without``."""
+    return sum(value.nbytes for key, value in out.items() if key not in without) / examples
+
+
+def write_split(
+    folder: str | Path, batches: Iterable[np.ndarray], features: Callable[[np.ndarray], dict], on_first=None
+) -> Shards:
     """Run ``features`` (a waveform batch -> a :meth:`~l2i_tf.interpreter.Interpreter.precompute`-like dict) on
     every batch and write the results to ``folder`` in shards of ``SHARD_EXAMPLES``; returns the :class:`Shards`.
 
     The batches must hold ``FEATURE_BATCH`` examples (the last may hold fewer). ``folder`` is emptied first.
+    ``on_first(out, examples)``, if given, sees the first batch's flattened features before anything is written (to
+    plan the disk: :func:`example_bytes`).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -125,6 +159,8 @@ def write_split(folder: str | Path, batches: Iterable[np.ndarray], features: Cal
 
     for batch in batches:
         out = _flatten(features(batch))
+        if shapes is None and on_first is not None:
+            on_first(out, _examples(out))
         shapes = shapes or {key: list(value.shape[1:]) for key, value in out.items()}
         pending.append(out)
         if sum(_examples(p) for p in pending) >= SHARD_EXAMPLES:

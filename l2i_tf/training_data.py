@@ -124,6 +124,36 @@ def _split_stream(config, part, index: int, sample_rate: int, window, cache: Pat
         path.unlink(missing_ok=True)
 
 
+SOURCE_KEYS = ("source_magnitude", "source_weight")
+"""The keys only a training split with source mixtures holds (:func:`l2i_tf.source_mixtures.decided_source`)."""
+
+
+def expected_examples(config, parts) -> list[int]:
+    """At least how many examples each split will hold: its clips (a clip cut into windows gives one or more) or its
+    multi-label mixtures, and for the training split its copies, input mixtures and source mixtures."""
+    counts = []
+    for index, part in enumerate(parts):
+        mixing = config.multilabel and not part.multilabel
+        n = mixtures.split_counts(config.mixtures)[index] if mixing else len(part)
+        if index == 0:
+            n += n * config.augment_copies + config.mix_inputs + int(config.source_mixtures or 0)
+        counts.append(n)
+    return counts
+
+
+def disk_plan(cache: Path, counts: list[int]):
+    """``on_first`` of :func:`~l2i_tf.feature_cache.write_split` for the training split: its first batch gives the
+    bytes an example takes, and the shards of every split's ``counts`` examples must then fit on the disk
+    (:class:`~l2i_tf.feature_cache.DiskSpaceError` before the first shard is written, not hours later)."""
+
+    def check(out: dict, examples: int) -> None:
+        train = feature_cache.example_bytes(out, examples)
+        held_out = feature_cache.example_bytes(out, examples, without=SOURCE_KEYS)
+        feature_cache.check_free_space(cache, train * counts[0] + held_out * sum(counts[1:]))
+
+    return check
+
+
 def build_features(
     cache: Path, config, parts, sample_rate: int, window: int | None, features, stft
 ) -> tuple[list, dict]:
@@ -159,7 +189,8 @@ def build_features(
             stream = _with_source_mixtures(stream, config, part, sample_rate, window, cache)
             split_features = source_mixtures.decided_source(features)
         split_features = feature_cache.spectrogram_features(split_features, stft)
-        shards.append(feature_cache.write_split(cache / name, feature_cache.rebatch(stream), split_features))
+        plan = disk_plan(cache, expected_examples(config, parts)) if index == 0 else None
+        shards.append(feature_cache.write_split(cache / name, feature_cache.rebatch(stream), split_features, plan))
         shutil.rmtree(cache / "base", ignore_errors=True)
     counts = {}
     if window is not None:

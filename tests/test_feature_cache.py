@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -194,3 +196,42 @@ def test_training_shards_hold_x_and_the_source_magnitude_and_analyse_as_the_wave
         scale = float(tf.reduce_max(expected[key]))
         np.testing.assert_allclose(batch[key].numpy(), expected[key].numpy(), atol=2e-3 * scale, err_msg=key)
     np.testing.assert_array_equal(batch["classifier_logits"].numpy(), fake_features(waves)["classifier_logits"])
+
+
+def _array_bytes(folder) -> int:
+    """Bytes of the arrays in a folder's ``.npy`` files (their headers left out)."""
+    return sum(np.load(path, mmap_mode="r").nbytes for path in Path(folder).rglob("*.npy"))
+
+
+def test_the_disk_plan_is_the_shards_bytes_and_a_disk_too_small_stops_the_run_before_them(tmp_path, monkeypatch):
+    """The free space a run's feature shards need is known from the first training batch: exactly the bytes the
+    shards then take (clips of one length), and a disk with less free space stops the run before any shard is
+    written, keeping its dictionary; the CLI names --out and the ways out."""
+    import shutil
+
+    import click
+    from run_fixture import make_tone_job
+
+    from cli import train as train_cmd
+
+    config = make_tone_job(tmp_path, source_mixtures=6, source_weight=1.0, epochs=1)
+    planned = []
+    check = feature_cache.check_free_space
+    monkeypatch.setattr(feature_cache, "check_free_space", lambda f, needed: planned.append(needed) or check(f, needed))
+    monkeypatch.setattr(training, "remove_feature_cache", lambda out: None)  # keep the shards, to weigh them
+    result = training.train(tmp_path / "run", config)
+    cache = tmp_path / "run" / "cache" / "features"
+    assert result["examples"] == {"train": 9 + 6, "validation": 3, "test": 3}  # 9 training clips, 6 mixtures
+    assert planned == [_array_bytes(cache)]
+
+    free = int(planned[0]) - 1
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - free, free))
+    with pytest.raises(feature_cache.DiskSpaceError, match="GB free") as caught:
+        training.train(tmp_path / "run2", config)
+    assert (caught.value.needed, caught.value.free) == (int(planned[0]), free)
+    assert str(tmp_path / "run2" / "cache" / "features") in str(caught.value)
+    assert not list((tmp_path / "run2" / "cache").rglob("shard-*"))  # nothing written
+    assert (tmp_path / "run2" / "dictionary").is_dir()  # the work before is kept
+    with pytest.raises(click.BadParameter) as cli_error:
+        train_cmd.run(tmp_path / "run3", config, resume=False, overwrite=False, unsafe_load=False)
+    assert cli_error.value.param_hint == "--out" and "--source-mixtures" in cli_error.value.message
