@@ -275,7 +275,7 @@ def _compiled_model(num_classes: int, config: DemoConfig, init_from) -> keras.Mo
         else keras.losses.CategoricalCrossentropy(from_logits=True),
         metrics=[] if config.multilabel else ["accuracy"],
     )
-    model.optimizer.build(model.trainable_variables)  # now: built in the first step, that step is traced twice
+    model.optimizer.build(model.trainable_variables)  # now: built inside the first step, it is traced twice
     return model
 
 
