@@ -187,7 +187,8 @@ def run(out, config: runs.TrainConfig, resume: bool, overwrite: bool, unsafe_loa
     except DictionaryMismatchError as e:
         raise errors.dictionary_mismatch(e, given=bool(config.dictionary)) from None
     except feature_cache.DiskSpaceError as e:
-        raise errors.disk_space(e, "--out", ", or train on fewer examples (--source-mixtures; --mixtures)") from None
+        more = ", or train on fewer examples (--source-mixtures; --mixtures); then run again with --overwrite"
+        raise errors.disk_space(e, "--out", more) from None
     except (data.AudioDataError, ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from None
 

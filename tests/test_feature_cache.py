@@ -234,4 +234,5 @@ def test_the_disk_plan_is_the_shards_bytes_and_a_disk_too_small_stops_the_run_be
     assert (tmp_path / "run2" / "dictionary").is_dir()  # the work before is kept
     with pytest.raises(click.BadParameter) as cli_error:
         train_cmd.run(tmp_path / "run3", config, resume=False, overwrite=False, unsafe_load=False)
-    assert cli_error.value.param_hint == "--out" and "--source-mixtures" in cli_error.value.message
+    assert cli_error.value.param_hint == "--out"
+    assert "--source-mixtures" in cli_error.value.message and "--overwrite" in cli_error.value.message
