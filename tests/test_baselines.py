@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from l2i_tf import audio, losses, method_table, report_page
+from l2i_tf import audio, baseline_training, losses, method_table, report_page
 from l2i_tf.flint import BaselineFitError, Flint, check_sequences
 from l2i_tf.vibi import BandPool, ChunkMask, ChunkPool, KHot, Vibi, band_of_bin, hard_k_hot, relaxed_k_hot
 
@@ -137,6 +137,27 @@ def test_flint_and_vibi_models_survive_keras_save_and_load(tmp_path):
         for key, value in model(inputs).items():
             np.testing.assert_array_equal(np.asarray(loaded(inputs)[key]), np.asarray(value))
     assert keras.saving.load_model(tmp_path / "flint.keras").loss_weights == (2.0, 0.1, 0.3)
+
+
+def test_flint_and_vibi_fits_trace_the_training_step_once(monkeypatch):
+    """The optimizer's variables are built before ``fit``: made inside the first step, they make TensorFlow trace
+    the step a second time."""
+    rng = np.random.default_rng(2)
+    batch = {
+        "sequences": (rng.random((8, 10, 8), "float32"),),
+        "classifier_logits": rng.standard_normal((8, 3)).astype("float32"),
+        "spectrogram": rng.random((8, 40, F)).astype("float32"),
+    }
+    flint = Flint([8], F, 6, 3, STFT.to_dict(), hidden=8)
+    vibi = Vibi(F, 3, STFT.to_dict(), k=3, time_chunks=4, freq_chunks=4, bands=16)
+    for model in (flint, vibi):
+        traced = []
+        step = model.train_step
+        monkeypatch.setattr(model, "train_step", lambda b, _step=step, _t=traced: _t.append(1) or _step(b))
+        baseline_training.compile_for_fit(model, 1e-3)
+        model.fit(tf.data.Dataset.from_tensor_slices(batch).batch(4), epochs=2, verbose=0)
+        assert len(traced) == 1, model.name
+        assert model.optimizer.iterations.numpy() == 4
 
 
 # ------------------------------------------------------------------------------------------------ the table
