@@ -187,7 +187,10 @@ def run(out, config: runs.TrainConfig, resume: bool, overwrite: bool, unsafe_loa
     except DictionaryMismatchError as e:
         raise errors.dictionary_mismatch(e, given=bool(config.dictionary)) from None
     except feature_cache.DiskSpaceError as e:
-        more = ", or train on fewer examples (--source-mixtures; --mixtures); then run again with --overwrite"
+        more = (
+            ", then continue the run with --resume (its dictionary is kept); or start it again with --overwrite and "
+            "fewer examples (--source-mixtures; --mixtures)"
+        )
         raise errors.disk_space(e, "--out", more) from None
     except (data.AudioDataError, ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from None

@@ -17,7 +17,7 @@ import numpy as np
 
 from l2i_tf import files, runs
 
-STATE = "state.json"
+STATE = runs.CHECKPOINT_STATE
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):

@@ -36,6 +36,7 @@ DICTIONARY = "dictionary"
 INTERPRETER = "interpreter.keras"
 METRICS = "metrics.json"
 CHECKPOINTS = "checkpoints"
+CHECKPOINT_STATE = "state.json"
 LOGS = "logs"
 FEATURE_CACHE = "cache/features"
 """The classifier's features of every example, in shards (:mod:`l2i_tf.feature_cache`); removed when the run ends."""
@@ -149,18 +150,26 @@ def environment() -> dict:
 # -------------------------------------------------------------------- creating
 
 
+def has_checkpoint(folder: Path) -> bool:
+    """The run in ``folder`` has finished an epoch (its training resumes from there, not from the start)."""
+    return (folder / CHECKPOINTS / CHECKPOINT_STATE).is_file()
+
+
 def holds_run(folder: Path) -> bool:
     return folder.exists() and any((folder / f).exists() for f in (*RUN_FILES, CHECKPOINTS))
 
 
 def prepare(out: str | Path, resume: bool = False, overwrite: bool = False) -> Path:
-    """Make ``out`` ready for a run: refuse one that holds a run unless resuming (it must have a checkpoint) or
-    overwriting (the run's own files are removed, nothing else)."""
+    """Make ``out`` ready for a run: refuse one that holds a run unless resuming (a run that recorded its settings,
+    :data:`CONFIG`: from its last checkpoint, or from its first epoch if it stopped before one) or overwriting (the
+    run's own files are removed, nothing else)."""
     out = Path(out)
     if resume:
-        if not (out / CHECKPOINTS / "state.json").exists() or not (out / CONFIG).exists():
+        if not (out / CONFIG).exists():
             raise RunFolderError(
-                f"{str(out)!r} has no checkpoint to resume ({CHECKPOINTS}/state.json)", out, "no_checkpoint"
+                f"{str(out)!r} holds no run to resume: no {CONFIG}, no checkpoint ({CHECKPOINTS}/{CHECKPOINT_STATE})",
+                out,
+                "no_checkpoint",
             )
         return out
     if holds_run(out) and not overwrite:

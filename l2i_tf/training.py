@@ -330,7 +330,9 @@ def train(
 
     A run killed at any point after its first epoch continues with ``resume=True`` and ends with the same weights
     and metrics as an uninterrupted run: each epoch's example order depends on (seed, epoch) only, and the
-    optimizer, dropout RNG and early-stopping state are checkpointed after every epoch.
+    optimizer, dropout RNG and early-stopping state are checkpointed after every epoch. One stopped before its first
+    checkpoint (killed, or by the free-disk check) resumes from the start of training, with the dictionary it learnt
+    and its features if they were complete.
 
     Args:
         callbacks: extra Keras callbacks for ``fit``.
@@ -350,8 +352,8 @@ def train(
     table, parts, skipped = _tables(config)
     config = with_source_mixtures(config, len(parts[0]))
     runs.write_config(out, config, stft)
-    if not resume:
-        remove_feature_cache(out)  # a killed run's features are reused by a resume only
+    if not (resume and (out / runs.FEATURE_CACHE / training_data.FEATURES).is_file()):
+        remove_feature_cache(out)  # a killed run's complete features are reused by a resume; partial ones redone
 
     if skipped:
         log.warning("skipped %d unreadable clip(s): %s", len(skipped), "; ".join(skipped))
@@ -363,7 +365,7 @@ def train(
 
     with (strategy or tf.distribute.get_strategy()).scope():
         resumed = None
-        if resume:
+        if resume and runs.has_checkpoint(out):
             resumed = checkpoints.resume(out / runs.CHECKPOINTS, optimizer(config), safe_mode)
             interpreter = resumed.interpreter
         else:

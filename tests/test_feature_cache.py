@@ -206,7 +206,7 @@ def _array_bytes(folder) -> int:
 def test_the_disk_plan_is_the_shards_bytes_and_a_disk_too_small_stops_the_run_before_them(tmp_path, monkeypatch):
     """The free space a run's feature shards need is known from the first training batch: exactly the bytes the
     shards then take (clips of one length), and a disk with less free space stops the run before any shard is
-    written, keeping its dictionary; the CLI names --out and the ways out."""
+    written, keeping its dictionary; the CLI names --out and the ways out, and the run resumes once there is room."""
     import shutil
 
     import click
@@ -225,6 +225,7 @@ def test_the_disk_plan_is_the_shards_bytes_and_a_disk_too_small_stops_the_run_be
     assert planned == [_array_bytes(cache)]
 
     free = int(planned[0]) - 1
+    disk_usage = shutil.disk_usage
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - free, free))
     with pytest.raises(feature_cache.DiskSpaceError, match="GB free") as caught:
         training.train(tmp_path / "run2", config)
@@ -235,4 +236,15 @@ def test_the_disk_plan_is_the_shards_bytes_and_a_disk_too_small_stops_the_run_be
     with pytest.raises(click.BadParameter) as cli_error:
         train_cmd.run(tmp_path / "run3", config, resume=False, overwrite=False, unsafe_load=False)
     assert cli_error.value.param_hint == "--out"
-    assert "--source-mixtures" in cli_error.value.message and "--overwrite" in cli_error.value.message
+    assert "--source-mixtures" in cli_error.value.message and "--resume" in cli_error.value.message
+
+    # Space freed, the stopped run resumes from the start of training with the dictionary it learnt: the run of
+    # the same settings that was never stopped, to float rounding.
+    monkeypatch.setattr(shutil, "disk_usage", disk_usage)
+    monkeypatch.setattr(training, "learn", lambda *a: pytest.fail("a resumed run learnt its dictionary again"))
+    resumed = training.train(tmp_path / "run2", config, resume=True)
+    assert resumed["epochs_run"] == resumed["epochs_done"] == 1
+    for split in ("validation", "test"):
+        for key, value in result[split].items():
+            assert resumed[split][key] == pytest.approx(value, abs=1e-5), (split, key)
+    np.testing.assert_allclose(resumed["history"]["loss"], result["history"]["loss"], rtol=1e-5)
