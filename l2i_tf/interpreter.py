@@ -34,12 +34,48 @@ def check_classifier(classifier: keras.Model) -> None:
     out = tuple(classifier.outputs[0].shape)
     if len(out) != 2 or out[1] is None:
         raise ClassifierContractError(f"the classifier's output must be logits [batch, classes], got shape {out}")
-    activation = getattr(classifier.layers[-1], "activation", None)
-    name = getattr(activation, "__name__", "")
-    if name in ("softmax", "sigmoid"):
+    squashing = output_squashing(classifier)
+    if squashing is not None:
+        layer, name = squashing
         raise ClassifierContractError(
-            f"the classifier's last layer applies {name}; the interpreter needs logits (remove the activation)"
+            f"the classifier's output is {name} probabilities (its layer {layer!r} applies {name}); the interpreter "
+            "needs logits (remove the activation)"
         )
+
+
+_PASS_THROUGH = (
+    keras.layers.Identity,
+    keras.layers.Dropout,
+    keras.layers.Flatten,
+    keras.layers.Reshape,
+    keras.layers.ActivityRegularization,
+)
+
+
+def output_squashing(model: keras.Model) -> tuple[str, str] | None:
+    """``(layer name, "softmax" | "sigmoid")`` if ``model``'s output is made by a softmax or sigmoid — a layer's
+    activation, an ``Activation`` or ``Softmax`` layer, in a nested model too — seen through the layers that pass
+    values on unchanged (identity, dropout, reshapes, a linear activation); None otherwise."""
+    tensor = model.outputs[0]
+    for _ in range(len(model.layers) + 1):
+        history = getattr(tensor, "_keras_history", None)
+        if history is None:
+            return None
+        layer = history.operation
+        if isinstance(layer, keras.Model) and len(layer.outputs) == 1:
+            return output_squashing(layer)
+        if isinstance(layer, keras.layers.Softmax):
+            return layer.name, "softmax"
+        name = getattr(getattr(layer, "activation", None), "__name__", "")
+        if name in ("softmax", "sigmoid"):
+            return layer.name, name
+        if not (isinstance(layer, _PASS_THROUGH) or (isinstance(layer, keras.layers.Activation) and name == "linear")):
+            return None
+        inputs = layer._inbound_nodes[history.node_index].input_tensors
+        if len(inputs) != 1:
+            return None
+        tensor = inputs[0]
+    return None
 
 
 def check_input_length(clip_samples: int | None, stft: audio.STFTConfig) -> None:

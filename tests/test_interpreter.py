@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from cli.main import main
 from l2i_tf import audio, classifier, feature_cache, layers, losses, runs, training
 from l2i_tf.dictionary import DictionaryMismatchError
-from l2i_tf.interpreter import ClassifierContractError, Interpreter, check_classifier, tap_orders
+from l2i_tf.interpreter import ClassifierContractError, Interpreter, check_classifier, output_squashing, tap_orders
 from l2i_tf.layers import FeatureSequences, Psi, Theta
 
 SR = 16000
@@ -236,13 +236,46 @@ def test_a_classifier_that_takes_features_is_refused_with_a_hint():
         check_classifier(model)
 
 
-def test_a_classifier_that_outputs_probabilities_is_refused():
+def _pooled_waveform():
     wave = keras.Input((None,))
-    x = keras.layers.Reshape((-1, 1))(wave)
-    x = keras.layers.GlobalAveragePooling1D()(x)
-    model = keras.Model(wave, keras.layers.Dense(3, activation="softmax")(x))
-    with pytest.raises(ClassifierContractError, match="logits"):
+    return wave, keras.layers.GlobalAveragePooling1D()(keras.layers.Reshape((-1, 1))(wave))
+
+
+@pytest.mark.parametrize(
+    "head, squashing",
+    [
+        (lambda x: keras.layers.Dense(3, activation="softmax", name="out")(x), ("out", "softmax")),
+        (lambda x: keras.layers.Softmax(name="out")(keras.layers.Dense(3)(x)), ("out", "softmax")),
+        (lambda x: keras.layers.Activation("sigmoid", name="out")(keras.layers.Dense(3)(x)), ("out", "sigmoid")),
+        # seen through layers that pass the values on
+        (
+            lambda x: keras.layers.Identity()(
+                keras.layers.Dropout(0.1)(keras.layers.Dense(3, activation="softmax", name="out")(x))
+            ),
+            ("out", "softmax"),
+        ),
+        (lambda x: keras.layers.Activation("linear")(keras.layers.Softmax(name="out")(x)), ("out", "softmax")),
+        # logits: a linear head, or log-softmax (logits up to a constant per clip)
+        (lambda x: keras.layers.Dense(3)(x), None),
+        (lambda x: keras.layers.Activation("log_softmax")(keras.layers.Dense(3)(x)), None),
+        (lambda x: keras.layers.Dense(3)(keras.layers.Dense(4, activation="softmax")(x)), None),
+    ],
+)
+def test_a_classifier_that_outputs_probabilities_is_refused_naming_the_layer(head, squashing):
+    wave, x = _pooled_waveform()
+    model = keras.Model(wave, head(x))
+    assert output_squashing(model) == squashing
+    if squashing is None:
         check_classifier(model)
+        return
+    with pytest.raises(ClassifierContractError, match=f"layer 'out' applies {squashing[1]}.*needs logits"):
+        check_classifier(model)
+    # the same head as the last layer of a nested model, or of a Sequential one
+    inner = keras.Model(wave, head(x))
+    outer_input = keras.Input((None,))
+    assert output_squashing(keras.Model(outer_input, inner(outer_input))) == squashing
+    sequential = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3), keras.layers.Softmax(name="probs")])
+    assert output_squashing(sequential) == ("probs", "softmax")
 
 
 def test_a_missing_layer_is_named_with_the_available_ones():
