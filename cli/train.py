@@ -123,7 +123,11 @@ Examples:
 @click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
 @options.mixed_precision_option("float32", "float32")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-@click.option("--overwrite", is_flag=True, help="Replace the run in --out.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace the run in --out, and what was made from it there (evaluation/, baselines/, cv/, cache/).",
+)
 @options.unsafe_load_option
 @click.option("-v", "--verbose", is_flag=True)
 def command(out, classifier_path, multilabel, resume, overwrite, unsafe_load, verbose, **settings):

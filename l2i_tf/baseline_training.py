@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 TRAINED = ("flint", "vibi")
 """The baselines that are trained (SLIME fits per clip, at evaluation)."""
-FOLDER = "baselines"
+FOLDER = runs.BASELINES
 
 
 @dataclasses.dataclass(frozen=True)

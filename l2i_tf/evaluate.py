@@ -49,7 +49,7 @@ def train_fold(
     run_dir: str | Path, config: runs.TrainConfig, fold: int, num_folds: int = 5, quick=False, safe_mode=True
 ) -> Path:
     """Train (once) the interpreter holding out ``fold`` into ``run_dir/cv/fold{fold}``; a finished fold is reused."""
-    out = Path(run_dir) / "cv" / f"fold{fold}"
+    out = Path(run_dir) / runs.CROSS_VALIDATION / f"fold{fold}"
     if runs.is_run(out) and (out / runs.METRICS).is_file():
         log.info("fold %d: reusing %s", fold, out)
         return out
@@ -285,7 +285,7 @@ def evaluate(
     if config.cv:
         report["cv"] = cross_validate(run, config, safe_mode)
     report["seconds"] = time.perf_counter() - start
-    out = Path(out) if out is not None else Path(run_dir) / "evaluation"
+    out = Path(out) if out is not None else Path(run_dir) / runs.EVALUATION
     out.mkdir(parents=True, exist_ok=True)
     files.write_json(out / "report.json", report)
     files.write_text(out / "report.md", markdown(report))

@@ -40,6 +40,14 @@ CHECKPOINT_STATE = "state.json"
 LOGS = "logs"
 FEATURE_CACHE = "cache/features"
 """The classifier's features of every example, in shards (:mod:`l2i_tf.feature_cache`); removed when the run ends."""
+EVALUATION = "evaluation"
+"""``l2i-tf evaluate``'s default report folder in a run folder."""
+BASELINES = "baselines"
+"""FLINT and VIBI trained on the run (``l2i-tf evaluate --baselines``), and their feature cache."""
+CROSS_VALIDATION = "cv"
+"""The fold runs of ``l2i-tf evaluate --cv``."""
+DERIVED = (EVALUATION, BASELINES, CROSS_VALIDATION, FEATURE_CACHE.split("/")[0])
+"""What is made from a run and kept in its folder: removed with it (``--overwrite``), as it no longer describes it."""
 RUN_FILES = (CONFIG, INTERPRETER, METRICS)
 """Files whose presence means a folder holds a run."""
 
@@ -162,7 +170,7 @@ def holds_run(folder: Path) -> bool:
 def prepare(out: str | Path, resume: bool = False, overwrite: bool = False) -> Path:
     """Make ``out`` ready for a run: refuse one that holds a run unless resuming (a run that recorded its settings,
     :data:`CONFIG`: from its last checkpoint, or from its first epoch if it stopped before one) or overwriting (the
-    run's own files are removed, nothing else)."""
+    run's own files and what was made from it, :data:`DERIVED`, are removed; nothing else)."""
     out = Path(out)
     if resume:
         if not (out / CONFIG).exists():
@@ -175,7 +183,7 @@ def prepare(out: str | Path, resume: bool = False, overwrite: bool = False) -> P
     if holds_run(out) and not overwrite:
         raise RunFolderError(f"{str(out)!r} already holds a run", out, "exists")
     if holds_run(out):
-        for name in (*RUN_FILES, CHECKPOINTS, LOGS, DICTIONARY, STFT):
+        for name in (*RUN_FILES, CHECKPOINTS, LOGS, DICTIONARY, STFT, *DERIVED):
             target = out / name
             if target.is_dir():
                 shutil.rmtree(target)

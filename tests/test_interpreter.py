@@ -401,6 +401,22 @@ def test_a_negative_ema_horizon_is_refused_naming_it(tiny_job, tmp_path):
     assert not (tmp_path / "run" / "interpreter.keras").exists()
 
 
+def test_overwriting_a_run_removes_it_and_what_was_made_from_it_and_nothing_else(tmp_path):
+    out = tmp_path / "run"
+    made = ["config.json", "metrics.json", "interpreter.keras", "stft.json", "checkpoints/state.json"]
+    made += ["dictionary/dictionary.npz", "logs/train/events", "evaluation/report.json", "baselines/flint.keras"]
+    made += ["cv/fold1/metrics.json", "cache/features/features.json"]
+    mine = ["notes.txt", "listening/clip.wav"]
+    for name in made + mine:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text("x")
+    with pytest.raises(runs.RunFolderError, match="already holds a run"):
+        runs.prepare(out)
+    assert runs.prepare(out, overwrite=True) == out
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == sorted(mine)
+    assert not (out / "evaluation").exists() and not (out / "cv").exists()
+
+
 def test_resume_without_a_checkpoint_is_refused(tiny_job, tmp_path):
     with pytest.raises(runs.RunFolderError, match="no checkpoint"):
         training.train(tmp_path / "empty", tiny_job, resume=True)
