@@ -83,6 +83,7 @@ def dictionary_mismatch(error: DictionaryMismatchError, given: bool) -> click.Ba
 SOURCE_ERRORS = (
     runs.UnsafeModelError,
     runs.RunFolderError,
+    runs.CustomObjectsError,
     FileNotFoundError,
     FixedByExportError,
     UnknownClassError,

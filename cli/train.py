@@ -177,6 +177,8 @@ def run(out, config: runs.TrainConfig, resume: bool, overwrite: bool, unsafe_loa
         raise errors.unsafe_model(e, "--classifier" if e.path == Path(config.classifier) else "--out") from None
     except runs.RunFolderError as e:
         raise errors.run_folder(e, "--out") from None
+    except runs.CustomObjectsError as e:
+        raise click.BadParameter(str(e), param_hint="--custom-objects") from None
     except training.ClassNamesError as e:
         if e.source != "class_names":
             raise click.BadParameter(str(e), param_hint="--classifier") from None

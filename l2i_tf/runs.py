@@ -18,7 +18,9 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import os
 import platform
+import re
 import shutil
 import sys
 from importlib import metadata
@@ -221,10 +223,42 @@ def load_keras(path: str | Path, safe_mode: bool = True, **kwargs) -> keras.Mode
         raise
 
 
-def import_custom_objects(module: str | None) -> None:
-    """Import the user's module that registers their custom layers (``--custom-objects``)."""
-    if module:
-        importlib.import_module(module)
+class CustomObjectsError(ValueError):
+    """The module that registers a classifier's custom layers (``--custom-objects``) cannot be imported, or a
+    ``.keras`` file holds a class that no imported module registered."""
+
+
+def import_custom_objects(module: str | None, recorded_in: Path | None = None) -> None:
+    """Import the user's module that registers their custom layers (``--custom-objects``; a run's, recorded in
+    ``recorded_in``): from the Python path, else from the working directory (as ``python -m`` would)."""
+    if not module:
+        return
+    try:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module.split(".")[0] or os.getcwd() in sys.path:
+                raise
+            sys.path.append(os.getcwd())
+            importlib.import_module(module)
+    except ImportError as e:
+        where = f" (recorded in {str(recorded_in)!r})" if recorded_in else ""
+        raise CustomObjectsError(
+            f"cannot import the custom-objects module {module!r}{where}: {e}; run from the folder that holds it or "
+            "put that folder on PYTHONPATH"
+        ) from None
+
+
+def _unknown_class(error: TypeError, path: Path, module: str | None) -> CustomObjectsError | None:
+    """Keras' refusal of a class no module registered, as a :class:`CustomObjectsError` naming the file."""
+    found = re.search(r"Could not locate (?:class|function) '([^']+)'", str(error))
+    if found is None:
+        return None
+    how = f"the module {module!r} does not register it" if module else "pass the module that registers it"
+    return CustomObjectsError(
+        f"{str(path)!r} holds the class {found.group(1)!r}, unknown to Keras: {how} (--custom-objects MODULE; "
+        "decorate the class with @keras.saving.register_keras_serializable())"
+    )
 
 
 def load_classifier(path: str, custom_objects_module: str | None = None, safe_mode: bool = True) -> keras.Model:
@@ -232,7 +266,13 @@ def load_classifier(path: str, custom_objects_module: str | None = None, safe_mo
     import_custom_objects(custom_objects_module)
     if not Path(path).is_file():
         raise FileNotFoundError(f"classifier file {path!r} does not exist")
-    return load_keras(path, safe_mode, compile=False)
+    try:
+        return load_keras(path, safe_mode, compile=False)
+    except TypeError as e:
+        unknown = _unknown_class(e, Path(path), custom_objects_module)
+        if unknown is None:
+            raise
+        raise unknown from None
 
 
 @dataclasses.dataclass
@@ -264,9 +304,14 @@ def load_run(folder: str | Path, safe_mode: bool = True) -> Run:
                 f"{str(folder)!r} is not a finished run: {name} is missing", folder, "incomplete", missing=name
             )
     config = read_config(folder)
-    import_custom_objects(config.custom_objects)
+    import_custom_objects(config.custom_objects, folder / CONFIG)
     try:
         interpreter = load_keras(folder / INTERPRETER, safe_mode, compile=False)
+    except TypeError as e:
+        unknown = _unknown_class(e, folder / INTERPRETER, config.custom_objects)
+        if unknown is None:
+            raise
+        raise unknown from None
     except ValueError as e:
         if "could not be loaded" not in str(e):  # Keras: the file's weights do not fit the Interpreter's graph
             raise

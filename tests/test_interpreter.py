@@ -278,6 +278,39 @@ def test_a_classifier_that_outputs_probabilities_is_refused_naming_the_layer(hea
     assert output_squashing(sequential) == ("probs", "softmax")
 
 
+CUSTOM_MODULE = """
+import keras
+
+
+@keras.saving.register_keras_serializable(package="l2i_test_custom")
+class Doubled(keras.layers.Layer):
+    def call(self, x):
+        return 2.0 * x
+"""
+
+
+def test_custom_objects_load_from_the_working_directory_and_failures_name_the_module_or_the_class(
+    tmp_path, monkeypatch
+):
+    import os
+
+    (tmp_path / "l2i_test_layers.py").write_text(CUSTOM_MODULE)
+    monkeypatch.chdir(tmp_path)  # the console script's sys.path holds neither "" nor the working directory
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", os.getcwd())])
+    monkeypatch.delitem(sys.modules, "l2i_test_layers", raising=False)
+    runs.import_custom_objects("l2i_test_layers")
+    wave, x = _pooled_waveform()
+    path = tmp_path / "custom.keras"
+    keras.Model(wave, keras.layers.Dense(3)(sys.modules["l2i_test_layers"].Doubled(name="doubled")(x))).save(path)
+    assert runs.load_classifier(str(path), "l2i_test_layers").get_layer("doubled").__class__.__name__ == "Doubled"
+
+    with pytest.raises(runs.CustomObjectsError, match="module 'l2i_no_such' .*run.json.*No module named"):
+        runs.import_custom_objects("l2i_no_such", tmp_path / "run.json")
+    monkeypatch.delitem(keras.saving.get_custom_objects(), "l2i_test_custom>Doubled")  # as if never imported
+    with pytest.raises(runs.CustomObjectsError, match="custom.keras' holds the class .*Doubled.*--custom-objects"):
+        runs.load_classifier(str(path))
+
+
 def test_a_missing_layer_is_named_with_the_available_ones():
     model = classifier.build_demo_classifier(3, TINY)
     with pytest.raises(ClassifierContractError, match="no layer 'block9'.*block1_conv1"):
