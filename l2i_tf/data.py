@@ -189,12 +189,49 @@ def decode_audio(contents, sample_rate: int, path=None) -> tf.Tensor:
     return waveform
 
 
+def finite(waveform: np.ndarray, path: str) -> np.ndarray:
+    """``waveform`` unless it holds NaN or infinite samples (a float WAV can), which a data set's clips must not: an
+    :class:`AudioDataError` naming ``path``. (An explained file's are refused by the explanation graph itself.)"""
+    if not np.isfinite(waveform).all():
+        raise AudioDataError(f"{path}: the audio holds NaN or infinite samples")
+    return waveform
+
+
+def _decode_or_record(contents, sample_rate: int, path, failed: list) -> tf.Tensor:
+    """:func:`decode_audio`, but a file that fails to decode gives an empty waveform, and ``(path, error)`` in
+    ``failed``."""
+
+    def run(raw, name):
+        raw, name = (np.asarray(v, dtype=object).item() for v in (raw, name))
+        try:
+            return finite(decode(raw, sample_rate, name.decode()), name.decode())
+        except AudioDataError as e:
+            failed.append((name.decode(), str(e)))
+        except Exception as e:  # anything else too: raised here, it would hang the pass
+            failed.append((name.decode(), f"{name.decode()}: cannot decode audio ({type(e).__name__}: {e})"))
+        return np.zeros(0, np.float32)
+
+    waveform = tf.numpy_function(run, [contents, path], tf.float32, stateful=True, name="decode_audio")
+    waveform.set_shape([None])
+    return waveform
+
+
+def _decode_failures(failed: list[tuple[str, str]], paths) -> AudioDataError:
+    """The first failure in the table's order (the pass decodes in parallel), and how many more."""
+    order = {path: i for i, path in enumerate(paths)}
+    first = min(failed, key=lambda f: order.get(f[0], len(order)))[1]
+    more = f" (and {len(failed) - 1} more file(s) that fail to decode)" if len(failed) > 1 else ""
+    return AudioDataError(
+        f"{first}{more}; remove or repair it (--on-error skip drops only files whose header cannot be read)"
+    )
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("L2I_TF_CACHE", Path.home() / ".cache" / "l2i_tf"))
 
 
 # Bump when decode_audio's output changes, so stale caches are not read back.
-_DECODER_VERSION = 3
+_DECODER_VERSION = 4  # 4: a clip with NaN or infinite samples is an error
 
 
 def _cache_key(infos: list[ClipInfo], sample_rate: int) -> str:
@@ -223,11 +260,11 @@ def waveform_dataset(
     table, infos, _ = probe_table(table, on_error=on_error)
     labels = table.labels.astype("float32" if table.multilabel else "int64")
 
-    def build() -> tf.data.Dataset:
+    def build(decode=decode_audio) -> tf.data.Dataset:
         ds = tf.data.Dataset.from_tensor_slices((list(table.paths), labels, np.arange(len(table), dtype="int64")))
 
         def load(path, label, index):
-            return decode_audio(tf.io.read_file(path), sample_rate, path), label, index
+            return decode(tf.io.read_file(path), sample_rate, path), label, index
 
         return without_autotune(ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
 
@@ -237,9 +274,12 @@ def waveform_dataset(
     target = folder / f"waveforms-{_cache_key(infos, sample_rate)}"
     if not target.exists():
         log.info("decoding and resampling %d clips to %d Hz (once; cached at %s)", len(table), sample_rate, target)
+        failed = []  # a clip that fails to decode: raised once the pass is over (an error inside Dataset.save hangs it)
         try:
             with files.atomic_folder(target) as tmp:
-                build().save(str(tmp))
+                build(functools.partial(_decode_or_record, failed=failed)).save(str(tmp))
+                if failed:
+                    raise _decode_failures(failed, table.paths)
                 files.write_json(tmp / "l2i_tf.json", {"clips": len(table), "sample_rate": sample_rate})
         except OSError:
             if not target.exists():  # another process may have written the same cache first: use theirs

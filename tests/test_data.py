@@ -126,6 +126,47 @@ def test_truncated_wav_is_an_error_naming_it(tmp_path):
         data.decode(path.read_bytes(), RATE, str(path))
 
 
+def test_a_clip_with_nan_or_infinite_samples_is_an_error_naming_the_file(tmp_path):
+    for value in (np.nan, np.inf):
+        samples = noise(400)
+        samples[100] = value
+        path = write(tmp_path / "bad.wav", samples, subtype="FLOAT")
+        decoded = data.decode(path.read_bytes(), RATE, str(path))  # decoded as it is (explaining refuses it)
+        with pytest.raises(AudioDataError, match=r"bad\.wav: the audio holds NaN or infinite samples"):
+            data.finite(decoded, str(path))
+    np.testing.assert_array_equal(data.finite(noise(10), "ok.wav"), noise(10))
+
+
+def test_files_that_fail_to_decode_stop_the_cache_pass_naming_them_and_leave_no_cache(tmp_path):
+    """The header reads, the samples do not: an error inside tf.data's Dataset.save hangs it (TF 2.17), so the pass
+    records the failures and raises once it is over."""
+    import threading
+
+    good = [write(tmp_path / f"good{i}.wav", noise(400, seed=i)) for i in range(3)]
+    cut = write(tmp_path / "cut.wav", noise(4000), subtype="PCM_16")
+    cut.write_bytes(cut.read_bytes()[:3000])
+    nan = noise(400)
+    nan[5] = np.nan
+    bad = write(tmp_path / "nan.wav", nan, subtype="FLOAT")
+    cache = tmp_path / "cache"
+    outcome = []
+
+    def run():
+        try:
+            data.waveform_dataset(table_of(good[0], cut, good[1], bad, good[2]), RATE, cache_dir=cache)
+        except Exception as e:  # noqa: BLE001 - checked below
+            outcome.append(e)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "the cache pass hung on a file that fails to decode"
+    (error,) = outcome
+    assert isinstance(error, AudioDataError)
+    assert "cut.wav: cannot decode audio" in str(error) and "1 more file(s) that fail to decode" in str(error)
+    assert not cache.exists() or not any(cache.iterdir())  # no cache, not even a partial one
+
+
 @pytest.mark.parametrize("file_rate", [44100, 48000, 8000, 22050, 11025, 32000])
 def test_resampled_impulse_peaks_at_the_same_time(tmp_path, file_rate):
     impulse = np.zeros(file_rate // 2, "float32")
