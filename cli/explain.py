@@ -70,7 +70,7 @@ def command(source, inputs, class_name, threshold, top, domain, window_seconds, 
             report = explain_files.explain_file(src, path, folder, class_name)
         except data.AudioDataError as e:
             raise click.BadParameter(str(e), param_hint="INPUT") from None
-        except tf.errors.InvalidArgumentError as e:
+        except tf.errors.OpError as e:
             raise click.ClickException(graph_error(path, e)) from None
         chosen = ", ".join(f"{s['component']} ({s['relevance']:.2f})" for s in report["selected"]) or "none"
         click.echo(

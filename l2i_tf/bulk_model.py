@@ -92,11 +92,11 @@ def explain_batch(model, batch, inference_args: dict, model_id: str | None = Non
             out = call(np.stack([batch[i] for i in members]))
             for j, i in enumerate(members):
                 results[i] = {key: value[j] for key, value in out.items()}
-        except tf.errors.InvalidArgumentError:
+        except tf.errors.OpError:
             for i in members:
                 try:
                     results[i] = {key: value[0] for key, value in call(batch[i][None]).items()}
-                except tf.errors.InvalidArgumentError as e:
+                except tf.errors.OpError as e:
                     results[i] = {"error": graph_error_message(e)}
     return [PredictionResult(clip, result, model_id) for clip, result in zip(batch, results)]
 

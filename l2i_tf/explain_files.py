@@ -225,15 +225,19 @@ def explain_file(source: ExplainSource, path: str | Path, out: str | Path, class
 
     Raises:
         l2i_tf.data.AudioDataError: unreadable or empty file. ValueError: unknown class name.
-        tf.errors.InvalidArgumentError: rejected by the graph (NaN/Inf samples, too long for the export).
+        tf.errors.OpError: rejected by the graph (NaN/Inf samples, too long for the export), or an op failed on it
+            (e.g. shorter than the classifier can take).
     """
     waveform = load_audio(path, source.sample_rate)
     return write_explanation(explain_waveform(source, waveform, class_name), out, input=str(path))
 
 
 def graph_error_message(error: Exception) -> str:
-    """The readable part of a TensorFlow runtime error (the failed assertion's text, without node names)."""
+    """The readable part of a TensorFlow runtime error: a failed assertion's text (without node names), or for
+    any other op error (e.g. a classifier that cannot take an input this short) the error's kind and first line."""
     text = getattr(error, "message", str(error))
     text = re.sub(r"\{\{[^}]*\}\}", "", text).split("\n")[0].strip()
+    if isinstance(error, tf.errors.OpError) and "assertion failed: " not in text:
+        return f"the explanation graph failed on it ({type(error).__name__}: {text})"
     text = text.replace("assertion failed: ", "")
     return re.sub(r"\] \[", " ", text).strip("[] ").replace("\\'", "'")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+import tensorflow as tf
 from click.testing import CliRunner
 from run_fixture import CLASS_NAMES, SAMPLE_RATE, K, chirp, write_wav
 
@@ -126,6 +127,20 @@ def test_explain_rejects_bad_options_naming_the_value(setup, tmp_path, args, cod
 def test_explain_rejects_bad_audio_with_a_clear_error(setup, tmp_path, name, code, message):
     result = invoke("explain", setup["export"], setup["files"][name], "--out", tmp_path)
     assert result.exit_code == code and message in result.output, result.output
+
+
+def test_a_graph_error_reads_as_its_assertion_or_as_the_failed_op_of_any_other_kind():
+    """An op that fails on an input (a classifier's pooling on a clip shorter than it can take) is an error naming
+    the file, not a traceback: every TensorFlow op error reads as a message."""
+    from l2i_tf.explain_files import graph_error_message
+
+    asserted = tf.errors.InvalidArgumentError(None, None, "assertion failed: [waveform holds NaN or Inf samples]")
+    assert graph_error_message(asserted) == "waveform holds NaN or Inf samples"
+    aborted = tf.errors.AbortedError(None, None, "Compute received an exception: could not create a descriptor\nmore")
+    assert graph_error_message(aborted) == (
+        "the explanation graph failed on it (AbortedError: Compute received an exception: could not create a "
+        "descriptor)"
+    )
 
 
 def test_a_run_whose_interpreter_does_not_fit_this_version_is_named_with_what_to_do(tiny_run, tmp_path):
