@@ -43,9 +43,12 @@ Examples:
 @click.option("--domain", type=click.Choice(audio.DOMAINS), default=None, help="Mask domain [linear/export's].")
 @options.window_options(defaults=False)
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
+@click.option("--overwrite", is_flag=True, help="Replace explanations already in the output folders.")
 @options.unsafe_load_option
 @click.option("-v", "--verbose", is_flag=True)
-def command(source, inputs, class_name, threshold, top, domain, window_seconds, aggregate, out, unsafe_load, verbose):
+def command(
+    source, inputs, class_name, threshold, top, domain, window_seconds, aggregate, out, overwrite, unsafe_load, verbose
+):
     """Explain the classifier's decision on each INPUT with audio you can listen to.
 
     SOURCE is a run folder (l2i-tf train) or an exported SavedModel (a version folder, or the model folder:
@@ -55,7 +58,8 @@ def command(source, inputs, class_name, threshold, top, domain, window_seconds, 
     interpretations overlap-added into one as long as the input.
     Writes interpretation.wav, component_<k>.wav per selected component and explanation.json (both classifiers'
     probabilities, relevances, selected components, the timeline) into OUT, or OUT/<stem>/ when there are
-    several inputs.
+    several inputs. A folder that already holds an explanation is refused unless --overwrite (which replaces it
+    whole), before anything is written.
     """
     options.setup(verbose)
     if threshold is not None and threshold != threshold:
@@ -65,7 +69,15 @@ def command(source, inputs, class_name, threshold, top, domain, window_seconds, 
         src.class_index(class_name)
     except errors.SOURCE_ERRORS as e:
         raise errors.source_error(e) from None
-    for path, folder in zip(inputs, _folders(inputs, Path(out)), strict=True):
+    folders = _folders(inputs, Path(out))
+    taken = [f for f in folders if explain_files.explanation_files(f)]
+    if taken and not overwrite:
+        raise click.BadParameter(
+            f"{str(taken[0])!r} already holds an explanation ({len(taken)} of the {len(folders)} output folder(s)); "
+            "pass --overwrite to replace it or choose another --out",
+            param_hint="--out",
+        )
+    for path, folder in zip(inputs, folders, strict=True):
         try:
             report = explain_files.explain_file(src, path, folder, class_name)
         except data.AudioDataError as e:

@@ -201,11 +201,23 @@ def timeline(result: dict, names, rate: int) -> list[dict]:
     return windows
 
 
+EXPLANATION_JSON = "explanation.json"
+
+
+def explanation_files(folder: Path) -> list[Path]:
+    """The files an explanation written into ``folder`` consists of (:func:`write_explanation`), if any."""
+    named = [folder / EXPLANATION_JSON, folder / "interpretation.wav"]
+    return [p for p in named if p.is_file()] + sorted(folder.glob("component_[0-9][0-9][0-9].wav"))
+
+
 def write_explanation(result: dict, out: str | Path, **fields) -> dict:
     """Write ``interpretation.wav``, ``component_<k>.wav`` per selected component and ``explanation.json`` (the
-    summary of :func:`explain_waveform` with ``fields`` added) into ``out``; returns the JSON's content."""
+    summary of :func:`explain_waveform` with ``fields`` added) into ``out``; returns the JSON's content. An
+    explanation already in ``out`` is replaced whole (none of its component files is left behind)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    for old in explanation_files(out):
+        old.unlink()
     rate = result["sample_rate"]
     sound = result["audio"]
     soundfile.write(out / "interpretation.wav", sound["interpretation"], rate, subtype="FLOAT")
@@ -216,7 +228,7 @@ def write_explanation(result: dict, out: str | Path, **fields) -> dict:
         soundfile.write(out / file, sound["components"][entry["component"]], rate, subtype="FLOAT")
         report["selected"].append({**entry, "file": file})
     report["interpretation"] = "interpretation.wav"
-    files.write_json(out / "explanation.json", report)
+    files.write_json(out / EXPLANATION_JSON, report)
     return report
 
 

@@ -129,6 +129,27 @@ def test_explain_rejects_bad_audio_with_a_clear_error(setup, tmp_path, name, cod
     assert result.exit_code == code and message in result.output, result.output
 
 
+def test_an_explanation_already_in_out_is_kept_unless_overwrite_which_replaces_it_whole(setup, tmp_path):
+    files = setup["files"]
+    first = invoke("explain", setup["export"], files["mono"], "--threshold", -1, "--out", tmp_path)
+    assert first.exit_code == 0, first.output
+    assert any(p.name.startswith("component_") for p in tmp_path.iterdir())  # τ = -1: components selected
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    (tmp_path / "notes.txt").write_text("mine")
+
+    refused = invoke("explain", setup["export"], files["silence"], "--out", tmp_path)
+    assert refused.exit_code == 2 and "already holds an explanation" in refused.output
+    assert "--overwrite" in refused.output
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name != "notes.txt"} == before
+
+    replaced = invoke("explain", setup["export"], files["silence"], "--overwrite", "--out", tmp_path)
+    assert replaced.exit_code == 0, replaced.output
+    report = json.loads((tmp_path / "explanation.json").read_text())
+    assert report["selected"] == [] and report["input"] == str(files["silence"])
+    # the first explanation's component files are gone with it; the user's own file stays
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["explanation.json", "interpretation.wav", "notes.txt"]
+
+
 def test_a_graph_error_reads_as_its_assertion_or_as_the_failed_op_of_any_other_kind():
     """An op that fails on an input (a classifier's pooling on a clip shorter than it can take) is an error naming
     the file, not a traceback: every TensorFlow op error reads as a message."""
