@@ -97,11 +97,17 @@ def command(
         job = bulk.make_job(saved_model, input_glob, out, threshold, components, batch_size)
     except errors.SOURCE_ERRORS as e:
         raise errors.source_error(e, "SAVED_MODEL") from None
-    click.echo(f"explaining {job.input_glob} with {job.saved_model} (τ = {job.threshold:g}) -> {job.out}")
+    inputs = bulk.count_inputs(job)
+    if not inputs:
+        message = f"{job.input_glob!r} matches no files (files under --out, the job's outputs, are not inputs)"
+        raise click.BadParameter(message, param_hint="INPUT_GLOB")
+    click.echo(
+        f"explaining {inputs} file(s) of {job.input_glob} with {job.saved_model} (τ = {job.threshold:g}) -> {job.out}"
+    )
     counts = bulk.run_job(job, runner, direct_workers, beam_args, direct_mode)
     wall = counts["wall_seconds"]
     click.echo(
-        f"files read {counts['files_read']}, explained {counts['files_explained']}, "
+        f"files decoded {counts['files_read']}, explained {counts['files_explained']}, "
         f"skipped (already complete) {counts['files_skipped']}, failed {counts['files_failed']}; "
         f"{counts['audio_seconds']:.1f} s of audio in {wall:.1f} s "
         f"({counts['files_explained'] / wall:.2f} files/s, {counts['audio_seconds'] / wall:.2f} audio s/s)"

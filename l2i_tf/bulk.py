@@ -81,6 +81,14 @@ def make_job(saved_model, input_glob: str, out, threshold=None, components=False
     )
 
 
+def count_inputs(job: BulkJob) -> int:
+    """The files ``job.input_glob`` matches, outside ``job.out`` (the job's own outputs are never inputs)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    (result,) = FileSystems.match([job.input_glob])
+    return sum(not bulk_files.is_under(job.out, m.path) for m in result.metadata_list)
+
+
 def _top_n_without_audio(job: BulkJob) -> int | None:
     """The export's N when no component audio is written and τ is the export's (``serving_default`` then gives every
     output needed, ~30 % cheaper than ``explain``), else None."""
@@ -102,6 +110,8 @@ class _SkipComplete(beam.DoFn):
         self.skipped = _counter("files_skipped")
 
     def process(self, metadata):
+        if bulk_files.is_under(self.job.out, metadata.path):  # the job's own outputs, when --out is in the glob
+            return
         summary = bulk_files.existing(self.job.layout, metadata.path, self.job.settings)
         if summary is None:
             bulk_files.remove_leftovers(self.job.layout, metadata.path)

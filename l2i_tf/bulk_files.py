@@ -33,6 +33,11 @@ def is_local(path: str) -> bool:
     return "://" not in str(path)
 
 
+def is_under(folder: str, path: str) -> bool:
+    """Whether ``path`` lies inside ``folder`` (absolute local paths or URLs of one file system)."""
+    return path.startswith(folder.rstrip("/") + "/")
+
+
 def join(folder: str, relative: str) -> str:
     """``folder`` / ``relative`` on any file system (``/`` separators)."""
     return f"{str(folder).rstrip('/')}/{relative}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -170,6 +171,21 @@ def test_other_settings_redo_the_outputs(archive, tmp_path):
     again = bulk.run(archive["saved"], glob, tmp_path, components=True)
     assert (again["files_explained"], again["files_skipped"]) == (2, 0)
     assert len(list(tmp_path.rglob("*.components"))) == 2
+
+
+def test_outputs_inside_the_glob_are_not_inputs_and_a_glob_of_no_files_is_refused(archive, tmp_path):
+    """--out under the glob's folder: a rerun does not explain its own outputs (`x.wav.wav`, the index...)."""
+    folder = tmp_path / "inbox"
+    shutil.copytree(archive["root"] / "archive" / "set0", folder)
+    inputs = [p for p in folder.rglob("*") if p.is_file()]
+    for _ in range(2):
+        counts = bulk.run(archive["saved"], str(folder / "**"), folder / "out")
+        assert counts["files_explained"] + counts["files_skipped"] + counts["files_failed"] == len(inputs)
+    assert not list((folder / "out").rglob("*.wav.wav.wav")) and not (folder / "out" / "out").exists()
+    result = invoke("explain-bulk", archive["saved"], str(tmp_path / "nothing" / "*.wav"), "--out", tmp_path / "o")
+    assert result.exit_code == 2 and "matches no files" in result.output, result.output
+    result = invoke("explain-bulk", archive["saved"], str(folder / "out" / "**"), "--out", folder / "out")
+    assert result.exit_code == 2 and "matches no files" in result.output, result.output
 
 
 def test_a_killed_run_restarted_ends_with_the_same_outputs(archive, tmp_path):
