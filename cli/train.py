@@ -148,9 +148,46 @@ def command(out, classifier_path, multilabel, resume, overwrite, unsafe_load, ve
     if classifier_path is None:
         classifier_path = str(classifier_lib.DEMO_MULTILABEL if multilabel else classifier_lib.DEMO_MULTICLASS)
     config = train_config(classifier_path, multilabel, **settings)
+    if resume and (Path(out) / runs.CONFIG).is_file():
+        ctx = click.get_current_context()
+        given = [p for p in ctx.command.params if ctx.get_parameter_source(p.name) in _GIVEN]
+        changed = changed_on_resume(given, config, runs.read_config(out))
+        if changed:
+            raise click.UsageError(
+                f"--resume continues {out} with the settings it recorded, and these options differ from them: "
+                f"{'; '.join(changed)}. Drop them (only --epochs may change), or start a run with them "
+                "(another --out, or --overwrite)"
+            )
     start = time.perf_counter()
     results = run(out, config, resume, overwrite, unsafe_load)
     report(results, out, time.perf_counter() - start)
+
+
+_GIVEN = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+RESUME_FREE = {"out", "resume", "overwrite", "unsafe_load", "verbose", "epochs", "on_error"}
+"""Options a resumed run may be given with any value (the STFT's are checked against the run's dictionary)."""
+_FIELDS = {"classifier_path": "classifier", "data_path": "data"}
+_PATHS = ("classifier", "data", "dictionary")
+
+
+def changed_on_resume(given: list[click.Parameter], config: runs.TrainConfig, recorded: runs.TrainConfig) -> list[str]:
+    """``"--flag value (the run's: value)"`` for each of the ``given`` options (other than :data:`RESUME_FREE` and
+    the STFT's) whose setting in ``config`` differs from the run's ``recorded`` one."""
+    changed = []
+    for param in given:
+        field = _FIELDS.get(param.name, param.name)
+        if param.name in RESUME_FREE or field in training.STFT_REQUEST:
+            continue
+        value, kept = getattr(config, field), getattr(recorded, field)
+        if field in _PATHS and value is not None and kept is not None:
+            same = Path(value).resolve() == Path(kept).resolve()
+        else:
+            same = value == kept or (isinstance(value, tuple | list) and list(value) == list(kept or ()))
+        if not same:
+            show = ",".join(map(str, value)) if isinstance(value, tuple | list) else value
+            shown = ",".join(map(str, kept)) if isinstance(kept, tuple | list) else kept
+            changed.append(f"{param.opts[-1]} {show} (the run's: {shown})")
+    return changed
 
 
 def train_config(classifier_path, multilabel, layers, class_names, data_path, splits, **settings) -> runs.TrainConfig:

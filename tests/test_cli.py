@@ -94,3 +94,33 @@ def test_train_classifier_data_without_audio_names_the_folder(tmp_path):
     )
     assert result.exit_code == 2
     assert "no audio clips found" in result.output and "empty" in result.output
+
+
+def test_resume_refuses_options_that_differ_from_the_runs_recorded_settings(tiny_trained, tmp_path):
+    """A resumed run keeps the settings it recorded: an option given with another value is refused, naming both
+    values, before anything is touched; the same value, --epochs and the run's own settings pass."""
+    import dataclasses
+    import shutil
+
+    from cli import train as train_cmd
+    from l2i_tf import runs
+
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copy(tiny_trained["run"] / "config.json", out / "config.json")
+    recorded = runs.read_config(out)
+    result = invoke("train", "--out", out, "--resume", "--hidden", recorded.hidden + 1, "--seed", recorded.seed + 1)
+    assert result.exit_code == 2, result.output
+    assert f"--hidden {recorded.hidden + 1} (the run's: {recorded.hidden})" in result.output
+    assert f"--seed {recorded.seed + 1} (the run's: {recorded.seed})" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"]
+
+    params = {p.name: p for p in train_cmd.command.params}
+    same = dataclasses.replace(recorded, epochs=recorded.epochs + 5)
+    given = [params[name] for name in ("hidden", "seed", "epochs", "layers", "train_folds", "classifier_path")]
+    assert train_cmd.changed_on_resume(given, same, recorded) == []
+    other = dataclasses.replace(recorded, layers=("another",), train_folds=(9,))
+    assert train_cmd.changed_on_resume(given, other, recorded) == [
+        f"--layers another (the run's: {','.join(recorded.layers)})",
+        f"--train-folds 9 (the run's: {','.join(map(str, recorded.train_folds))})",
+    ]
