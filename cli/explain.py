@@ -38,7 +38,10 @@ Examples:
 @click.option("--class", "class_name", default=None, help="Class to explain (default: the classifier's prediction).")
 @click.option("--threshold", type=float, default=None, help="τ: select components with relevance > τ [0.3/export's].")
 @click.option(
-    "--top", type=click.IntRange(min=0), default=None, help="At most N components (run folder) [10/export's]."
+    "--top",
+    type=click.IntRange(min=0),
+    default=None,
+    help="At most N components (run folder; 0: no limit) [10/export's].",
 )
 @click.option("--domain", type=click.Choice(audio.DOMAINS), default=None, help="Mask domain [linear/export's].")
 @options.window_options(defaults=False)

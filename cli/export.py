@@ -29,7 +29,11 @@ Examples:
 @click.option("--version", type=click.IntRange(min=1), default=None, help="Version folder (default: next free).")
 @click.option("--threshold", type=float, default=DEFAULTS.threshold, show_default=True, help="Default τ.")
 @click.option(
-    "--top", type=click.IntRange(min=0), default=DEFAULTS.top_n, show_default=True, help="N: most components selected."
+    "--top",
+    type=click.IntRange(min=0),
+    default=DEFAULTS.top_n,
+    show_default=True,
+    help="N: most components selected (0: no limit).",
 )
 @click.option("--domain", type=click.Choice(audio.DOMAINS), default=DEFAULTS.domain, show_default=True)
 @click.option(

@@ -56,7 +56,9 @@ Examples:
 @options.sample_rate_option("Default: the classifier's sidecar, else 16000.")
 @options.stft_options
 @click.option("--dictionary", type=click.Path(exists=True, file_okay=False), default=None, help="Reuse a dictionary.")
-@click.option("-k", "--k", "k", type=click.IntRange(min=2), default=DEFAULTS.k, show_default=True)
+@click.option(
+    "-k", "--k", "k", type=click.IntRange(min=2), default=DEFAULTS.k, show_default=True, help="[--dictionary's K]"
+)
 @click.option("--nmf-iterations", type=click.IntRange(min=1), default=None, help="Sparse NMF iterations.")
 @click.option("--hidden", type=click.IntRange(min=1), default=DEFAULTS.hidden, show_default=True, help="Ψ width.")
 @click.option(
@@ -148,8 +150,10 @@ def command(out, classifier_path, multilabel, resume, overwrite, unsafe_load, ve
     if classifier_path is None:
         classifier_path = str(classifier_lib.DEMO_MULTILABEL if multilabel else classifier_lib.DEMO_MULTICLASS)
     config = train_config(classifier_path, multilabel, **settings)
+    ctx = click.get_current_context()
+    if config.dictionary and ctx.get_parameter_source("k") not in _GIVEN:  # K is the dictionary's
+        config = dataclasses.replace(config, k=dictionary_k(config.dictionary))
     if resume and (Path(out) / runs.CONFIG).is_file():
-        ctx = click.get_current_context()
         given = [p for p in ctx.command.params if ctx.get_parameter_source(p.name) in _GIVEN]
         changed = changed_on_resume(given, config, runs.read_config(out))
         if changed:
@@ -188,6 +192,14 @@ def changed_on_resume(given: list[click.Parameter], config: runs.TrainConfig, re
             shown = ",".join(map(str, kept)) if isinstance(kept, tuple | list) else kept
             changed.append(f"{param.opts[-1]} {show} (the run's: {shown})")
     return changed
+
+
+def dictionary_k(folder) -> int:
+    """K of the dictionary in ``folder`` (a folder that is not one is refused when the run loads it)."""
+    try:
+        return int(json.loads((Path(folder) / "dictionary.json").read_text())["k"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return DEFAULTS.k
 
 
 def train_config(classifier_path, multilabel, layers, class_names, data_path, splits, **settings) -> runs.TrainConfig:

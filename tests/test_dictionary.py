@@ -185,3 +185,17 @@ def test_cli_help_ends_with_examples():
     assert result.exit_code == 0
     assert result.output.rstrip().splitlines()[-1].strip().startswith("l2i-tf learn-dictionary")
     assert "Examples:" in result.output
+
+
+def test_train_takes_k_from_the_given_dictionary_unless_k_is_given(tmp_path, monkeypatch):
+    from cli import train as train_cmd
+    from cli.main import main
+
+    folder = small_dictionary(k=3).save(tmp_path / "dict")
+    seen = []
+    monkeypatch.setattr(train_cmd, "run", lambda out, config, *args: seen.append(config) or {})
+    monkeypatch.setattr(train_cmd, "report", lambda *args: None)
+    for extra, k in (((), 3), (("-k", "7"), 7)):
+        result = CliRunner().invoke(main, ["train", "--dictionary", str(folder), "--out", str(tmp_path / "r"), *extra])
+        assert result.exit_code == 0, result.output
+        assert seen[-1].k == k and seen[-1].dictionary == str(folder)
