@@ -14,8 +14,8 @@ from cli import errors, options
 from l2i_tf import audio, data, feature_cache, runs, training
 from l2i_tf import classifier as classifier_lib
 from l2i_tf import layers as layers_lib
+from l2i_tf.classifier_contract import ClassifierContractError
 from l2i_tf.dictionary import DictionaryMismatchError
-from l2i_tf.interpreter import ClassifierContractError
 
 DEFAULTS = runs.TrainConfig()
 

@@ -12,82 +12,17 @@ import numpy as np
 import tensorflow as tf
 
 from l2i_tf import audio, batches, feature_cache, losses
+from l2i_tf.classifier_contract import (  # noqa: F401 - their home before this module was split
+    ClassifierContractError,
+    check_classifier,
+    check_input_length,
+    output_squashing,
+    parse_layer_spec,
+    tap_orders,
+)
 from l2i_tf.dictionary import NMFDecoder
 from l2i_tf.explain_layers import PrepareWaveform
 from l2i_tf.layers import FeatureSequences, Psi, Theta
-
-
-class ClassifierContractError(ValueError):
-    """A classifier that is not waveform -> logits, or a tapped layer that does not exist."""
-
-
-def check_classifier(classifier: keras.Model) -> None:
-    """Raise :class:`ClassifierContractError` unless ``classifier`` maps a mono waveform to logits."""
-    if not isinstance(classifier, keras.Model) or len(classifier.inputs) != 1 or len(classifier.outputs) != 1:
-        raise ClassifierContractError("the classifier must be a Keras model with one input and one output")
-    shape = tuple(classifier.inputs[0].shape)
-    if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] != 1):
-        raise ClassifierContractError(
-            f"the classifier's input must be a mono waveform [batch, samples] or [batch, samples, 1], got {shape}; "
-            "wrap a feature model with l2i_tf.classifier.wrap_feature_model"
-        )
-    out = tuple(classifier.outputs[0].shape)
-    if len(out) != 2 or out[1] is None:
-        raise ClassifierContractError(f"the classifier's output must be logits [batch, classes], got shape {out}")
-    squashing = output_squashing(classifier)
-    if squashing is not None:
-        layer, name = squashing
-        raise ClassifierContractError(
-            f"the classifier's output is {name} probabilities (its layer {layer!r} applies {name}); the interpreter "
-            "needs logits (remove the activation)"
-        )
-
-
-_PASS_THROUGH = (
-    keras.layers.Identity,
-    keras.layers.Dropout,
-    keras.layers.Flatten,
-    keras.layers.Reshape,
-    keras.layers.ActivityRegularization,
-)
-
-
-def output_squashing(model: keras.Model) -> tuple[str, str] | None:
-    """``(layer name, "softmax" | "sigmoid")`` if ``model``'s output is made by a softmax or sigmoid — a layer's
-    activation, an ``Activation`` or ``Softmax`` layer, in a nested model too — seen through the layers that pass
-    values on unchanged (identity, dropout, reshapes, a linear activation); None otherwise."""
-    tensor = model.outputs[0]
-    for _ in range(len(model.layers) + 1):
-        history = getattr(tensor, "_keras_history", None)
-        if history is None:
-            return None
-        layer = history.operation
-        if isinstance(layer, keras.Model) and len(layer.outputs) == 1:
-            return output_squashing(layer)
-        if isinstance(layer, keras.layers.Softmax):
-            return layer.name, "softmax"
-        name = getattr(getattr(layer, "activation", None), "__name__", "")
-        if name in ("softmax", "sigmoid"):
-            return layer.name, name
-        if not (isinstance(layer, _PASS_THROUGH) or (isinstance(layer, keras.layers.Activation) and name == "linear")):
-            return None
-        inputs = layer._inbound_nodes[history.node_index].input_tensors
-        if len(inputs) != 1:
-            return None
-        tensor = inputs[0]
-    return None
-
-
-def check_input_length(clip_samples: int | None, stft: audio.STFTConfig) -> None:
-    """Raise :class:`ClassifierContractError` if a fixed input of ``clip_samples`` is shorter than one STFT frame
-    (the interpreter's spectrogram would hold no whole frame); None (any length) passes."""
-    if clip_samples is not None and clip_samples < stft.frame_length:
-        raise ClassifierContractError(
-            f"the classifier's fixed input is {clip_samples} samples, shorter than one STFT frame of "
-            f"{stft.frame_length} samples ({stft.frame_length / stft.sample_rate * 1000:g} ms at {stft.sample_rate} "
-            "Hz); use a shorter --frame-length or a classifier with a longer input"
-        )
-
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 """The frozen classifier's compute: float32, or float16/bfloat16 with float32 weights (Keras mixed precision); Ψ, Θ,
@@ -112,37 +47,6 @@ def mixed_copy(classifier: keras.Model, precision: str) -> keras.Model:
     copy_.set_weights(classifier.get_weights())
     copy_.trainable = False
     return copy_
-
-
-def parse_layer_spec(spec: str) -> tuple[str, str | None]:
-    """``"name"`` or ``"name:order"`` -> (name, order or None)."""
-    name, _, order = spec.partition(":")
-    return name, order or None
-
-
-def tap_orders(classifier: keras.Model, layers) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Resolve tapped layer names (``name`` or ``name:order``) and their feature orders; errors list what exists."""
-    names, orders = [], []
-    available = [layer.name for layer in classifier.layers]
-    for spec in layers:
-        name, order = parse_layer_spec(spec)
-        if name not in available:
-            raise ClassifierContractError(
-                f"the classifier has no layer {name!r}; its layers are: {', '.join(available)}"
-            )
-        rank = len(classifier.get_layer(name).output.shape)
-        if rank not in (3, 4):
-            raise ClassifierContractError(
-                f"layer {name!r} outputs rank {rank}; Ψ reads [batch, time, channels] or 4-D conv maps"
-            )
-        order = order or ("btfc" if rank == 4 else "btc")
-        if (order == "btc") != (rank == 3):
-            raise ClassifierContractError(f"layer {name!r} has rank {rank}, which does not fit order {order!r}")
-        names.append(name)
-        orders.append(order)
-    if not names:
-        raise ClassifierContractError("no layers to tap: name at least one (e.g. block3_pool, block4_relu)")
-    return tuple(names), tuple(orders)
 
 
 @dataclasses.dataclass(frozen=True)

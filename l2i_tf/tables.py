@@ -257,7 +257,10 @@ def manifest_table(path: str | Path, root: str | Path | None = None, class_names
         for r, ((line, _), labels) in enumerate(zip(rows, found)):
             for n in labels:
                 if n not in index:
-                    raise AudioDataError(f"{path}:{line}: unknown class {n!r}; known classes: {names}")
+                    raise AudioDataError(
+                        f"{path}:{line}: unknown class {n!r}; known classes: {names} (the classifier's: give its "
+                        "class names with --class-names or its sidecar)"
+                    )
                 multi_hot[r, index[n]] = 1.0
     else:
         if not label_columns:

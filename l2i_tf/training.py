@@ -26,8 +26,9 @@ from l2i_tf import (
     training_data,
 )
 from l2i_tf import classifier as classifier_lib
+from l2i_tf.classifier_contract import check_input_length, tap_orders
 from l2i_tf.dictionary import Dictionary, learn_from_table
-from l2i_tf.interpreter import Interpreter, check_input_length, tap_orders
+from l2i_tf.interpreter import Interpreter
 from l2i_tf.runs import TrainConfig
 
 log = logging.getLogger(__name__)

@@ -315,6 +315,10 @@ def test_a_missing_layer_is_named_with_the_available_ones():
     model = classifier.build_demo_classifier(3, TINY)
     with pytest.raises(ClassifierContractError, match="no layer 'block9'.*block1_conv1"):
         tap_orders(model, ("block9",))
+    with pytest.raises(ClassifierContractError, match=r"no layers to tap: .*--layers \(its layers with maps") as e:
+        tap_orders(model, ())
+    listed = str(e.value).split(": ")[-1].rstrip(")").split(", ")
+    assert listed and set(listed) <= {layer.name for layer in model.layers}
 
 
 def test_a_feature_model_wrapped_with_the_front_end_is_accepted():
