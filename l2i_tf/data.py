@@ -60,6 +60,8 @@ class ClipInfo:
 
 def _open(path: str, file=None) -> soundfile.SoundFile:
     """``path`` (or ``file``, the bytes of ``path``) opened for reading; :class:`AudioDataError` naming the file."""
+    if file is None and not os.path.isfile(path):  # libsndfile says only "System error."
+        raise AudioDataError(f"{path}: no such file")
     try:
         return soundfile.SoundFile(path if file is None else file)
     except Exception as e:  # soundfile raises several types for unreadable files

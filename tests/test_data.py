@@ -348,6 +348,11 @@ def test_unreadable_files_are_skipped_and_counted_with_on_error_skip(tmp_path):
     assert waves.shape == (2, 400) and labels.tolist() == [0, 0]
 
 
+def test_a_missing_file_is_named_as_missing(tmp_path):
+    with pytest.raises(AudioDataError, match=r"gone\.wav: no such file"):
+        data.probe(str(tmp_path / "gone.wav"))
+
+
 def test_skipping_every_file_is_an_error(tmp_path):
     table = table_of(*bad_files(tmp_path).values())
     with pytest.raises(AudioDataError, match=r"no readable audio .*4 clip\(s\) failed"):
