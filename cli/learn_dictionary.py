@@ -31,12 +31,16 @@ Examples:
 @options.sample_rate_option("Default: 16000.")
 @options.stft_options
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder to write the dictionary to.")
-@click.option("--k", type=click.IntRange(min=1), default=_DEFAULTS.k, show_default=True, help="Number of components K.")
+@click.option(
+    "-k", "--k", "k", type=click.IntRange(min=1), default=_DEFAULTS.k, show_default=True, help="Number of components K."
+)
 @click.option(
     "--sparsity", type=click.FloatRange(min=0), default=_DEFAULTS.sparsity, show_default=True, help="L1 weight on H."
 )
 @click.option(
     "--iterations",
+    "--nmf-iterations",
+    "iterations",
     type=click.IntRange(min=1),
     default=_DEFAULTS.iterations,
     show_default=True,
