@@ -293,6 +293,7 @@ def test_the_cli_runs_one_worker_per_usable_core_by_default(monkeypatch, tmp_pat
     calls = []
     job = types.SimpleNamespace(input_glob="*.wav", saved_model="saved", threshold=0.5, out="out")
     monkeypatch.setattr(bulk, "make_job", lambda *args: job)
+    monkeypatch.setattr(bulk, "count_inputs", lambda job: 1)
 
     def run_job(job, runner, direct_workers, beam_args, direct_mode):
         calls.append(direct_workers)
