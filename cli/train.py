@@ -124,7 +124,12 @@ Examples:
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size, show_default=True)
 @click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
 @options.mixed_precision_option("float32", "float32")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the run in --out with its recorded settings: from its last checkpoint, or from the start of "
+    "training if it stopped before one.",
+)
 @click.option(
     "--overwrite",
     is_flag=True,

@@ -331,9 +331,8 @@ def train(
 
     A run killed at any point after its first epoch continues with ``resume=True`` and ends with the same weights
     and metrics as an uninterrupted run: each epoch's example order depends on (seed, epoch) only, and the
-    optimizer, dropout RNG and early-stopping state are checkpointed after every epoch. One stopped before its first
-    checkpoint (killed, or by the free-disk check) resumes from the start of training, with the dictionary it learnt
-    and its features if they were complete.
+    optimizer, dropout RNG and early-stopping state are checkpointed after every epoch; one stopped before its first
+    (killed, or by the disk check) resumes from the start of training, with its dictionary and complete features.
 
     Args:
         callbacks: extra Keras callbacks for ``fit``.
