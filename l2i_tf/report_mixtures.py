@@ -56,10 +56,10 @@ def labelled_clips(run_folder: Path | None, class_names) -> tuple[list[str], np.
             message = f"mixture examples: cannot read the run's data set {config.data!r}: {e}"
             raise MixtureExamplesError(message) from None
         table = table.with_folds(config.test_folds)
-        try:  # the data's classes among the classifier's, by name (or by position when as many)
+        try:  # the data's classes among the classifier's, by name (or by position when as many, none named alike)
             labels = np.asarray(table.in_classes(class_names).labels, dtype=int)
-        except AudioDataError:
-            labels = np.where(np.asarray(table.labels) < len(class_names), table.labels, -1).astype(int)
+        except AudioDataError as e:  # read by position, a clip would be mixed under another class's name
+            raise MixtureExamplesError(f"mixture examples: {e}") from None
         where = f"the test split of {config.data}"
     keep = np.flatnonzero(labels >= 0)
     if len(np.unique(labels[keep])) < 2:

@@ -80,11 +80,20 @@ class ClipTable:
         """The same clips labelled in ``class_names`` (a classifier's classes, in its output order).
 
         A classifier may output more classes than the data holds: then every data class must be one of its names.
-        With as many classes as the data, other names are read by position (as training reads them)."""
+        With as many classes as the data and none of its names (e.g. ``class_0``...), they are read by position (as
+        training reads them); names that match only in part are an error (read by position, some clips would take
+        another class's name)."""
         names = tuple(class_names)
         unknown = [c for c in self.class_names if c not in names]
-        if names == self.class_names or (len(names) == len(self.class_names) and unknown):
+        disjoint = len(unknown) == len(self.class_names)
+        if names == self.class_names or (len(names) == len(self.class_names) and disjoint):
             return dataclasses.replace(self, class_names=names)
+        if unknown and len(names) == len(self.class_names):
+            raise AudioDataError(
+                f"data set at {self.root!r}: its classes {list(self.class_names[:5])} and the classifier's "
+                f"{list(names[:5])} match only in part ({unknown[:5]} are not the classifier's); name the "
+                "classifier's classes (--class-names, in its output order) with the data's names"
+            )
         if unknown:
             raise AudioDataError(
                 f"data set at {self.root!r} has {len(unknown)} class(es) the classifier does not output: {unknown[:5]}"

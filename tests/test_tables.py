@@ -255,3 +255,7 @@ def test_same_count_of_other_names_is_read_by_position_and_a_missing_class_is_na
     assert same.labels.tolist() == [0, 1, 2] and same.class_names == table.class_names
     with pytest.raises(AudioDataError, match=r"1 class\(es\) the classifier does not output: \['siren'\]"):
         table.in_classes(("dog", "rain", "car", "bird"))
+    # the same names in another order are read by name; names that match in part are refused (not by position)
+    assert table.in_classes(("siren", "dog", "rain")).labels.tolist() == [1, 2, 0]
+    with pytest.raises(AudioDataError, match=r"match only in part \(\['rain', 'siren'\] are not the classifier's\)"):
+        table.in_classes(("rooster", "dog", "car"))
