@@ -262,7 +262,12 @@ def report(results: dict, out, seconds: float) -> None:
     test = results["test"]
     click.echo(json.dumps({"validation": results["validation"], "test": test}, indent=2))
     if results["multilabel"]:
-        figures = f"macro-AUPRC {test['macro_auprc']:.3f}  micro-AUPRC {test['micro_auprc']:.3f}"
+        figures = "  ".join(
+            f"{name} {'n/a' if test[key] is None else format(test[key], '.3f')}"
+            for name, key in (("macro-AUPRC", "macro_auprc"), ("micro-AUPRC", "micro_auprc"))
+        )
+        if test["macro_auprc"] is None:
+            figures += " (the classifier predicts none of its classes on the test split)"
     else:
         figures = "  ".join(f"top-{key[3:]} {value:.1%}" for key, value in test.items())
     click.echo(f"test fidelity: {figures}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve
 
@@ -48,10 +50,21 @@ def macro_auprc(targets, scores) -> float:
 
 
 def multilabel_fidelity(classifier_logits, interpreter_logits, threshold: float = 0.5) -> dict:
-    """Θ's sigmoid outputs against f's thresholded outputs: macro/micro AUPRC and max-F1 (micro)."""
+    """Θ's sigmoid outputs against f's thresholded outputs: macro/micro AUPRC and max-F1 (micro). When the classifier
+    predicts none of its classes on any clip they are undefined: None each, with a warning (not an error, which
+    would throw a finished training away)."""
     target = (1 / (1 + np.exp(-np.asarray(classifier_logits))) > threshold).astype(int)
     scores = 1 / (1 + np.exp(-np.asarray(interpreter_logits)))
     present = target.sum(axis=0) > 0
+    if not present.any():
+        logging.getLogger(__name__).warning(
+            "fidelity is undefined on these %d clips: the classifier predicts none of its %d classes on any "
+            "(sigmoid > %g)",
+            len(target),
+            target.shape[1],
+            threshold,
+        )
+        return {"macro_auprc": None, "micro_auprc": None, "max_f1": None, "classes_present": 0}
     precision, recall, _ = precision_recall_curve(target.ravel(), scores.ravel())
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
     return {

@@ -24,6 +24,14 @@ def test_top_k_fidelity_rejects_mismatched_shapes():
         metrics.top_k_fidelity(np.zeros((2, 3)), np.zeros((2, 4)), 1)
 
 
+def test_multilabel_fidelity_is_undefined_not_an_error_when_the_classifier_predicts_no_class(caplog):
+    """A run whose classifier predicts nothing on a split keeps its training: its fidelity there is None each."""
+    rng = np.random.default_rng(3)
+    got = metrics.multilabel_fidelity(-1 - rng.random((6, 3)), rng.standard_normal((6, 3)))
+    assert got == {"macro_auprc": None, "micro_auprc": None, "max_f1": None, "classes_present": 0}
+    assert "predicts none of its 3 classes" in caplog.text
+
+
 def test_multilabel_fidelity_matches_sklearn_and_a_perfect_ranking_scores_one():
     rng = np.random.default_rng(0)
     classifier = rng.normal(size=(40, 4)) * 3
