@@ -48,14 +48,36 @@ def fold_config(config: runs.TrainConfig, fold: int, num_folds: int = 5, quick: 
 def train_fold(
     run_dir: str | Path, config: runs.TrainConfig, fold: int, num_folds: int = 5, quick=False, safe_mode=True
 ) -> Path:
-    """Train (once) the interpreter holding out ``fold`` into ``run_dir/cv/fold{fold}``; a finished fold is reused."""
+    """Train (once) the interpreter holding out ``fold`` into ``run_dir/cv/fold{fold}``; a finished fold made with
+    the same settings (fold plan, ``quick``) is reused, one made otherwise is trained again."""
     out = Path(run_dir) / runs.CROSS_VALIDATION / f"fold{fold}"
+    wanted = fold_config(config, fold, num_folds, quick)
     if runs.is_run(out) and (out / runs.METRICS).is_file():
-        log.info("fold %d: reusing %s", fold, out)
-        return out
+        differs = _fold_differences(runs.read_config(out), wanted)
+        if not differs:
+            log.info("fold %d: reusing %s", fold, out)
+            return out
+        log.warning("fold %d: %s was trained with other settings (%s): training it again", fold, out, differs)
     log.info("fold %d: training into %s", fold, out)
-    training.train(out, fold_config(config, fold, num_folds, quick), overwrite=True, safe_mode=safe_mode)
+    training.train(out, wanted, overwrite=True, safe_mode=safe_mode)
     return out
+
+
+FOLD_SETTINGS = ("train_folds", "val_folds", "test_folds", "epochs", "nmf_iterations", "mixtures", "source_mixtures")
+"""What makes a fold run: its split and the settings ``quick`` shortens (the rest are the parent run's)."""
+
+
+def _fold_differences(recorded: runs.TrainConfig, wanted: runs.TrainConfig) -> str:
+    """``"name: recorded != wanted"`` for each of :data:`FOLD_SETTINGS` that differs ("" if none)."""
+
+    def norm(value):
+        return list(value) if isinstance(value, tuple | list) else value
+
+    return "; ".join(
+        f"{name}: {getattr(recorded, name)} != {getattr(wanted, name)}"
+        for name in FOLD_SETTINGS
+        if norm(getattr(recorded, name)) != norm(getattr(wanted, name))
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,10 +214,10 @@ def l2i_seconds_per_clip(explainer: Explainer, waves, batch_size: int = 16) -> f
 def cross_validate(run: runs.Run, config: EvalConfig, safe_mode: bool = True) -> dict:
     """One interpreter per held-out fold (``run/cv/fold{n}``), each evaluated on its own test fold: mean ± std."""
     per_fold = {}
+    plan = run.config
+    num_folds = max(*plan.train_folds, *plan.val_folds, *plan.test_folds, *config.folds)  # every fold of the data
     for fold in config.folds:
-        folder = train_fold(
-            run.folder, run.config, fold, num_folds=max(config.folds), quick=config.quick, safe_mode=safe_mode
-        )
+        folder = train_fold(run.folder, run.config, fold, num_folds=num_folds, quick=config.quick, safe_mode=safe_mode)
         fold_run = runs.load_run(folder, safe_mode=safe_mode)
         explainer = explainer_of(fold_run, config.domain)
         thresholds = config.multilabel_thresholds if explainer.multilabel else config.thresholds

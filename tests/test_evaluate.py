@@ -104,6 +104,23 @@ def test_random_baseline_never_picks_selected_components_and_matches_the_count()
             np.testing.assert_array_equal(np.sum(rand, axis=1), expected)
 
 
+def test_a_fold_run_is_reused_only_when_made_with_the_same_plan_and_quickness(tmp_path, monkeypatch):
+    from l2i_tf import audio, training
+
+    base = runs.TrainConfig(epochs=40, source_mixtures=480)
+    trained = []
+    monkeypatch.setattr(training, "train", lambda out, config, **kwargs: trained.append(config))
+    fold = tmp_path / "run" / "cv" / "fold2"
+    fold.mkdir(parents=True)
+    runs.write_config(fold, evaluate.fold_config(base, 2), audio.STFTConfig())
+    for name in ("interpreter.keras", "metrics.json"):
+        (fold / name).write_text("{}")
+    assert evaluate.train_fold(tmp_path / "run", base, 2) == fold and trained == []  # the same plan: reused
+    evaluate.train_fold(tmp_path / "run", base, 2, quick=True)  # a quick fold is another run
+    evaluate.train_fold(tmp_path / "run", base, 2, num_folds=3)  # so is another fold plan
+    assert [(c.epochs, c.train_folds) for c in trained] == [(2, (1, 4, 5)), (40, (1,))]
+
+
 def test_fold_config_holds_out_one_fold_and_learns_its_own_dictionary():
     base = runs.TrainConfig(dictionary="some/dictionary", epochs=40)
     cfg = evaluate.fold_config(base, 2)
