@@ -11,6 +11,7 @@ from l2i_tf.explain_files import FixedByExportError, UnknownClassError
 RUN_FOLDER_HINTS = {
     "exists": "pass --resume to continue it or --overwrite to replace it",
     "no_checkpoint": "train it first, without --resume",
+    "busy": "wait for that job to end, or use another --out",
     "incomplete": "point at the folder `l2i-tf train --out` wrote",
     "incompatible": "retrain it with `l2i-tf train --overwrite` and the same settings",
 }

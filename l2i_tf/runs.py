@@ -15,6 +15,7 @@ A run folder, as ``l2i-tf train`` writes it::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -27,6 +28,11 @@ from importlib import metadata
 from pathlib import Path
 
 import keras
+
+try:
+    import fcntl
+except ImportError:  # Windows: no run-folder lock
+    fcntl = None
 
 from l2i_tf import audio, files, tables
 from l2i_tf import classifier as classifier_lib
@@ -56,7 +62,8 @@ RUN_FILES = (CONFIG, INTERPRETER, METRICS)
 
 class RunFolderError(ValueError):
     """A run folder that cannot be used as asked. ``folder`` is the folder, ``reason`` one of ``"exists"``
-    (it holds a run), ``"no_checkpoint"`` (nothing to resume), ``"incomplete"`` (``missing`` names the file),
+    (it holds a run), ``"no_checkpoint"`` (nothing to resume), ``"busy"`` (another job trains into it),
+    ``"incomplete"`` (``missing`` names the file),
     ``"incompatible"`` (its interpreter was written by an earlier version)."""
 
     def __init__(self, message: str, folder: Path, reason: str, missing: str | None = None):
@@ -158,6 +165,31 @@ def environment() -> dict:
 
 
 # -------------------------------------------------------------------- creating
+
+
+LOCK = ".l2i_tf.lock"
+"""The file a training job holds locked in its run folder."""
+
+
+@contextlib.contextmanager
+def locked(out: Path, create: bool = True):
+    """Hold ``out``'s lock for one training job: a second job on the same folder (two ``l2i-tf train`` started at
+    once) is refused with a :class:`RunFolderError` instead of writing into it too. ``create``: make the folder if
+    it does not exist (else a missing folder is left to :func:`prepare` to refuse). No lock where the OS has no
+    ``fcntl`` (Windows)."""
+    if fcntl is None or (not create and not out.is_dir()):
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOCK, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunFolderError(f"{str(out)!r} is in use by another training job", out, "busy") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def has_checkpoint(folder: Path) -> bool:

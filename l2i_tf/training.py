@@ -334,10 +334,17 @@ def train(
     optimizer, dropout RNG and early-stopping state are checkpointed after every epoch; one stopped before its first
     (killed, or by the disk check) resumes from the start of training, with its dictionary and complete features.
 
+    The run folder is locked for the job (:func:`l2i_tf.runs.locked`): a second job on it is refused.
+
     Args:
         callbacks: extra Keras callbacks for ``fit``.
         safe_mode: load the classifier (and checkpoints) with Keras' safe mode.
     """
+    with runs.locked(Path(out), create=not resume):
+        return _train(out, config, resume, overwrite, strategy, callbacks, safe_mode)
+
+
+def _train(out, config: TrainConfig, resume, overwrite, strategy, callbacks, safe_mode: bool) -> dict:
     start = time.perf_counter()
     out = runs.prepare(out, resume, overwrite)
     if resume:

@@ -454,6 +454,21 @@ def test_overwriting_a_run_removes_it_and_what_was_made_from_it_and_nothing_else
     assert not (out / "evaluation").exists() and not (out / "cv").exists()
 
 
+def test_a_run_folder_another_job_trains_into_is_refused_and_left_alone(tiny_job, tmp_path):
+    import fcntl
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with open(out / runs.LOCK, "a") as held:  # as a running `l2i-tf train` holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(runs.RunFolderError, match="in use by another training job") as caught:
+            training.train(out, tiny_job)
+        assert caught.value.reason == "busy"
+        assert [p.name for p in out.iterdir()] == [runs.LOCK]  # nothing written
+    with runs.locked(out):  # released: the next job takes it
+        pass
+
+
 def test_resume_without_a_checkpoint_is_refused(tiny_job, tmp_path):
     with pytest.raises(runs.RunFolderError, match="no checkpoint"):
         training.train(tmp_path / "empty", tiny_job, resume=True)
