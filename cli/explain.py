@@ -12,18 +12,6 @@ from cli import errors, options
 from l2i_tf import audio, data, explain_files
 
 
-def _folders(inputs, out: Path) -> list[Path]:
-    """One input: OUT itself; several: OUT/<file stem> (numbered if stems repeat)."""
-    if len(inputs) == 1:
-        return [out]
-    seen, folders = {}, []
-    for path in inputs:
-        stem = Path(path).stem
-        seen[stem] = seen.get(stem, 0) + 1
-        folders.append(out / (stem if seen[stem] == 1 else f"{stem}_{seen[stem]}"))
-    return folders
-
-
 @click.command(
     "explain",
     epilog="""\b
@@ -72,7 +60,7 @@ def command(
         src.class_index(class_name)
     except errors.SOURCE_ERRORS as e:
         raise errors.source_error(e) from None
-    folders = _folders(inputs, Path(out))
+    folders = options.output_folders(inputs, Path(out))
     taken = [f for f in folders if explain_files.explanation_files(f)]
     if taken and not overwrite:
         raise click.BadParameter(

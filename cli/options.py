@@ -6,6 +6,7 @@ import functools
 import logging
 import resource
 import warnings
+from pathlib import Path
 
 import click
 import tensorflow as tf
@@ -199,3 +200,15 @@ def split_options(func):
         return func(*args, splits=splits, **kwargs)
 
     return wrapper
+
+
+def output_folders(inputs, out: Path) -> list[Path]:
+    """One input: OUT itself; several: OUT/<file stem> (numbered if stems repeat)."""
+    if len(inputs) == 1:
+        return [out]
+    seen, folders = {}, []
+    for path in inputs:
+        stem = Path(path).stem
+        seen[stem] = seen.get(stem, 0) + 1
+        folders.append(out / (stem if seen[stem] == 1 else f"{stem}_{seen[stem]}"))
+    return folders

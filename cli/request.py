@@ -23,27 +23,35 @@ Examples:
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=120.0, show_default=True, help="Seconds.")
+@click.option("--overwrite", is_flag=True, help="Replace responses already in the output folders.")
 @click.option("-v", "--verbose", is_flag=True)
-def command(url, inputs, out, timeout, verbose):
+def command(url, inputs, out, timeout, overwrite, verbose):
     """Ask a TF Serving model (the explain_wav signature) to explain INPUT files; write what it returns.
 
     INPUTs must be 16-bit PCM WAV files at the model's sample rate (the server says so otherwise); they are sent
     as-is in one request, so this client needs no audio code. Writes OUT/interpretation.wav and
-    OUT/response.json (OUT/<stem>/ per input when there are several).
+    OUT/response.json (OUT/<stem>/ per input when there are several, numbered if stems repeat); a folder that
+    already holds a response is refused unless --overwrite, before anything is sent.
     """
     options.setup(verbose)
     try:
         serving.predict_url(url)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--url") from None
+    folders = options.output_folders(inputs, Path(out))
+    taken = [f for f in folders if (f / "response.json").exists()]
+    if taken and not overwrite:
+        raise click.BadParameter(
+            f"{str(taken[0])!r} already holds a response ({len(taken)} of the {len(folders)} output folder(s)); "
+            "pass --overwrite to replace it or choose another --out",
+            param_hint="--out",
+        )
     files = [Path(p).read_bytes() for p in inputs]
     try:
         predictions = serving.rest_explain_wav(url, files, timeout)
     except ConnectionError as e:
         raise click.ClickException(str(e)) from None
-    out = Path(out)
-    for path, prediction in zip(inputs, predictions, strict=True):
-        folder = out if len(inputs) == 1 else out / Path(path).stem
+    for path, prediction, folder in zip(inputs, predictions, folders, strict=True):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "interpretation.wav").write_bytes(prediction.pop("interpretation_wav_bytes"))
         prediction["input"] = str(path)

@@ -19,7 +19,7 @@ import pytest
 import soundfile
 from run_fixture import chirp, invoke, noise, write
 
-from cli.explain import _folders
+from cli.options import output_folders
 from l2i_tf import bulk, bulk_files, export
 from l2i_tf.explainer import ExplainConfig
 
@@ -71,7 +71,7 @@ def archive(tmp_path_factory, tiny_run):
     seconds = time.perf_counter() - t0
     result = invoke("explain", saved, *good, "--out", root / "reference")
     assert result.exit_code == 0, result.output
-    reference = dict(zip(good, _folders(good, root / "reference"), strict=True))
+    reference = dict(zip(good, output_folders(good, root / "reference"), strict=True))
     return {
         **{"root": root, "saved": saved, "good": good, "bad": bad, "counts": counts, "seconds": seconds},
         **{"out": root / "out", "reference": reference},

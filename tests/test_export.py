@@ -307,6 +307,18 @@ def test_request_client_and_rest_contract_against_the_serving_standin(exported, 
         assert served == direct["interpretation_wav_bytes"].numpy()[0]
         response = json.loads((tmp_path / "out" / "other" / "response.json").read_text())
         assert response["predicted_class_name"] in CLASS_NAMES and len(response["relevance"]) == K
+        # responses already there are kept unless --overwrite; inputs of one stem get numbered folders
+        again = ["request", "--url", model_url, str(mono), str(other), "--out", str(tmp_path / "out")]
+        result = CliRunner().invoke(main, again)
+        assert result.exit_code == 2 and "already holds a response" in result.output, result.output
+        assert (tmp_path / "out" / "mono" / "interpretation.wav").read_bytes() == served
+        assert CliRunner().invoke(main, [*again, "--overwrite"]).exit_code == 0
+        twin = write_wav(tmp_path / "in2" / "mono.wav", chirp(0.4, seed=5))
+        result = CliRunner().invoke(
+            main, ["request", "--url", model_url, str(mono), str(twin), "--out", str(tmp_path / "t")]
+        )
+        assert result.exit_code == 0, result.output
+        assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["mono", "mono_2"]
 
         # Columnar format, several inputs, a scalar input: the explain signature.
         status, body = _post(
