@@ -328,8 +328,12 @@ def train_demo_classifier(
             (None, (xva, yva), (xte, yte)), num_classes, 4 * DEMO_EVAL_MIXTURES, config.seed
         )
 
+    examples = config.mixtures_per_epoch if config.multilabel else len(xtr)
+    steps_per_epoch = examples // config.batch_size  # whole batches (BatchNorm): the rest waits for the next epoch
+    if not steps_per_epoch:
+        what = "--mixtures-per-epoch is" if config.multilabel else f"the training folds hold {len(xtr)} clips,"
+        raise data.AudioDataError(f"{what} fewer than one batch of {config.batch_size}: lower --batch-size")
     model = _compiled_model(num_classes, config, init_from)
-    steps_per_epoch = (config.mixtures_per_epoch if config.multilabel else len(xtr)) // config.batch_size
     history_val = []
     for epoch in range(config.epochs):
         ds = _epoch_dataset(xtr, ytr, num_classes, config, crop, epoch)

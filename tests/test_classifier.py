@@ -117,6 +117,16 @@ def test_wrap_feature_model_makes_a_waveform_classifier():
     assert wrapped(waves(2, 3000)).shape == (2, 4)
 
 
+def test_training_folds_smaller_than_one_batch_are_refused_naming_the_count(tmp_path, make_folders_dataset):
+    from l2i_tf.data import AudioDataError
+
+    root = make_folders_dataset(tmp_path / "set", classes=("low", "high"), clips_per_class=5, seconds=0.5)
+    config = DemoConfig(num_mel_bins=16, channels=(4, 4, 4, 4), clip_seconds=0.5, epochs=1, batch_size=16)
+    with pytest.raises(AudioDataError, match=r"the training folds hold 6 clips, fewer than one batch of 16"):
+        classifier.train_demo_classifier(tmp_path / "c.keras", config, table=tables.folders_table(root))
+    assert not (tmp_path / "c.keras").exists()
+
+
 @pytest.mark.parametrize("multilabel", [False, True], ids=["multiclass", "multilabel"])
 def test_tiny_demo_training_writes_model_sidecar_and_metrics(tmp_path, make_folders_dataset, multilabel):
     classes = ("low", "mid", "high") if multilabel else ("low", "high")
