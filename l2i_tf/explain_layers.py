@@ -81,7 +81,8 @@ class WaveformGuard(keras.layers.Layer):
         checks = [
             tf.debugging.Assert(
                 samples > 0, ["empty waveform: 0 samples; send at least one sample per clip"], name="check_empty"
-            )
+            ),
+            tf.debugging.Assert(shape[0] > 0, ["empty batch: 0 clips; send at least one clip"], name="check_batch"),
         ]
         if self.max_samples:
             seconds = self.max_samples / self.sample_rate

@@ -109,7 +109,17 @@ def _explain(explain, threshold: float, waveform, target_class=None, tau=None) -
     """``explain`` (a recording graph: waveform, target [B], τ [B]) with the target class (default -1: the
     decision) and τ (default ``threshold``) broadcast to the batch."""
     batch = tf.shape(waveform)[:1]
-    target = tf.fill(batch, -1) if target_class is None else tf.broadcast_to(target_class, batch)
+    if target_class is None:
+        target = tf.fill(batch, -1)
+    else:
+        given = tf.size(target_class)
+        count = tf.debugging.Assert(
+            (given == 1) | (given == batch[0]),
+            ["target_class must hold one class for every clip or one for all: got", given, "for", batch[0], "clips"],
+            name="check_target_count",
+        )
+        with tf.control_dependencies([count]):
+            target = tf.broadcast_to(target_class, batch)
     return explain(waveform, target, tf.broadcast_to(threshold if tau is None else tau, batch))
 
 

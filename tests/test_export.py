@@ -214,11 +214,25 @@ def test_saved_model_cli_shows_every_signature_and_runs_serving_default(exported
             f"{SAMPLE_RATE + 1}.*maximum of this export, {SAMPLE_RATE} samples",
         ),
         ("wrong rank", np.zeros(4000, "float32"), r"rank 2\), got rank\] \[1\]"),
+        ("empty batch", np.zeros((0, 4000), "float32"), "empty batch: 0 clips"),
     ],
 )
 def test_bad_waveforms_are_rejected_with_a_clear_error(exported, name, waveform, message):
     with pytest.raises(tf.errors.InvalidArgumentError, match=message):
         exported["model"].signatures["serving_default"](waveform=tf.constant(waveform))
+    if name == "empty batch":
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            exported["model"].signatures["classify"](waveform=tf.constant(waveform))
+
+
+def test_a_target_class_per_clip_or_one_for_all_and_no_other_count(exported):
+    explain = exported["model"].signatures["explain"]
+    two = tf.constant(clips(2, 0.25))
+    for target in ([1], [1, 0]):
+        out = explain(waveform=two, target_class=tf.constant(target), threshold=tf.constant(0.0))
+        assert out["target_class"].numpy().tolist() == (target * 2)[:2]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"one class for every clip or one for all: got\] \[3"):
+        explain(waveform=two, target_class=tf.constant([1, 0, 2]), threshold=tf.constant(0.0))
 
 
 def test_python_side_rejects_the_wrong_rank_before_tracing(exported):
