@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
+from pathlib import Path
 
 import click
 
 from cli import errors, options
+from l2i_tf import bulk_files
 
 
 class _QuietBeam(logging.Filter):
@@ -101,6 +104,9 @@ def command(
     if not inputs:
         message = f"{job.input_glob!r} matches no files (files under --out, the job's outputs, are not inputs)"
         raise click.BadParameter(message, param_hint="INPUT_GLOB")
+    if bulk_files.is_local(job.out):  # an --out that cannot be written fails now, not after the whole job
+        Path(job.out).mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=job.out).close()
     click.echo(
         f"explaining {inputs} file(s) of {job.input_glob} with {job.saved_model} (τ = {job.threshold:g}) -> {job.out}"
     )

@@ -14,7 +14,20 @@ from cli import report as report_cmd
 from cli import request as request_cmd
 
 
+class _Group(click.Group):
+    """The command group; a file-system error no command turned into a message (a read-only or full disk, a
+    permission) ends the command as a one-line error naming the path, not a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except OSError as e:
+            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+            raise click.ClickException(f"{where}{e.strerror or e}") from None
+
+
 @click.group(
+    cls=_Group,
     epilog="""\b
 Examples:
   l2i-tf train                       # interpret the demo classifier on ESC-10
@@ -24,7 +37,7 @@ Examples:
   l2i-tf export runs/esc10 && l2i-tf explain savedmodels/l2i clip.wav --out out
   l2i-tf explain-bulk savedmodels/l2i 'archive/**/*.ogg' --out out/archive   # Apache Beam, resumable
   l2i-tf report runs/esc10 --examples 3 --out reports/esc10   # an offline HTML page
-"""
+""",
 )
 @click.version_option(package_name="l2i_tf")
 def main():

@@ -291,7 +291,7 @@ def test_direct_workers_are_threads_sharing_the_cores():
 @pytest.mark.parametrize(("flag", "expected"), [((), None), (("--direct-workers", "3"), 3)])
 def test_the_cli_runs_one_worker_per_usable_core_by_default(monkeypatch, tmp_path, flag, expected):
     calls = []
-    job = types.SimpleNamespace(input_glob="*.wav", saved_model="saved", threshold=0.5, out="out")
+    job = types.SimpleNamespace(input_glob="*.wav", saved_model="saved", threshold=0.5, out=str(tmp_path / "out"))
     monkeypatch.setattr(bulk, "make_job", lambda *args: job)
     monkeypatch.setattr(bulk, "count_inputs", lambda job: 1)
 

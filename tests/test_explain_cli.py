@@ -150,6 +150,14 @@ def test_an_explanation_already_in_out_is_kept_unless_overwrite_which_replaces_i
     assert sorted(p.name for p in tmp_path.iterdir()) == ["explanation.json", "interpretation.wav", "notes.txt"]
 
 
+def test_an_out_that_cannot_be_written_is_a_one_line_error_naming_it(setup, tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    out = tmp_path / "a_file" / "sub"
+    result = invoke("explain", setup["export"], setup["files"]["mono"], "--out", out)
+    assert result.exit_code == 1 and f"Error: {out}" in result.output, result.output
+    assert isinstance(result.exception, SystemExit) and "Traceback" not in result.output
+
+
 def test_a_graph_error_reads_as_its_assertion_or_as_the_failed_op_of_any_other_kind():
     """An op that fails on an input (a classifier's pooling on a clip shorter than it can take) is an error naming
     the file, not a traceback: every TensorFlow op error reads as a message."""
