@@ -208,19 +208,26 @@ def dictionary_k(folder) -> int:
 
 
 def train_config(classifier_path, multilabel, layers, class_names, data_path, splits, **settings) -> runs.TrainConfig:
-    """The options as the run's settings (the rest keep their defaults)."""
+    """The options as the run's settings (the rest keep their defaults); file paths made absolute, so the run's
+    record (and ``evaluate``, ``report``, ``--resume`` reading it) does not depend on the working directory."""
+    if settings.get("dictionary"):
+        settings["dictionary"] = _absolute(settings["dictionary"])
     return dataclasses.replace(
         DEFAULTS,
-        classifier=classifier_path,
+        classifier=_absolute(classifier_path),
         multilabel=multilabel,
         layers=tuple(s.strip() for s in layers.split(",") if s.strip()) if layers else (),
         class_names=tuple(s.strip() for s in class_names.split(",")) if class_names else None,
-        data=data_path,
+        data=_absolute(data_path),
         train_folds=splits.train,
         val_folds=splits.validation,
         test_folds=splits.test,
         **settings,
     )
+
+
+def _absolute(path):
+    return None if path is None else str(Path(path).resolve())
 
 
 def run(out, config: runs.TrainConfig, resume: bool, overwrite: bool, unsafe_load: bool) -> dict:

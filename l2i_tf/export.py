@@ -277,7 +277,9 @@ def export(
     explainer = Explainer(interpreter, run.class_names, config)
     start = time.perf_counter()
     metadata = {"format": FORMAT, **explainer.metadata(), "signatures": list(SIGNATURES)}
-    metadata.update(name=name, version=version, run=str(run.folder), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    metadata.update(
+        name=name, version=version, run=str(Path(run.folder).resolve()), created=time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    )
     metadata["versions"] = {"tensorflow": tf.__version__, "keras": keras.__version__}
     metadata["precision"] = interpreter.precision
     try:

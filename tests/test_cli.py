@@ -124,3 +124,21 @@ def test_resume_refuses_options_that_differ_from_the_runs_recorded_settings(tiny
         f"--layers another (the run's: {','.join(recorded.layers)})",
         f"--train-folds 9 (the run's: {','.join(map(str, recorded.train_folds))})",
     ]
+
+
+def test_train_records_the_files_it_is_given_as_absolute_paths(tmp_path, monkeypatch):
+    """evaluate, report and --resume read them back from any working directory."""
+    import shutil
+
+    from cli import train as train_cmd
+    from l2i_tf import classifier
+
+    shutil.copy(classifier.DEMO_MULTICLASS, tmp_path / "mine.keras")
+    (tmp_path / "clips").mkdir()
+    seen = []
+    monkeypatch.setattr(train_cmd, "run", lambda out, config, *args: seen.append(config) or {})
+    monkeypatch.setattr(train_cmd, "report", lambda *args: None)
+    monkeypatch.chdir(tmp_path)
+    result = invoke("train", "--classifier", "mine.keras", "--data", "clips", "--layout", "folders", "--out", "r")
+    assert result.exit_code == 0, result.output
+    assert (seen[0].classifier, seen[0].data) == (str(tmp_path / "mine.keras"), str(tmp_path / "clips"))
