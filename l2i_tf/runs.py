@@ -175,21 +175,28 @@ LOCK = ".l2i_tf.lock"
 def locked(out: Path, create: bool = True):
     """Hold ``out``'s lock for one training job: a second job on the same folder (two ``l2i-tf train`` started at
     once) is refused with a :class:`RunFolderError` instead of writing into it too. ``create``: make the folder if
-    it does not exist (else a missing folder is left to :func:`prepare` to refuse). No lock where the OS has no
-    ``fcntl`` (Windows)."""
+    it does not exist (else a missing folder is left to :func:`prepare` to refuse); a job that fails before writing
+    anything into a folder it made removes it. No lock where the OS has no ``fcntl`` (Windows)."""
     if fcntl is None or (not create and not out.is_dir()):
         yield
         return
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / LOCK, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunFolderError(f"{str(out)!r} is in use by another training job", out, "busy") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    try:
+        with open(out / LOCK, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunFolderError(f"{str(out)!r} is in use by another training job", out, "busy") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+    except BaseException:
+        if made and [p.name for p in out.iterdir()] == [LOCK]:  # a job refused before writing: no folder left
+            (out / LOCK).unlink()
+            out.rmdir()
+        raise
 
 
 def has_checkpoint(folder: Path) -> bool:

@@ -140,7 +140,7 @@ def resolve(config: TrainConfig, model_f: keras.Model) -> tuple[TrainConfig, aud
     stft = resolve_stft(config, info)
     multilabel = config.multilabel or bool(info and info.multilabel)
     alpha, temperature = DEFAULT_LOSS_WEIGHTS[multilabel]
-    weight = DEFAULT_SOURCES[multilabel][1]
+    weight = 0.0 if config.source_mixtures == 0 else DEFAULT_SOURCES[multilabel][1]  # no mixtures: the paper's loss
     config = dataclasses.replace(
         config,
         source_weight=weight if config.source_weight is None else config.source_weight,

@@ -166,6 +166,9 @@ def test_unset_source_settings_take_the_task_default_and_are_recorded(tmp_path, 
     assert (training.with_source_mixtures(ml, 240).source_mixtures, ml.source_weight) == (0, 0.0)
     given, _ = training.resolve(dataclasses.replace(config, source_mixtures=0, source_weight=0.0), model)
     assert training.with_source_mixtures(given, 240).source_mixtures == 0  # the paper's training, asked for
+    no_mixtures, _ = training.resolve(dataclasses.replace(config, source_mixtures=0), model)
+    assert no_mixtures.source_weight == 0.0  # no mixtures alone asks for it too (the weight was refused)
+    training.check_sources(no_mixtures, multilabel=False)
 
     metrics = training.train(tmp_path / "run", config)
     recorded = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
