@@ -94,6 +94,11 @@ class ExplainConfig(Settings):
             raise ValueError(f"threshold must be a number, got {self.threshold!r}")
         if not self.window_seconds >= 0:
             raise ValueError(f"window_seconds must be >= 0 (0: the classifier's input), got {self.window_seconds!r}")
+        if self.max_seconds and self.window_seconds > self.max_seconds:
+            raise ValueError(
+                f"window_seconds {self.window_seconds:g} is longer than max_seconds {self.max_seconds:g}: no accepted "
+                "recording fills one window"
+            )
         timeline.check_aggregate(self.aggregate)
 
     def to_dict(self) -> dict:

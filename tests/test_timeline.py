@@ -119,6 +119,9 @@ def test_bad_windows_are_refused_with_both_lengths():
         ExplainConfig(window_seconds=-1.0)
     with pytest.raises(ValueError, match="unknown aggregate 'mode'"):
         ExplainConfig(aggregate="mode")
+    with pytest.raises(ValueError, match="window_seconds 3 is longer than max_seconds 2"):
+        ExplainConfig(window_seconds=3.0, max_seconds=2.0)
+    assert ExplainConfig(window_seconds=3.0, max_seconds=0).window_seconds == 3.0  # 0: no limit
     assert timeline.check_window(0, RATE, 32000, 1024) == 32000
     assert timeline.check_window(0, RATE, None, 1024) == int(timeline.WHOLE_CLIP_SECONDS * RATE)
 
