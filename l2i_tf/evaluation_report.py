@@ -19,10 +19,19 @@ def _pm(d, pct=False):
     return f"{d['mean']:.2f} ± {d['std']:.2f}"
 
 
+def _header(report: dict) -> str:
+    """K and what the classifier was scored on: clips, a fixed-length classifier's windows, or mixtures."""
+    windows = report.get("test_windows")
+    if windows:
+        scored = f"{report['test_clips']} test windows ({windows['clips']} clips)"
+    else:
+        scored = f"{report['test_clips']} test {'examples' if report['multilabel'] else 'clips'}"
+    return f"K = {report['k']}, {scored}, multi-label: {report['multilabel']}."
+
+
 def markdown(report: dict) -> str:
     """The report as Markdown tables shaped like the paper's."""
-    lines = [f"# L2I evaluation of `{report['run']}`", ""]
-    lines += [f"K = {report['k']}, {report['test_clips']} test clips, multi-label: {report['multilabel']}.", ""]
+    lines = [f"# L2I evaluation of `{report['run']}`", "", _header(report), ""]
     if "methods" in report:
         lines += method_table.markdown(report["methods"])
     lines += _fidelity(report["fidelity"], report["multilabel"])
@@ -189,6 +198,8 @@ def _mixtures(m: dict, slime: dict | None, vibi_rows=()) -> list[str]:
             f"| {_f(r['target_energy_share']['median'], 3)} | {_f(r['selected_mean'], 1)} "
             f"| {_f(r['empty_share'], 2, pct=True)} |"
         )
+    if not rows:
+        lines.append("| (none: the classifier gets none of these mixtures right, so none is scored) | | | | | | | |")
     return lines + [
         "",
         "Oracle rows use the true sources and are references only; L2I and random rows select from the "

@@ -149,6 +149,14 @@ def _drop_none(d: dict) -> dict:
     return {k: v for k, v in d.items() if v is not None}
 
 
+def _source_name(src) -> str:
+    """A run folder's name, or an export's model name and version (its folder is only the version number)."""
+    meta = src.metadata if src.kind != "run" else {}
+    if meta.get("name") and meta.get("version") is not None:
+        return f"{meta['name']} v{meta['version']}"
+    return Path(src.path).name
+
+
 def find_evaluation(run_folder: Path) -> list[dict]:
     """``l2i-tf evaluate``'s output under a run folder: Markdown files (``*.md``), ``evaluation/*.json`` and
     ``evaluation*.json``.
@@ -254,7 +262,7 @@ def _write_page(folder: Path, src, analysis, items, class_name) -> dict:
         explain = functools.partial(explain_input, src, analysis, item, slug, folder, class_name)
         entries.append(_entry(explain, folder, slug, item.path, Path(item.path).name))
     return {
-        "title": f"L2I report: {Path(src.path).name}",
+        "title": f"L2I report: {_source_name(src)}",
         "created": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         "inputs": entries,
     }

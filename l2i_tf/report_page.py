@@ -30,6 +30,7 @@ table.md th, table.md td { padding-right: 1.25rem; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .predictions { display: grid; grid-template-columns: 1fr 1fr; gap: 1.5rem; }
 td.meter { width: 35%; }
+.visually-hidden { position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); }
 .bar { display: block; height: .6rem; background: var(--accent); border-radius: 2px; vertical-align: middle; }
 .players { display: grid; grid-template-columns: repeat(auto-fill, minmax(300px, 1fr)); gap: .5rem 1.25rem; }
 .player { display: flex; flex-direction: column; }
@@ -149,7 +150,7 @@ def _predictions_table(title: str, top: list[tuple[str, float]]) -> str:
     )
     return (
         f"<div><h3>{_e(title)}</h3><table><thead><tr><th scope='col'>class</th><th scope='col'>probability</th>"
-        f"<th scope='col'>share</th></tr></thead><tbody>{rows}</tbody></table></div>"
+        f"<th scope='col'><span class='visually-hidden'>bar</span></th></tr></thead><tbody>{rows}</tbody></table></div>"
     )
 
 

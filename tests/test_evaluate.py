@@ -121,6 +121,18 @@ def test_a_fold_run_is_reused_only_when_made_with_the_same_plan_and_quickness(tm
     assert [(c.epochs, c.train_folds) for c in trained] == [(2, (1, 4, 5)), (40, (1,))]
 
 
+def test_the_report_header_counts_windows_as_windows_and_an_unscored_mixture_table_says_why():
+    from l2i_tf import evaluation_report
+
+    lines = evaluation_report._mixtures({"snr_db": 0, "counted": 0, "mixtures": 8, "rows": []}, None)
+    assert "0 of 8 mixtures the classifier gets right" in lines[0]
+    assert any("gets none of these mixtures right" in line for line in lines)
+    report = {"run": "r", "k": 20, "test_clips": 6, "test_windows": {"clips": 3, "windows": 6}, "multilabel": False}
+    assert evaluation_report._header(report) == "K = 20, 6 test windows (3 clips), multi-label: False."
+    report.update(test_windows=None, multilabel=True, test_clips=10)  # a multi-label run scores mixtures
+    assert evaluation_report._header(report) == "K = 20, 10 test examples, multi-label: True."
+
+
 def test_fold_config_holds_out_one_fold_and_learns_its_own_dictionary():
     base = runs.TrainConfig(dictionary="some/dictionary", epochs=40)
     cfg = evaluate.fold_config(base, 2)

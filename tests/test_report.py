@@ -182,6 +182,8 @@ def test_savedmodel_report_says_h_is_not_available_when_its_run_is_gone(built, t
     entry = page["inputs"][0]
     assert "activations" not in entry["images"] and len(entry["selected"]) <= 3
     assert "H not available from a SavedModel export" in (tmp_path / "r" / "index.html").read_text(encoding="utf-8")
+    meta = json.loads(metadata.read_text())
+    assert page["title"] == f"L2I report: {meta['name']} v{meta['version']}"  # not the version folder's "1"
 
 
 def test_markdown_tables_are_rendered_escaped():
