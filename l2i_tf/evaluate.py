@@ -215,7 +215,7 @@ def cross_validate(run: runs.Run, config: EvalConfig, safe_mode: bool = True) ->
     """One interpreter per held-out fold (``run/cv/fold{n}``), each evaluated on its own test fold: mean ± std."""
     per_fold = {}
     plan = run.config
-    num_folds = max(*plan.train_folds, *plan.val_folds, *plan.test_folds, *config.folds)  # every fold of the data
+    num_folds = max([*plan.train_folds, *plan.val_folds, *plan.test_folds, *config.folds])  # every fold of the data
     for fold in config.folds:
         folder = train_fold(run.folder, run.config, fold, num_folds=num_folds, quick=config.quick, safe_mode=safe_mode)
         fold_run = runs.load_run(folder, safe_mode=safe_mode)
