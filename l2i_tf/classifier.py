@@ -279,6 +279,15 @@ def _compiled_model(num_classes: int, config: DemoConfig, init_from) -> keras.Mo
     return model
 
 
+def _steps_per_epoch(config: DemoConfig, clips: int) -> int:
+    """Whole batches an epoch (BatchNorm): the rest waits for the next epoch's order; none is an error."""
+    steps = (config.mixtures_per_epoch if config.multilabel else clips) // config.batch_size
+    if not steps:
+        what = "--mixtures-per-epoch is" if config.multilabel else f"the training folds hold {clips} clips,"
+        raise data.AudioDataError(f"{what} fewer than one batch of {config.batch_size}: lower --batch-size")
+    return steps
+
+
 def _epoch_dataset(xtr, ytr, num_classes: int, config: DemoConfig, crop: int, epoch: int) -> tf.data.Dataset:
     """One epoch of training batches: shuffled, cropped and augmented clips (fresh mixtures when multi-label)."""
     if config.multilabel:
@@ -328,11 +337,7 @@ def train_demo_classifier(
             (None, (xva, yva), (xte, yte)), num_classes, 4 * DEMO_EVAL_MIXTURES, config.seed
         )
 
-    examples = config.mixtures_per_epoch if config.multilabel else len(xtr)
-    steps_per_epoch = examples // config.batch_size  # whole batches (BatchNorm): the rest waits for the next epoch
-    if not steps_per_epoch:
-        what = "--mixtures-per-epoch is" if config.multilabel else f"the training folds hold {len(xtr)} clips,"
-        raise data.AudioDataError(f"{what} fewer than one batch of {config.batch_size}: lower --batch-size")
+    steps_per_epoch = _steps_per_epoch(config, len(xtr))
     model = _compiled_model(num_classes, config, init_from)
     history_val = []
     for epoch in range(config.epochs):
