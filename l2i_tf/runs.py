@@ -188,6 +188,8 @@ def locked(out: Path, create: bool = True):
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise RunFolderError(f"{str(out)!r} is in use by another training job", out, "busy") from None
+            except OSError:  # a file system without locks (some network mounts): the job runs unlocked
+                pass
             try:
                 yield
             finally:
