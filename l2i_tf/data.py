@@ -176,17 +176,29 @@ def decode(contents: bytes, sample_rate: int, path: str = "<audio bytes>") -> np
     raise AudioDataError(f"{path}: cannot decode audio ({reason}); the file is truncated or corrupt")
 
 
-def decode_audio(contents, sample_rate: int, path=None) -> tf.Tensor:
+def decode_audio(contents, sample_rate: int, path=None, failed: list | None = None) -> tf.Tensor:
     """Encoded file bytes (a string tensor) -> mono float32 ``[samples]`` at ``sample_rate``: :func:`decode` as a
     TensorFlow op (``tf.numpy_function``), for tf.data graphs. ``path`` (a string tensor) names the file in
-    errors."""
+    errors. With ``failed`` (a list), a data set's clip: one that cannot be decoded or holds NaN/infinite samples
+    (:func:`finite`) gives an empty waveform and ``(path, error)`` in ``failed`` instead of raising (an error
+    raised inside tf.data's ``Dataset.save`` hangs it)."""
 
     def run(raw, name):  # bytes in a graph, 0-d object arrays holding bytes when eager
         raw, name = (np.asarray(v, dtype=object).item() for v in (raw, name))
-        return decode(raw, sample_rate, name.decode() or "<audio bytes>")
+        name = name.decode() or "<audio bytes>"
+        if failed is None:
+            return decode(raw, sample_rate, name)
+        try:
+            return finite(decode(raw, sample_rate, name), name)
+        except AudioDataError as e:
+            failed.append((name, str(e)))
+        except Exception as e:  # anything else too: raised here, it would hang the pass
+            failed.append((name, f"{name}: cannot decode audio ({type(e).__name__}: {e})"))
+        return np.zeros(0, np.float32)
 
     name = tf.constant("") if path is None else path
-    waveform = tf.numpy_function(run, [contents, name], tf.float32, stateful=False, name="decode_audio")
+    stateful = failed is not None
+    waveform = tf.numpy_function(run, [contents, name], tf.float32, stateful=stateful, name="decode_audio")
     waveform.set_shape([None])
     return waveform
 
@@ -196,25 +208,6 @@ def finite(waveform: np.ndarray, path: str) -> np.ndarray:
     :class:`AudioDataError` naming ``path``. (An explained file's are refused by the explanation graph itself.)"""
     if not np.isfinite(waveform).all():
         raise AudioDataError(f"{path}: the audio holds NaN or infinite samples")
-    return waveform
-
-
-def _decode_or_record(contents, sample_rate: int, path, failed: list) -> tf.Tensor:
-    """:func:`decode_audio`, but a file that fails to decode gives an empty waveform, and ``(path, error)`` in
-    ``failed``."""
-
-    def run(raw, name):
-        raw, name = (np.asarray(v, dtype=object).item() for v in (raw, name))
-        try:
-            return finite(decode(raw, sample_rate, name.decode()), name.decode())
-        except AudioDataError as e:
-            failed.append((name.decode(), str(e)))
-        except Exception as e:  # anything else too: raised here, it would hang the pass
-            failed.append((name.decode(), f"{name.decode()}: cannot decode audio ({type(e).__name__}: {e})"))
-        return np.zeros(0, np.float32)
-
-    waveform = tf.numpy_function(run, [contents, path], tf.float32, stateful=True, name="decode_audio")
-    waveform.set_shape([None])
     return waveform
 
 
@@ -262,11 +255,11 @@ def waveform_dataset(
     table, infos, _ = probe_table(table, on_error=on_error)
     labels = table.labels.astype("float32" if table.multilabel else "int64")
 
-    def build(decode=decode_audio) -> tf.data.Dataset:
+    def build(failed=None) -> tf.data.Dataset:
         ds = tf.data.Dataset.from_tensor_slices((list(table.paths), labels, np.arange(len(table), dtype="int64")))
 
         def load(path, label, index):
-            return decode(tf.io.read_file(path), sample_rate, path), label, index
+            return decode_audio(tf.io.read_file(path), sample_rate, path, failed), label, index
 
         return without_autotune(ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
 
@@ -279,7 +272,7 @@ def waveform_dataset(
         failed = []  # a clip that fails to decode: raised once the pass is over (an error inside Dataset.save hangs it)
         try:
             with files.atomic_folder(target) as tmp:
-                build(functools.partial(_decode_or_record, failed=failed)).save(str(tmp))
+                build(failed).save(str(tmp))
                 if failed:
                     raise _decode_failures(failed, table.paths)
                 files.write_json(tmp / "l2i_tf.json", {"clips": len(table), "sample_rate": sample_rate})
