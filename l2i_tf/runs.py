@@ -253,14 +253,18 @@ def read_config(folder: str | Path) -> TrainConfig:
 # -------------------------------------------------------------------- loading
 
 
-def load_keras(path: str | Path, safe_mode: bool = True, **kwargs) -> keras.Model:
+def load_keras(path: str | Path, safe_mode: bool = True, custom_objects: str | None = None, **kwargs) -> keras.Model:
     """``keras.saving.load_model`` with Keras' safe mode on by default; its refusal is an
-    :class:`UnsafeModelError` naming the file."""
+    :class:`UnsafeModelError` naming the file, and a class no imported module registers a
+    :class:`CustomObjectsError` naming it (``custom_objects``: the module that should have)."""
     try:
         return keras.saving.load_model(path, safe_mode=safe_mode, **kwargs)
     except (ValueError, TypeError) as e:
         if safe_mode and "safe_mode" in str(e):
             raise UnsafeModelError(Path(path)) from None
+        unknown = _unknown_class(e, Path(path), custom_objects) if isinstance(e, TypeError) else None
+        if unknown is not None:
+            raise unknown from None
         raise
 
 
@@ -307,13 +311,7 @@ def load_classifier(path: str, custom_objects_module: str | None = None, safe_mo
     import_custom_objects(custom_objects_module)
     if not Path(path).is_file():
         raise FileNotFoundError(f"classifier file {path!r} does not exist")
-    try:
-        return load_keras(path, safe_mode, compile=False)
-    except TypeError as e:
-        unknown = _unknown_class(e, Path(path), custom_objects_module)
-        if unknown is None:
-            raise
-        raise unknown from None
+    return load_keras(path, safe_mode, custom_objects_module, compile=False)
 
 
 @dataclasses.dataclass
@@ -347,12 +345,7 @@ def load_run(folder: str | Path, safe_mode: bool = True) -> Run:
     config = read_config(folder)
     import_custom_objects(config.custom_objects, folder / CONFIG)
     try:
-        interpreter = load_keras(folder / INTERPRETER, safe_mode, compile=False)
-    except TypeError as e:
-        unknown = _unknown_class(e, folder / INTERPRETER, config.custom_objects)
-        if unknown is None:
-            raise
-        raise unknown from None
+        interpreter = load_keras(folder / INTERPRETER, safe_mode, config.custom_objects, compile=False)
     except ValueError as e:
         if "could not be loaded" not in str(e):  # Keras: the file's weights do not fit the Interpreter's graph
             raise
