@@ -60,14 +60,7 @@ def command(
         src.class_index(class_name)
     except errors.SOURCE_ERRORS as e:
         raise errors.source_error(e) from None
-    folders = options.output_folders(inputs, Path(out))
-    taken = [f for f in folders if explain_files.explanation_files(f)]
-    if taken and not overwrite:
-        raise click.BadParameter(
-            f"{str(taken[0])!r} already holds an explanation ({len(taken)} of the {len(folders)} output folder(s)); "
-            "pass --overwrite to replace it or choose another --out",
-            param_hint="--out",
-        )
+    folders = options.output_folders(inputs, Path(out), explain_files.explanation_files, "an explanation", overwrite)
     for path, folder in zip(inputs, folders, strict=True):
         try:
             report = explain_files.explain_file(src, path, folder, class_name)

@@ -202,13 +202,22 @@ def split_options(func):
     return wrapper
 
 
-def output_folders(inputs, out: Path) -> list[Path]:
-    """One input: OUT itself; several: OUT/<file stem> (numbered if stems repeat)."""
+def output_folders(inputs, out: Path, holds=None, what: str = "", overwrite: bool = False) -> list[Path]:
+    """One input: OUT itself; several: OUT/<file stem> (numbered if stems repeat). A folder for which ``holds``
+    (if given) is true already holds ``what`` (an earlier result): refused, naming it, unless ``overwrite``."""
     if len(inputs) == 1:
-        return [out]
-    seen, folders = {}, []
-    for path in inputs:
-        stem = Path(path).stem
-        seen[stem] = seen.get(stem, 0) + 1
-        folders.append(out / (stem if seen[stem] == 1 else f"{stem}_{seen[stem]}"))
+        folders = [out]
+    else:
+        seen, folders = {}, []
+        for path in inputs:
+            stem = Path(path).stem
+            seen[stem] = seen.get(stem, 0) + 1
+            folders.append(out / (stem if seen[stem] == 1 else f"{stem}_{seen[stem]}"))
+    taken = [f for f in folders if holds is not None and holds(f)]
+    if taken and not overwrite:
+        raise click.BadParameter(
+            f"{str(taken[0])!r} already holds {what} ({len(taken)} of the {len(folders)} output folder(s)); "
+            "pass --overwrite to replace it or choose another --out",
+            param_hint="--out",
+        )
     return folders

@@ -38,14 +38,10 @@ def command(url, inputs, out, timeout, overwrite, verbose):
         serving.predict_url(url)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--url") from None
-    folders = options.output_folders(inputs, Path(out))
-    taken = [f for f in folders if (f / "response.json").exists()]
-    if taken and not overwrite:
-        raise click.BadParameter(
-            f"{str(taken[0])!r} already holds a response ({len(taken)} of the {len(folders)} output folder(s)); "
-            "pass --overwrite to replace it or choose another --out",
-            param_hint="--out",
-        )
+    def responded(folder):
+        return (folder / "response.json").exists()
+
+    folders = options.output_folders(inputs, Path(out), responded, "a response", overwrite)
     files = [Path(p).read_bytes() for p in inputs]
     try:
         predictions = serving.rest_explain_wav(url, files, timeout)
