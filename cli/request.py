@@ -38,6 +38,7 @@ def command(url, inputs, out, timeout, overwrite, verbose):
         serving.predict_url(url)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--url") from None
+
     def responded(folder):
         return (folder / "response.json").exists()
 
