@@ -15,7 +15,7 @@ from l2i_tf import audio, data, feature_cache, runs, training
 from l2i_tf import classifier as classifier_lib
 from l2i_tf import layers as layers_lib
 from l2i_tf.classifier_contract import ClassifierContractError
-from l2i_tf.dictionary import DictionaryMismatchError
+from l2i_tf.dictionary import Dictionary, DictionaryMismatchError
 
 DEFAULTS = runs.TrainConfig()
 
@@ -202,8 +202,8 @@ def changed_on_resume(given: list[click.Parameter], config: runs.TrainConfig, re
 def dictionary_k(folder) -> int:
     """K of the dictionary in ``folder`` (a folder that is not one is refused when the run loads it)."""
     try:
-        return int(json.loads((Path(folder) / "dictionary.json").read_text())["k"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return Dictionary.load(folder).k
+    except (OSError, ValueError):
         return DEFAULTS.k
 
 
