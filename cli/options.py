@@ -67,7 +67,8 @@ def data_options(func):
         type=click.Choice(["raise", "skip"]),
         default="raise",
         show_default=True,
-        help="Unreadable clips: stop with an error naming the file, or skip them and report the count.",
+        help="Clips that cannot be read or decoded (corrupt, truncated, NaN samples): stop with an error naming the "
+        "file, or skip them and report the count.",
     )
     @functools.wraps(func)
     def wrapper(*args, **kwargs):

@@ -89,7 +89,7 @@ def command(
         raise click.BadParameter(f"{out!r} exists; pass --overwrite to replace it", param_hint="--out")
     table = options.load_table(data_path, layout)
     try:
-        table, infos, errors = data.probe_table(table, on_error=on_error)
+        table, infos, errors = data.usable_table(table, on_error=on_error)
     except data.AudioDataError as e:
         raise click.ClickException(str(e)) from None
     if errors:

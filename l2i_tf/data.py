@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import hashlib
 import io
+import json
 import logging
 import math
 import os
@@ -109,6 +110,56 @@ def probe_table(table: ClipTable, on_error: str = "raise") -> tuple[ClipTable, l
     if not keep:
         raise AudioDataError(f"no readable audio in {table.root!r} ({len(errors)} clip(s) failed)")
     return table.subset(keep), infos, errors
+
+
+def usable_table(
+    table: ClipTable, on_error: str = "raise", cache_dir: str | Path | None = None
+) -> tuple[ClipTable, list[ClipInfo], list[str]]:
+    """:func:`probe_table`; with ``on_error="skip"`` also without the clips whose header reads but whose audio does
+    not decode (truncated, corrupt, NaN or infinite samples), with their errors. Those are found by one decode pass
+    over the clips at their own rates (no resampling), remembered under ``cache_dir`` (as the decode cache) so that
+    every later read of the same files (training, its splits, evaluation) leaves out the same clips."""
+    table, infos, errors = probe_table(table, on_error=on_error)
+    if on_error != "skip":
+        return table, infos, errors
+    failed = _undecodable(infos, cache_dir)
+    if failed:
+        log.warning("skipped %d clip(s) of %d that fail to decode", len(failed), len(table))
+        keep = [i for i, info in enumerate(infos) if info.path not in failed]
+        if not keep:
+            raise AudioDataError(f"no decodable audio in {table.root!r} ({len(infos)} clip(s) fail to decode)")
+        table, infos = table.subset(keep), [infos[i] for i in keep]
+        errors = errors + list(failed.values())
+    return table, infos, errors
+
+
+def _undecodable(infos: list[ClipInfo], cache_dir) -> dict[str, str]:
+    """``{path: error}`` of the clips that fail to decode: read from the record of an earlier pass over the same
+    files, or decoded now (in threads: libsndfile and the NaN check release the GIL) and recorded."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    record = folder / f"decodable-{_cache_key(infos, 0)}.json"
+    if record.is_file():
+        return dict(json.loads(record.read_text())["failed"])
+
+    def check(info: ClipInfo) -> str | None:
+        try:
+            finite(decode(Path(info.path).read_bytes(), info.sample_rate, info.path), info.path)
+        except (AudioDataError, OSError) as e:
+            return str(e)
+        return None
+
+    log.info("decoding %d clips once to find those that fail (--on-error skip)", len(infos))
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        results = list(pool.map(check, infos))
+    failed = {info.path: error for info, error in zip(infos, results, strict=True) if error is not None}
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        files.write_json(record, {"clips": len(infos), "failed": sorted(failed.items())})
+    except OSError as e:  # a read-only cache: found again next time
+        log.warning("cannot record the clips that fail to decode in %s: %s", folder, e)
+    return failed
 
 
 def typical_seconds(infos: list[ClipInfo], percentile: float = 95.0) -> float:
@@ -216,9 +267,7 @@ def _decode_failures(failed: list[tuple[str, str]], paths) -> AudioDataError:
     order = {path: i for i, path in enumerate(paths)}
     first = min(failed, key=lambda f: order.get(f[0], len(order)))[1]
     more = f" (and {len(failed) - 1} more file(s) that fail to decode)" if len(failed) > 1 else ""
-    return AudioDataError(
-        f"{first}{more}; remove or repair it (--on-error skip drops only files whose header cannot be read)"
-    )
+    return AudioDataError(f"{first}{more}; remove or repair it, or leave such files out with --on-error skip")
 
 
 def default_cache_dir() -> Path:

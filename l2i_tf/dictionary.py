@@ -244,7 +244,7 @@ def learn_from_table(
     """
     from l2i_tf import data
 
-    table, infos, errors = data.probe_table(table, on_error=on_error)
+    table, infos, errors = data.usable_table(table, on_error=on_error, cache_dir=cache_dir)
     if streaming is None:
         streaming = use_streaming(infos, stft)
         log.info("%s NMF: ~%d frames", "streaming" if streaming else "in-memory", estimated_frames(infos, stft))

@@ -196,14 +196,15 @@ def _tables(config: TrainConfig):
     """The (probed) data table, its (train, validation, test) tables and the skipped clips.
 
     A manifest's labels must be classes of the classifier. With ``config.on_error == "skip"`` unreadable clips
-    are left out and listed (``metrics.json`` counts them); otherwise the first one stops the job, named.
+    and clips that fail to decode are left out and listed (``metrics.json`` counts them); otherwise the first one
+    stops the job, named.
     """
     if config.data is None:
         table = tables.esc10_table()
     else:
         names = config.class_names if config.layout == "manifest" else None
         table = tables.load_table(config.data, config.layout, class_names=names)
-    table, _, skipped = data.probe_table(table, on_error=config.on_error)
+    table, _, skipped = data.usable_table(table, on_error=config.on_error)
     return table, tables.split(table, config.splits), skipped
 
 

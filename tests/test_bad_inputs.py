@@ -10,6 +10,7 @@ library level (test_data.py, test_tables.py); a data set without audio through `
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -20,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from run_fixture import assert_clean_error, chirp, invoke, write_wav
 
-from l2i_tf import audio, classifier, data, explain
+from l2i_tf import audio, classifier, data, explain, tables
 
 SR = 16000
 
@@ -144,17 +145,27 @@ def _folders(root, per_class=5):
 
 
 def test_train_names_a_corrupt_clip_and_with_on_error_skip_counts_it(tiny, tmp_path):
+    """A clip whose header does not read (in the test fold) and one that is cut short (read, not decoded): named
+    without ``--on-error skip``; left out with it, by training and by the evaluation of its run."""
     _, options = tiny
     root = _folders(tmp_path / "data")
-    bad = root / "b" / "9.wav"
+    table = tables.load_table(root, "folders")
+    folds = dict(zip(table.paths, table.folds, strict=True))
+    bad = next(Path(p) for p, fold in folds.items() if fold == 5)
     bad.write_bytes(b"not audio at all" * 10)
+    cut = next(Path(p) for p, fold in folds.items() if fold == 1)
+    cut.write_bytes(cut.read_bytes()[:-1000])
     args = ["train", *options, "--data", root, "--layout", "folders"]
     assert_clean_error(invoke(*args, "--out", tmp_path / "r1"), 1, str(bad), "cannot read audio")
     result = invoke(*args, "--out", tmp_path / "r2", "--on-error", "skip")
     assert result.exit_code == 0, result.output
-    assert "skipped 1 unreadable clip(s)" in result.output and str(bad) in result.output
+    assert "skipped 2 unreadable clip(s)" in result.output and str(bad) in result.output
     skipped = json.loads((tmp_path / "r2" / "metrics.json").read_text())["skipped_clips"]
-    assert skipped["count"] == 1 and str(bad) in skipped["errors"][0]
+    assert skipped["count"] == 2 and str(bad) in skipped["errors"][0]
+    assert f"{cut}: cannot decode" in skipped["errors"][1]
+    result = invoke("evaluate", tmp_path / "r2", "--quick")  # fold 5 without the clip training left out
+    assert result.exit_code == 0, result.output
+    assert f"{sum(fold == 5 for fold in folds.values()) - 1} test clips" in result.output
 
 
 def test_train_on_a_folder_without_audio_names_it(tiny, tmp_path):

@@ -167,6 +167,36 @@ def test_files_that_fail_to_decode_stop_the_cache_pass_naming_them_and_leave_no_
     assert not cache.exists() or not any(cache.iterdir())  # no cache, not even a partial one
 
 
+def test_on_error_skip_leaves_out_files_that_fail_to_decode_and_remembers_them(tmp_path, monkeypatch):
+    good = [write(tmp_path / f"good{i}.wav", noise(400, seed=i)) for i in range(3)]
+    cut = write(tmp_path / "cut.wav", noise(4000), subtype="PCM_16")
+    cut.write_bytes(cut.read_bytes()[:3000])
+    nan = noise(400)
+    nan[5] = np.nan
+    bad = write(tmp_path / "nan.wav", nan, subtype="FLOAT")
+    corrupt = bad_files(tmp_path)["corrupt_wav"]
+    table = table_of(good[0], cut, good[1], corrupt, bad, good[2], labels=[0, 1, 2, 3, 4, 5])
+    cache = tmp_path / "cache"
+    kept, infos, errors = data.usable_table(table, on_error="skip", cache_dir=cache)
+    assert kept.paths == tuple(map(str, good)) and kept.labels.tolist() == [0, 2, 5] and len(infos) == 3
+    assert f"{corrupt}: cannot read audio" in errors[0] and len(errors) == 3
+    assert f"{cut}: cannot decode audio" in errors[1] and f"{bad}: the audio holds NaN" in errors[2]
+    waves, labels = data.load_waveforms(kept, RATE, cache_dir=cache)  # the kept clips decode
+    assert waves.shape == (3, 400) and labels.tolist() == [0, 2, 5]
+
+    monkeypatch.setattr(data, "decode", lambda *a, **k: pytest.fail("decoded again"))
+    again = data.usable_table(table, on_error="skip", cache_dir=cache)  # the same files: the record is read
+    assert again[0].paths == kept.paths and again[2] == errors
+    assert data.usable_table(table_of(*good), on_error="raise", cache_dir=cache)[0].paths == kept.paths
+
+
+def test_on_error_skip_with_no_decodable_clip_is_an_error(tmp_path):
+    cut = write(tmp_path / "cut.wav", noise(4000), subtype="PCM_16")
+    cut.write_bytes(cut.read_bytes()[:3000])
+    with pytest.raises(AudioDataError, match=r"no decodable audio .*1 clip\(s\) fail to decode"):
+        data.usable_table(table_of(cut), on_error="skip", cache_dir=tmp_path / "cache")
+
+
 @pytest.mark.parametrize("file_rate", [44100, 48000, 8000, 22050, 11025, 32000])
 def test_resampled_impulse_peaks_at_the_same_time(tmp_path, file_rate):
     impulse = np.zeros(file_rate // 2, "float32")
