@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import logging
 import re
 from pathlib import Path
 
 import numpy as np
 
 from l2i_tf.data import AudioDataError
+
+log = logging.getLogger(__name__)
 
 LAYOUTS = ("esc10", "esc50", "folders", "manifest")
 AUDIO_EXTENSIONS = (".ogg", ".flac", ".wav", ".mp3")
@@ -87,6 +90,14 @@ class ClipTable:
         unknown = [c for c in self.class_names if c not in names]
         disjoint = len(unknown) == len(self.class_names)
         if names == self.class_names or (len(names) == len(self.class_names) and disjoint):
+            if names != self.class_names:
+                log.warning(
+                    "data set at %r: none of its classes %s is one of the classifier's %s; read by position (the "
+                    "data's i-th class is the classifier's i-th output)",
+                    self.root,
+                    list(self.class_names[:5]),
+                    list(names[:5]),
+                )
             return dataclasses.replace(self, class_names=names)
         if unknown and len(names) == len(self.class_names):
             raise AudioDataError(

@@ -248,11 +248,14 @@ def test_a_classifier_with_more_classes_relabels_the_data_in_its_order():
     np.testing.assert_array_equal(wide, [[0, 1, 1, 0, 0], [0, 0, 0, 0, 1]])
 
 
-def test_same_count_of_other_names_is_read_by_position_and_a_missing_class_is_named():
+def test_same_count_of_other_names_is_read_by_position_and_a_missing_class_is_named(caplog):
     table = _table([0, 1, 2], ("dog", "rain", "siren"))
     assert table.in_classes(("a", "b", "c")).labels.tolist() == [0, 1, 2]
+    assert "none of its classes ['dog', 'rain', 'siren'] is one of the classifier's ['a', 'b', 'c']" in caplog.text
+    caplog.clear()
     same = table.in_classes(("dog", "rain", "siren"))
     assert same.labels.tolist() == [0, 1, 2] and same.class_names == table.class_names
+    assert "by position" not in caplog.text
     with pytest.raises(AudioDataError, match=r"1 class\(es\) the classifier does not output: \['siren'\]"):
         table.in_classes(("dog", "rain", "car", "bird"))
     # the same names in another order are read by name; names that match in part are refused (not by position)
