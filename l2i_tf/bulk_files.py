@@ -145,7 +145,7 @@ def existing(layout: Layout, path: str, settings: dict) -> dict | None:
         return None
     listed = [summary.get("interpretation")]
     if settings.get("components"):
-        listed += [entry.get("file") for entry in summary.get("selected", [])]
+        listed += [entry.get("file") for entry in summary.get("selected", []) if entry.get("file", "") is not None]
     if not all(isinstance(f, str) and exists(layout.full(f)) for f in listed):
         return None
     return summary
@@ -173,8 +173,10 @@ def write_outputs(layout: Layout, path: str, summary: dict, settings: dict) -> d
     report["selected"] = []
     for entry in summary["selected"]:
         if settings.get("components"):
-            file = layout.component(path, entry["component"])
-            write_bytes(layout.full(file), wav_bytes(sound["components"][entry["component"]], rate))
+            file = None  # selected past the top N, in some windows of a long recording: no audio of its own
+            if entry["component"] in sound["components"]:
+                file = layout.component(path, entry["component"])
+                write_bytes(layout.full(file), wav_bytes(sound["components"][entry["component"]], rate))
             entry = {**entry, "file": file}
         report["selected"].append(entry)
     report["settings"] = settings

@@ -29,6 +29,7 @@ OUTPUTS = (
     "class_probabilities",
     "interpreter_probabilities",
     "relevance",
+    "selected",
     "target_class",
     "component_indices",
     "component_relevance",
@@ -54,11 +55,14 @@ def _call(signature, waveforms: np.ndarray, threshold: float) -> dict:
 
 def _call_without_component_audio(signature, waveforms: np.ndarray, top_n: int) -> dict:
     """:func:`_call` with the export's τ through ``serving_default``, which skips the N components' syntheses (~30 %
-    of a call): the component outputs are derived as the graph makes them (the N most relevant components, ties:
-    lower index first; chosen = selected), and ``component_audio`` is empty ([B, N, 0])."""
+    of a call): the component outputs are derived as the graph makes them (the selected components, then the most
+    relevant others, N in all, by decreasing relevance, ties: lower index first; chosen = selected), and
+    ``component_audio`` is empty ([B, N, 0])."""
     out = {key: value.numpy() for key, value in signature(waveform=tf.constant(waveforms, tf.float32)).items()}
     relevance, selected = out["relevance"], out["selected"]
-    indices = np.argsort(-relevance, axis=1, kind="stable")[:, :top_n].astype(np.int32)
+    order = np.argsort(-relevance, axis=1, kind="stable")
+    first = np.argsort(~np.take_along_axis(selected, order, axis=1), axis=1, kind="stable")
+    indices = np.take_along_axis(order, first, axis=1)[:, :top_n].astype(np.int32)
     return {
         **{key: out[key] for key in OUTPUTS if key in out},
         "target_class": out["predicted_class"].astype(np.int32),  # target -1: the classifier's prediction

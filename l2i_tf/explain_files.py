@@ -143,6 +143,9 @@ def summarize(result: dict, metadata: dict, threshold: float, source: str, kind:
         if chosen:
             selected.append({"component": int(index), "relevance": float(relevance)})
             components[int(index)] = wave
+    for index in np.flatnonzero(result["selected"]):  # selected in some window, past the top N: no audio of its own
+        if int(index) not in components:
+            selected.append({"component": int(index), "relevance": float(result["relevance"][index])})
 
     def probabilities(key):
         p = result[key]
@@ -211,9 +214,10 @@ def explanation_files(folder: Path) -> list[Path]:
 
 
 def write_explanation(result: dict, out: str | Path, **fields) -> dict:
-    """Write ``interpretation.wav``, ``component_<k>.wav`` per selected component and ``explanation.json`` (the
-    summary of :func:`explain_waveform` with ``fields`` added) into ``out``; returns the JSON's content. An
-    explanation already in ``out`` is replaced whole (none of its component files is left behind)."""
+    """Write ``interpretation.wav``, ``component_<k>.wav`` per selected component among the top N (one selected past
+    them, in some windows of a long recording, is listed with ``"file": null``) and ``explanation.json`` (the summary
+    of :func:`explain_waveform` with ``fields`` added) into ``out``; returns the JSON's content. An explanation
+    already in ``out`` is replaced whole (none of its component files is left behind)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for old in explanation_files(out):
@@ -224,8 +228,10 @@ def write_explanation(result: dict, out: str | Path, **fields) -> dict:
     report = {**fields, **{key: value for key, value in result.items() if key != "audio"}}
     report["selected"] = []
     for entry in result["selected"]:
-        file = f"component_{entry['component']:03d}.wav"
-        soundfile.write(out / file, sound["components"][entry["component"]], rate, subtype="FLOAT")
+        file = None  # a component selected past the top N has no audio of its own
+        if entry["component"] in sound["components"]:
+            file = f"component_{entry['component']:03d}.wav"
+            soundfile.write(out / file, sound["components"][entry["component"]], rate, subtype="FLOAT")
         report["selected"].append({**entry, "file": file})
     report["interpretation"] = "interpretation.wav"
     files.write_json(out / EXPLANATION_JSON, report)

@@ -22,7 +22,7 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from l2i_tf import explain, timeline
+from l2i_tf import timeline
 
 TIMELINE_OUTPUTS = (
     "window_start",
@@ -62,17 +62,29 @@ def _first_pass(parts: Parts, windows) -> dict:
     return out
 
 
-def _second_pass(parts: Parts, windows, h, window_top, chosen, indices, components: bool) -> dict:
+def _second_pass(parts: Parts, windows, h, window_top, chosen, indices, gate, components: bool) -> dict:
     """The window's one STFT, masked by its selected components (``chosen`` among its N most relevant,
-    ``window_top``), and by each of the recording's top N (``indices``) -> ISTFT."""
+    ``window_top``), and by each of the recording's top N (``indices``; silenced where ``gate`` [N] is False) ->
+    ISTFT."""
     prepared = parts.stages.prepare(windows)
     spectrum = parts.synthesis.spectrum(prepared)
     mask = parts.decoder(h, indices=window_top, selected=chosen)
     out = {"interpretation": parts.fit(parts.synthesis.from_spectrum(spectrum, mask, prepared), windows)}
     if components:
         masks = parts.decoder(h, indices=indices)
-        out["component_audio"] = parts.fit(parts.synthesis.from_spectrum(spectrum, masks, prepared), windows)
+        audio = parts.fit(parts.synthesis.from_spectrum(spectrum, masks, prepared), windows)
+        out["component_audio"] = audio * tf.cast(gate, audio.dtype)[:, :, None]
     return out
+
+
+def _recording_components(relevance, selected, n) -> tuple[tf.Tensor, tf.Tensor]:
+    """The recording's N components (int32 [B, N]) and their relevance: those selected in some window first, by
+    decreasing mean relevance, then the most relevant others (one window: its top N, as
+    :func:`l2i_tf.explain.top_components`)."""
+    order = tf.argsort(relevance, axis=1, direction="DESCENDING", stable=True)  # ties: lower index first
+    first = tf.argsort(tf.cast(tf.gather(selected, order, batch_dims=1), tf.int32), 1, "DESCENDING", stable=True)
+    indices = tf.gather(order, first, batch_dims=1)[:, :n]
+    return indices, tf.gather(relevance, indices, batch_dims=1)
 
 
 def _windows(parts: Parts, waveform):
@@ -132,14 +144,27 @@ def explain_recording(parts: Parts, waveform, target_class, threshold, component
     window_top, _, chosen, selected = parts.selection(relevance, tf.repeat(threshold, count), active)
     mean_relevance = tf.reduce_mean(recording(relevance), axis=1)
     any_selected = tf.reduce_any(recording(selected), axis=1)
-    indices, values = explain.top_components(mean_relevance, parts.top_n)
+    indices, values = _recording_components(mean_relevance, any_selected, parts.top_n)
+    # a component selected in some windows is heard in those only, so the selected ones' audio adds up to the
+    # interpretation; one selected nowhere is heard in every window (one window: every top-N component whole)
+    window_indices = tf.repeat(indices, count, axis=0)
+    gate = tf.gather(selected, window_indices, batch_dims=1) | ~tf.repeat(
+        tf.gather(any_selected, indices, batch_dims=1), count, axis=0
+    )
 
-    elems = (flat, first["activations"], window_top, chosen, tf.repeat(indices, count, axis=0))
+    last = tf.tile(tf.range(count) == count - 1, [batch])  # the window that ends at the recording's end
+    shift = timeline.last_shift(length, parts.hop, count, samples)
+    elems = (flat, first["activations"], window_top, chosen, window_indices, gate, last)
     signature = {"interpretation": (tf.float32, [])}
     if components:
         signature["component_audio"] = (tf.float32, [parts.top_n])
+
+    def second_pass(w, h, top, c, i, g, is_last):
+        out = _second_pass(parts, w, h, top, c, i, g, components)
+        return {key: timeline.on_grid(x, is_last, shift) for key, x in out.items()}
+
     second = timeline.overlap_add_chunks(
-        lambda w, h, top, c, i: _second_pass(parts, w, h, top, c, i, components),
+        second_pass,
         elems,
         chunk,
         length,

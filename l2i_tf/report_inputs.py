@@ -110,6 +110,7 @@ def explained_entry(source, analysis: Analysis, waveform, explained: dict, item:
     players += [
         {"label": f"Component {s['component']} (relevance {s['relevance']:.2f})", "src": f"audio/{slug}/{s['file']}"}
         for s in result["selected"]
+        if s["file"] is not None  # selected past the top N, in some windows: no audio of its own
     ]
     return {
         "slug": slug,

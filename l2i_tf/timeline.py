@@ -1,13 +1,14 @@
 """Recordings of any length as a timeline of windows: cut, explained in bounded batches, overlap-added.
 
 A recording of S samples is cut into W windows of L samples (the classifier's fixed input length, or the
-explanation's window; a recording no longer than L is one window of its own length), hop = L/2, the last one
-zero-padded. The classifier and Ψ/Θ run on batches of windows (:func:`map_chunks`: at most ``chunk_samples`` of
-audio at a time, so memory does not grow with the recording). The recording's decision aggregates the window
-logits (``mean`` or ``max``); that class is explained in every window, each window's interpretation is weighted
-by a Hann window and the overlap-added sum is divided by the overlap-added weights (:func:`overlap_add`): a
-constant-gain round trip, so explaining with every component selected gives back the input, and the output is as
-long as the input.
+explanation's window; a recording no longer than L is one window of its own length), hop = L/2, the last one ending
+at the recording's end (a whole window of audio, as training cuts clips: :func:`l2i_tf.windows.window_starts`;
+zero-padded, a mostly silent last window would weigh fully in the decision). The classifier and Ψ/Θ run on batches
+of windows (:func:`map_chunks`: at most ``chunk_samples`` of audio at a time, so memory does not grow with the
+recording). The recording's decision aggregates the window logits (``mean`` or ``max``); that class is explained in
+every window, each window's interpretation is put at its place on the hop grid (:func:`on_grid`), weighted by a
+Hann window and the overlap-added sum is divided by the overlap-added weights (:func:`overlap_add`): a constant-gain
+round trip, so explaining with every component selected gives back the input, and the output is as long as the input.
 
 Every function here builds TensorFlow ops, so the library (``Explainer.explain``) and the SavedModel signatures
 run the same graph.
@@ -55,11 +56,34 @@ def plan(samples, window: int, hop: int) -> tuple[tf.Tensor, tf.Tensor]:
     return length, count
 
 
+def starts(length, hop: int, count, samples) -> tf.Tensor:
+    """int32 [W]: the first sample of each window: 0, hop, 2·hop, …, and S − L for the last (it ends at S)."""
+    return tf.minimum(tf.range(count) * hop, samples - length)
+
+
+def last_shift(length, hop: int, count, samples) -> tf.Tensor:
+    """How many samples before its place on the hop grid, (W − 1)·hop, the last window starts (0 for one window)."""
+    return (count - 1) * hop + length - samples
+
+
 def frame(waveform, length, hop: int, count) -> tf.Tensor:
-    """Waveform [B, S] -> windows [B, W, L] starting at 0, hop, 2·hop, …; the end zero-padded."""
-    padded = (count - 1) * hop + length
-    waveform = tf.pad(waveform, [[0, 0], [0, tf.maximum(padded - tf.shape(waveform)[1], 0)]])
-    return tf.signal.frame(waveform[:, :padded], length, hop, axis=-1)
+    """Waveform [B, S] -> windows [B, W, L] at :func:`starts` (whole windows of audio: nothing padded)."""
+    first = starts(length, hop, count, tf.shape(waveform)[1])
+    return tf.gather(waveform, first[:, None] + tf.range(length)[None], axis=1)
+
+
+def on_grid(windows, last, shift) -> tf.Tensor:
+    """Outputs of windows ``[c, ..., L]`` at :func:`starts` -> the same at their places on the hop grid, as
+    :func:`overlap_add` adds them: the last windows of their recordings (``last`` bool [c]) shifted ``shift``
+    (:func:`last_shift`) samples earlier. What a shift moves past a window's start lands past the recording's end,
+    where the overlap-add crops it; the part of the last window before its grid place is dropped (the windows
+    before cover it)."""
+    shape = tf.concat([[-1], tf.ones([windows.shape.rank - 1], tf.int32)], 0)
+    return tf.cond(
+        shift != 0,
+        lambda: tf.where(tf.reshape(last, shape), tf.roll(windows, -shift, axis=-1), windows),
+        lambda: windows,
+    )
 
 
 def overlap_add(frames, hop: int, samples) -> tf.Tensor:
@@ -79,9 +103,9 @@ def aggregate_logits(logits, how: str) -> tf.Tensor:
 
 
 def window_bounds(batch, length, hop: int, count, samples) -> tuple[tf.Tensor, tf.Tensor]:
-    """int32 [B, W] first and one-past-last input sample of each window (the padded tail excluded)."""
-    start = tf.range(count) * hop
-    end = tf.minimum(start + length, samples)
+    """int32 [B, W] first and one-past-last input sample of each window (:func:`starts`)."""
+    start = starts(length, hop, count, samples)
+    end = start + length
     tile = tf.stack([batch, 1])
     return tf.tile(start[None], tile), tf.tile(end[None], tile)
 

@@ -12,7 +12,7 @@ import soundfile
 import tensorflow as tf
 from run_fixture import assert_clean_error, invoke
 
-from l2i_tf import audio, classifier, export, runs, timeline, training
+from l2i_tf import audio, classifier, explain_files, export, runs, timeline, training, windows
 from l2i_tf.explainer import ExplainConfig, Explainer
 
 RATE = 16000
@@ -34,11 +34,21 @@ def test_plan_counts_windows_at_half_window_hops(samples, expected):
     assert (int(length), int(count)) == expected
 
 
-def test_frames_start_every_hop_and_the_end_is_zero_padded():
+def test_frames_start_every_hop_and_the_last_ends_at_the_end_as_training_cuts_clips():
     x = tf.range(1, 12, dtype=tf.float32)[None]  # 11 samples
     frames = timeline.frame(x, 4, 2, 5)
-    expected = [[1, 2, 3, 4], [3, 4, 5, 6], [5, 6, 7, 8], [7, 8, 9, 10], [9, 10, 11, 0]]
+    expected = [[1, 2, 3, 4], [3, 4, 5, 6], [5, 6, 7, 8], [7, 8, 9, 10], [8, 9, 10, 11]]
     np.testing.assert_array_equal(frames[0], expected)
+    np.testing.assert_array_equal(timeline.starts(4, 2, 5, 11), windows.window_starts(11, 4, 2))
+    assert int(timeline.last_shift(4, 2, 5, 11)) == 1 and int(timeline.last_shift(4, 2, 5, 12)) == 0
+
+
+def _on_grid(frames, hop, samples):
+    """Windows [B, W, L] from :func:`timeline.frame` -> at their places on the hop grid."""
+    batch, count, length = frames.shape
+    last = tf.tile(tf.range(count) == count - 1, [batch])
+    shift = timeline.last_shift(length, hop, count, samples)
+    return tf.reshape(timeline.on_grid(tf.reshape(frames, [-1, length]), last, shift), frames.shape)
 
 
 def test_weights_are_positive_and_sum_to_one_at_half_window_hops():
@@ -51,7 +61,7 @@ def test_weights_are_positive_and_sum_to_one_at_half_window_hops():
 def test_overlap_add_of_the_frames_gives_back_the_signal(samples):
     x = tf.constant(np.random.default_rng(samples).standard_normal((2, samples)), tf.float32)
     length, count = timeline.plan(samples, 1000, 500)
-    back = timeline.overlap_add(timeline.frame(x, length, 500, count), 500, samples)
+    back = timeline.overlap_add(_on_grid(timeline.frame(x, length, 500, count), 500, samples), 500, samples)
     np.testing.assert_allclose(back, x, atol=1e-5)
 
 
@@ -249,6 +259,45 @@ def test_every_component_selected_gives_back_the_recording(planted):
     assert y.shape == x.shape
     error = np.abs(y - x)
     assert np.median(error) < 1e-5 and np.mean(error < 2e-3) > 0.95, (np.median(error), np.mean(error < 2e-3))
+
+
+def test_the_last_window_is_a_whole_window_ending_at_the_recording_s_end(planted):
+    """As training cuts clips (``windows.window_starts``): 16 samples past one window make a second window of the
+    last L samples, not one at the next hop padded with silence that would weigh fully in the decision."""
+    length = int(WINDOW_SECONDS * RATE)
+    x = planted["recording"][: length + 16]
+    explainer = _explainer(planted)
+    out = explainer.explain(x[None], components=True)
+    np.testing.assert_array_equal(out["window_start"], [[0, 16]])
+    np.testing.assert_array_equal(out["window_end"], [[length, length + 16]])
+    alone = explainer.explain(x[None, 16:])
+    np.testing.assert_allclose(out["window_class_probabilities"][0, 1], alone["class_probabilities"][0], atol=1e-5)
+    assert out["interpretation"].shape == (1, length + 16) and out["component_audio"].shape[-1] == length + 16
+
+
+def test_the_selected_components_audio_adds_up_to_the_interpretation_of_a_long_recording(planted, tmp_path):
+    """A component is heard in the windows that select it, so the selected components' audio adds up to the
+    interpretation; selected components come first among the N, and one selected past them is listed (no file)."""
+    x = planted["recording"][: 8 * RATE + 123].copy()
+    x[4 * RATE :] += _tone(len(x) - 4 * RATE).astype("float32")  # 4 s of noise, then noise and the tone
+    out = _explainer(planted, top_n=4).explain(x[None], threshold=0.2, components=True)  # N = K
+    per_window = out["window_selected"].numpy()[0]
+    assert (per_window.any(axis=0) & ~per_window.all(axis=0)).any()  # one selected in some windows only
+    chosen = out["component_selected"].numpy()[0]
+    summed = out["component_audio"].numpy()[0][chosen].sum(axis=0)
+    np.testing.assert_allclose(summed, out["interpretation"].numpy()[0], atol=1e-5)
+    union = np.flatnonzero(out["selected"].numpy()[0])
+    assert sorted(out["component_indices"].numpy()[0][: len(union)]) == union.tolist()  # the selected first
+
+    one = {key: value.numpy()[0] for key, value in out.items()}  # as N = 1 gives it: one of the selected has audio
+    one.update({key: one[key][:1] for key in ("component_indices", "component_relevance", "component_selected")})
+    one["component_audio"] = one["component_audio"][:1]
+    metadata = {"class_names": CLASSES, "sample_rate": RATE, "top_n": 1, "domain": "linear"}
+    summary = explain_files.summarize(one, metadata, 0.2, "x.wav", "run")
+    report = explain_files.write_explanation(summary, tmp_path / "o")
+    assert sorted(entry["component"] for entry in report["selected"]) == union.tolist()
+    assert [entry["file"] is None for entry in report["selected"]] == [False] + [True] * (len(union) - 1)
+    assert sorted(p.name for p in (tmp_path / "o").glob("component_*.wav")) == [report["selected"][0]["file"]]
 
 
 def test_a_recording_shorter_than_one_window_is_padded_and_keeps_its_length(planted):
