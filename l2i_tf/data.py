@@ -195,11 +195,10 @@ def _data_missing(contents: bytes, container: str) -> bool:
     return False
 
 
-def decode(contents: bytes, sample_rate: int, path: str = "<audio bytes>") -> np.ndarray:
-    """An audio file's bytes -> mono float32 ``[samples]`` at ``sample_rate``: decoded by soundfile (libsndfile),
-    the channels' mean, :func:`resample`. The package's one decoder (``l2i-tf explain``, the report, Beam, and
-    tf.data through :func:`decode_audio`), for every format and encoding libsndfile reads. :class:`AudioDataError`
-    naming ``path`` for an unreadable, empty, truncated or corrupt file."""
+def read_audio(contents: bytes, path: str = "<audio bytes>") -> tuple[np.ndarray, int]:
+    """An audio file's bytes -> ``(samples float32 [frames, channels], sample rate)`` as libsndfile decodes them,
+    for every format and encoding it reads. :class:`AudioDataError` naming ``path`` for an unreadable, empty,
+    truncated or corrupt file."""
     with _open(path, io.BytesIO(contents)) as f:
         info = _clip_info(path, f)
         try:
@@ -211,9 +210,18 @@ def decode(contents: bytes, sample_rate: int, path: str = "<audio bytes>") -> np
     elif _data_missing(contents, f.format):
         reason = f"its {_AUDIO_CHUNKS[f.format][1].decode()} chunk ends past the end of the file"
     else:
-        mono = audio[:, 0] if info.channels == 1 else audio.mean(axis=1, dtype=np.float32)
-        return resample(mono, info.sample_rate, sample_rate)
+        return audio, info.sample_rate
     raise AudioDataError(f"{path}: cannot decode audio ({reason}); the file is truncated or corrupt")
+
+
+def decode(contents: bytes, sample_rate: int, path: str = "<audio bytes>") -> np.ndarray:
+    """An audio file's bytes -> mono float32 ``[samples]`` at ``sample_rate``: :func:`read_audio` (soundfile), the
+    channels' mean, :func:`resample`. The package's one decoder (``l2i-tf explain``, the report, Beam, and tf.data
+    through :func:`decode_audio`). :class:`AudioDataError` naming ``path`` for an unreadable, empty, truncated or
+    corrupt file."""
+    audio, file_rate = read_audio(contents, path)
+    mono = audio[:, 0] if audio.shape[1] == 1 else audio.mean(axis=1, dtype=np.float32)
+    return resample(mono, file_rate, sample_rate)
 
 
 def decode_audio(contents, sample_rate: int, path=None, failed: list | None = None) -> tf.Tensor:
