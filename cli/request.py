@@ -1,4 +1,4 @@
-"""`l2i-tf request`: send WAV files to a TF Serving model over REST and write the interpretations it returns."""
+"""`l2i-tf request`: send audio files to a TF Serving model over REST and write the interpretations it returns."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from cli import options
-from l2i_tf import serving
+from l2i_tf import data, serving
 
 
 @click.command(
@@ -16,20 +16,26 @@ from l2i_tf import serving
     epilog="""\b
 Examples:
   l2i-tf request --url http://localhost:8501/v1/models/l2i dog.wav --out out/served
-  l2i-tf request --url http://server:8501/v1/models/l2i/versions/2 a.wav b.wav --out out
+  l2i-tf request --url http://server:8501/v1/models/l2i/versions/2 a.wav b.flac c.ogg --out out
 """,
 )
 @click.option("--url", required=True, help="TF Serving model URL: http://HOST:8501/v1/models/NAME[/versions/N].")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
-@click.option("--timeout", type=click.FloatRange(min=1), default=120.0, show_default=True, help="Seconds.")
+@click.option(
+    "--timeout", type=click.FloatRange(min=1), default=120.0, show_default=True, help="Seconds to wait for the reply."
+)
 @click.option("--overwrite", is_flag=True, help="Replace responses already in the output folders.")
 @click.option("-v", "--verbose", is_flag=True)
 def command(url, inputs, out, timeout, overwrite, verbose):
     """Ask a TF Serving model (the explain_wav signature) to explain INPUT files; write what it returns.
 
-    INPUTs must be 16-bit PCM WAV files at the model's sample rate (the server says so otherwise); they are sent
-    as-is in one request, so this client needs no audio code. Writes OUT/interpretation.wav and
+    INPUTs are audio files libsndfile reads (wav of any encoding, WAVEX, aiff, flac, ogg, mp3...) at the model's
+    sample rate (the server names both rates otherwise). explain_wav takes only 16-bit PCM WAV, so each is
+    re-encoded to that first, at its own rate and channels: 16-bit files are sent sample for sample, 24-bit,
+    32-bit and float ones rounded to 16 bits (float samples beyond ±1 clipped, with a warning). Every file is
+    checked before anything is sent; they go in one request (a refused batch is retried file by file to name
+    the files the server refuses; nothing is written then). Writes OUT/interpretation.wav and
     OUT/response.json (OUT/<stem>/ per input when there are several, numbered if stems repeat); a folder that
     already holds a response is refused unless --overwrite, before anything is sent.
     """
@@ -43,9 +49,10 @@ def command(url, inputs, out, timeout, overwrite, verbose):
         return (folder / "response.json").exists()
 
     folders = options.output_folders(inputs, Path(out), responded, "a response", overwrite)
-    files = [Path(p).read_bytes() for p in inputs]
     try:
-        predictions = serving.rest_explain_wav(url, files, timeout)
+        predictions = serving.explain_files(url, list(inputs), timeout)
+    except data.AudioDataError as e:
+        raise click.BadParameter(str(e), param_hint="INPUTS") from None
     except ConnectionError as e:
         raise click.ClickException(str(e)) from None
     for path, prediction, folder in zip(inputs, predictions, folders, strict=True):

@@ -32,19 +32,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# The encodings accepted (soundfile format, subtype) and their ids (ClipInfo.decoder).
-_VORBIS, _FLAC16, _FLAC32, _WAV16, _WAV32, _WAVF, _WAVU8, _MP3 = range(8)
-_SUBTYPES = {
-    ("OGG", "VORBIS"): _VORBIS,
-    ("FLAC", "PCM_16"): _FLAC16,
-    ("FLAC", "PCM_24"): _FLAC32,
-    ("WAV", "PCM_16"): _WAV16,
-    ("WAV", "PCM_24"): _WAV32,
-    ("WAV", "FLOAT"): _WAVF,
-    ("WAV", "PCM_U8"): _WAVU8,
-    ("MP3", "MPEG_LAYER_III"): _MP3,
-}
-
 
 class AudioDataError(ValueError):
     """A data set, file or manifest that cannot be used as given."""
@@ -56,7 +43,6 @@ class ClipInfo:
     sample_rate: int
     channels: int
     frames: int
-    decoder: int
 
 
 def _open(path: str, file=None) -> soundfile.SoundFile:
@@ -73,17 +59,12 @@ def _open(path: str, file=None) -> soundfile.SoundFile:
 def _clip_info(path: str, f: soundfile.SoundFile) -> ClipInfo:
     if f.frames == 0:
         raise AudioDataError(f"{path}: the file holds no audio samples")
-    decoder = _SUBTYPES.get((f.format, f.subtype))
-    if decoder is None:
-        raise AudioDataError(
-            f"{path}: unsupported encoding {f.format}/{f.subtype}; "
-            f"supported: {sorted(f'{a}/{b}' for a, b in _SUBTYPES)}"
-        )
-    return ClipInfo(path, int(f.samplerate), int(f.channels), int(f.frames), decoder)
+    return ClipInfo(path, int(f.samplerate), int(f.channels), int(f.frames))
 
 
 def probe(path: str, file=None) -> ClipInfo:
-    """Read a file's header (soundfile) and check its encoding; raise :class:`AudioDataError` naming the file.
+    """Read a file's header (soundfile); raise :class:`AudioDataError` naming the file if libsndfile cannot open
+    it or it holds no samples. Every format and encoding libsndfile opens is accepted: it decodes them all to float.
 
     ``file``: an open binary file-like object holding the file's bytes (e.g. read from a remote file system), read
     instead of ``path``; errors still name ``path``.
@@ -194,23 +175,30 @@ def resample(x: np.ndarray, file_rate: int, sample_rate: int) -> np.ndarray:
     return resample_poly(x, up, down, window=_resampling_filter(up, down)).astype(np.float32)[:expected]
 
 
-def _wav_data_missing(contents: bytes) -> bool:
-    """Whether a RIFF file's ``data`` chunk declares more bytes than the file holds (libsndfile then reads what is
-    there without a word: the file was truncated)."""
+# The chunked containers whose audio chunk's declared size shows a truncated file: format -> (byte order, chunk id).
+# libsndfile reads what is left of such a file without a word. (RF64 declares its sizes in a ds64 chunk instead.)
+_AUDIO_CHUNKS = {"WAV": ("little", b"data"), "WAVEX": ("little", b"data"), "AIFF": ("big", b"SSND")}
+
+
+def _data_missing(contents: bytes, container: str) -> bool:
+    """Whether a RIFF (WAV, WAVEX) or IFF (AIFF) file's audio chunk declares more bytes than the file holds: the
+    file was truncated. ``False`` for other formats."""
+    if container not in _AUDIO_CHUNKS:
+        return False
+    order, chunk = _AUDIO_CHUNKS[container]
     at = 12
     while at + 8 <= len(contents):
-        size = int.from_bytes(contents[at + 4 : at + 8], "little")
-        if contents[at : at + 4] == b"data":
+        size = int.from_bytes(contents[at + 4 : at + 8], order)
+        if contents[at : at + 4] == chunk:
             return at + 8 + size > len(contents)
         at += 8 + size + (size & 1)
     return False
 
 
-def decode(contents: bytes, sample_rate: int, path: str = "<audio bytes>") -> np.ndarray:
-    """An audio file's bytes -> mono float32 ``[samples]`` at ``sample_rate``: decoded by soundfile (libsndfile),
-    the channels' mean, :func:`resample`. The package's one decoder (``l2i-tf explain``, the report, Beam, and
-    tf.data through :func:`decode_audio`). :class:`AudioDataError` naming ``path`` for an unreadable, empty,
-    unsupported, truncated or corrupt file."""
+def read_audio(contents: bytes, path: str = "<audio bytes>") -> tuple[np.ndarray, int]:
+    """An audio file's bytes -> ``(samples float32 [frames, channels], sample rate)`` as libsndfile decodes them,
+    for every format and encoding it reads. :class:`AudioDataError` naming ``path`` for an unreadable, empty,
+    truncated or corrupt file."""
     with _open(path, io.BytesIO(contents)) as f:
         info = _clip_info(path, f)
         try:
@@ -219,12 +207,21 @@ def decode(contents: bytes, sample_rate: int, path: str = "<audio bytes>") -> np
             raise AudioDataError(f"{path}: cannot decode audio ({e}); the file is truncated or corrupt") from None
     if len(audio) < info.frames:
         reason = f"the header promises {info.frames} frames, the file holds {len(audio)}"
-    elif f.format == "WAV" and _wav_data_missing(contents):
-        reason = "its data chunk ends past the end of the file"
+    elif _data_missing(contents, f.format):
+        reason = f"its {_AUDIO_CHUNKS[f.format][1].decode()} chunk ends past the end of the file"
     else:
-        mono = audio[:, 0] if info.channels == 1 else audio.mean(axis=1, dtype=np.float32)
-        return resample(mono, info.sample_rate, sample_rate)
+        return audio, info.sample_rate
     raise AudioDataError(f"{path}: cannot decode audio ({reason}); the file is truncated or corrupt")
+
+
+def decode(contents: bytes, sample_rate: int, path: str = "<audio bytes>") -> np.ndarray:
+    """An audio file's bytes -> mono float32 ``[samples]`` at ``sample_rate``: :func:`read_audio` (soundfile), the
+    channels' mean, :func:`resample`. The package's one decoder (``l2i-tf explain``, the report, Beam, and tf.data
+    through :func:`decode_audio`). :class:`AudioDataError` naming ``path`` for an unreadable, empty, truncated or
+    corrupt file."""
+    audio, file_rate = read_audio(contents, path)
+    mono = audio[:, 0] if audio.shape[1] == 1 else audio.mean(axis=1, dtype=np.float32)
+    return resample(mono, file_rate, sample_rate)
 
 
 def decode_audio(contents, sample_rate: int, path=None, failed: list | None = None) -> tf.Tensor:

@@ -25,7 +25,9 @@ from l2i_tf.data import AudioDataError
 log = logging.getLogger(__name__)
 
 LAYOUTS = ("esc10", "esc50", "folders", "manifest")
-AUDIO_EXTENSIONS = (".ogg", ".flac", ".wav", ".mp3")
+# The files a folder layout lists: the usual names of the formats libsndfile reads (any it reads is decoded, as
+# manifests may name them; these are only what a folder scan picks up).
+AUDIO_EXTENSIONS = (".ogg", ".opus", ".flac", ".wav", ".mp3", ".aif", ".aiff")
 ESC10_ROOT = Path(__file__).resolve().parent / "esc10"  # bundled ESC-10, package data (README: CC BY 3.0)
 
 

@@ -19,7 +19,7 @@ import soundfile as sf
 import tensorflow as tf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from run_fixture import assert_clean_error, chirp, invoke, write_wav
+from run_fixture import assert_clean_error, chirp, invoke, write, write_wav
 
 from l2i_tf import audio, classifier, data, explain, tables
 
@@ -51,6 +51,11 @@ ACCEPTED = {  # file -> expected number of samples at 16 kHz in the interpretati
     "float samples up to ±6": (lambda p: write_wav(p, 10 * chirp(0.5), subtype="FLOAT"), 8000),
     "shorter than one frame (100 samples)": (lambda p: write_wav(p, chirp(100 / SR)), 100),
     "one sample": (lambda p: write_wav(p, np.array([0.5], "float32")), 1),
+    "32-bit integer": (lambda p: write_wav(p, chirp(0.5), subtype="PCM_32"), 8000),
+    "64-bit float": (lambda p: write_wav(p, chirp(0.5), subtype="DOUBLE"), 8000),
+    "WAVEX 16-bit": (lambda p: write(p, chirp(0.5), subtype="PCM_16", format="WAVEX"), 8000),
+    "WAVEX 24-bit": (lambda p: write(p, chirp(0.5), subtype="PCM_24", format="WAVEX"), 8000),
+    "AIFF": (lambda p: write(p.with_suffix(".aiff"), chirp(0.5), format="AIFF"), 8000),
 }
 
 
@@ -89,7 +94,6 @@ REJECTED = {  # file -> (exit code, what the message must say)
         1,
         "NaN or Inf",
     ),
-    "32-bit integer": (lambda p: write_wav(p, chirp(0.5), subtype="PCM_32"), 2, "unsupported encoding WAV/PCM_32"),
 }
 
 

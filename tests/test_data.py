@@ -78,9 +78,38 @@ def test_8_bit_and_24_bit_wav_decode_to_their_exact_values(tmp_path, num_frames,
     np.testing.assert_allclose(decoded, x, atol=step)
 
 
-def test_32_bit_integer_wav_is_an_unsupported_encoding_naming_the_file(tmp_path):
-    path = write(tmp_path / "int32.wav", noise(100), subtype="PCM_32")
-    with pytest.raises(AudioDataError, match=r"int32\.wav: unsupported encoding WAV/PCM_32"):
+@pytest.mark.parametrize(
+    ("suffix", "format", "subtype", "step"),
+    [  # what libsndfile decodes, which an allow-list of encodings used to refuse
+        (".wav", "WAVEX", "PCM_16", 2**-15),  # WAVE_FORMAT_EXTENSIBLE
+        (".wav", "WAVEX", "PCM_24", 2**-23),
+        (".wav", "WAV", "PCM_32", 2**-31),
+        (".wav", "WAV", "DOUBLE", 0.0),
+        (".aiff", "AIFF", "PCM_16", 2**-15),
+        (".aiff", "AIFF", "PCM_24", 2**-23),
+    ],
+)
+def test_every_encoding_libsndfile_reads_decodes_to_its_samples_in_a_data_set(tmp_path, suffix, format, subtype, step):
+    x = noise(2001, seed=10)
+    path = write(tmp_path / f"clip{suffix}", x, subtype=subtype, format=format)
+    assert (soundfile.info(path).format, soundfile.info(path).subtype) == (format, subtype)
+    (wave, _, _), *_ = data.waveform_dataset(table_of(path), RATE, cache=False).as_numpy_iterator()
+    np.testing.assert_array_equal(wave, soundfile.read(path, dtype="float32")[0])
+    np.testing.assert_allclose(wave, x, atol=max(step, 1e-7))  # x is float32: a double file holds it exactly
+
+
+@pytest.mark.parametrize(("format", "chunk"), [("WAVEX", "data"), ("AIFF", "SSND")])
+def test_truncated_wavex_and_aiff_are_errors_naming_them(tmp_path, format, chunk):
+    path = write(tmp_path / "cut.wav", noise(4000), subtype="PCM_16", format=format)
+    path.write_bytes(path.read_bytes()[:3000])  # libsndfile alone would read the frames that are left
+    with pytest.raises(AudioDataError, match=rf"cut\.wav: cannot decode audio \(its {chunk} chunk ends past"):
+        data.decode(path.read_bytes(), RATE, str(path))
+
+
+def test_a_file_libsndfile_cannot_read_is_still_refused_naming_it(tmp_path):
+    path = tmp_path / "notes.wav"
+    path.write_text("RIFF, but only in name: this is text")
+    with pytest.raises(AudioDataError, match=r"notes\.wav: cannot read audio"):
         data.waveform_dataset(table_of(path), RATE, cache=False)
 
 

@@ -8,7 +8,7 @@ from l2i_tf.data import ClipInfo
 
 
 def infos(count: int, seconds: float = 5.0, rate: int = 44100) -> list[ClipInfo]:
-    return [ClipInfo(f"{i}.wav", rate, 1, int(seconds * rate), 0) for i in range(count)]
+    return [ClipInfo(f"{i}.wav", rate, 1, int(seconds * rate)) for i in range(count)]
 
 
 def test_frames_are_estimated_from_headers_at_the_stft_rate():

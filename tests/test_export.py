@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile
 import tensorflow as tf
 from click.testing import CliRunner
 from run_fixture import CLASS_NAMES, SAMPLE_RATE, K, chirp, write_wav
@@ -359,6 +360,42 @@ def test_request_client_and_rest_contract_against_the_serving_standin(exported, 
         assert result.exit_code == 1 and "22050" in result.output and "16000" in result.output, result.output
         result = CliRunner().invoke(main, ["request", "--url", server.url, str(mono), "--out", str(tmp_path / "x")])
         assert result.exit_code == 2 and "not a TF Serving model URL" in result.output
+
+
+def test_request_sends_float_24_bit_wavex_flac_and_ogg_files_and_names_the_file_the_server_refuses(exported, tmp_path):
+    # samples on the 16-bit grid: every lossless format below holds them, and the client sends them unchanged
+    x = (np.round(chirp(0.5) * 32768) / 32768).astype("float32")
+    reference = write_wav(tmp_path / "in" / "pcm16.wav", x)
+    kinds = {
+        "float": ("WAV", "FLOAT", ".wav"),
+        "pcm24": ("WAV", "PCM_24", ".wav"),
+        "wavex": ("WAVEX", "PCM_16", ".wav"),
+    }
+    kinds |= {"flac": ("FLAC", "PCM_16", ".flac"), "vorbis": ("OGG", "VORBIS", ".ogg")}
+    paths = {}
+    for name, (fmt, subtype, suffix) in kinds.items():
+        paths[name] = tmp_path / "in" / f"{name}{suffix}"
+        soundfile.write(paths[name], x, SAMPLE_RATE, format=fmt, subtype=subtype)
+    direct = exported["model"].signatures["explain_wav"](audio=tf.constant([reference.read_bytes()]))
+    expected = direct["interpretation_wav_bytes"].numpy()[0]
+    with StandIn(exported["path"], "l2i") as server:
+        model_url = f"{server.url}/v1/models/l2i"
+        out = tmp_path / "out"
+        result = CliRunner().invoke(main, ["request", "--url", model_url, *map(str, paths.values()), "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        for name in ("float", "pcm24", "wavex", "flac"):  # lossless: the 16-bit file's explanation, byte for byte
+            assert (out / name / "interpretation.wav").read_bytes() == expected, name
+        vorbis, _ = soundfile.read(out / "vorbis" / "interpretation.wav")
+        assert len(vorbis) == len(x) and np.all(np.isfinite(vorbis))
+
+        # a batch the server refuses names the file it refuses (retried one by one), and writes nothing
+        fast = write_wav(tmp_path / "in" / "fast.wav", chirp(0.3, rate=22050), rate=22050)
+        batch = [str(paths["float"]), str(fast)]
+        result = CliRunner().invoke(main, ["request", "--url", model_url, *batch, "--out", str(tmp_path / "b")])
+        assert result.exit_code == 1, result.output
+        assert f"{fast}: {model_url}: HTTP 400" in result.output and "22050" in result.output, result.output
+        assert f"{paths['float']}:" not in result.output and "1 of 2 files refused" in result.output
+        assert not (tmp_path / "b").exists()
 
 
 def test_the_exported_explanation_makes_one_stft_per_window(exported):

@@ -83,11 +83,14 @@ def test_folders_layout_takes_class_names_from_folders_and_spreads_folds(tmp_pat
         for k in range(5):
             write(tmp_path / name / f"{k}.wav", noise(400, seed=k))
     (tmp_path / "bird" / "notes.txt").write_text("not audio")
+    write(tmp_path / "engine" / "5.aiff", noise(400), format="AIFF")  # AIFF is listed too
+    write(tmp_path / "engine" / "6.AIF", noise(400), format="AIFF")
     write(tmp_path / ".hidden" / "x.wav", noise(400))
     table = tables.load_table(tmp_path, "folders")
     assert table.class_names == ("bird", "engine", "siren")
-    assert len(table) == 15
-    for c in range(3):  # 5 clips, 5 folds: each fold once per class
+    assert len(table) == 17
+    assert sum(Path(p).suffix.lower() in (".aif", ".aiff") for p in table.paths) == 2
+    for c in (0, 2):  # 5 clips, 5 folds: each fold once per class
         assert sorted(f for f, label in zip(table.folds, table.labels, strict=True) if label == c) == [1, 2, 3, 4, 5]
 
     def fold_of(t):
