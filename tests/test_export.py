@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from click.testing import CliRunner
-from run_fixture import CLASS_NAMES, SAMPLE_RATE, K, chirp, write_wav
+from run_fixture import CLASS_NAMES, SAMPLE_RATE, K, chirp, current_umask, umask, unexpected_modes, write_wav
 from serving_standin import StandIn
 from tensorflow.core.protobuf import saved_model_pb2
 
@@ -51,6 +51,27 @@ def test_export_takes_the_next_free_version_and_keeps_older_ones(exported):
     assert (meta["sample_rate"], meta["k"], meta["top_n"], meta["threshold"]) == (SAMPLE_RATE, K, TOP, 0.0)
     assert meta["max_samples"] == SAMPLE_RATE and meta["version"] == 2 and meta["domain"] == ExplainConfig.domain
     assert export.resolve_saved_model(path.parent) == path
+
+
+def test_every_folder_and_file_of_an_export_has_the_mode_the_umask_gives(exported):
+    """TF Serving in a container runs as another user: the version folder is not tempfile's 0o700."""
+    assert unexpected_modes(exported["path"], current_umask()) == {}
+
+
+def fake_saved_model(explainer, path):
+    """``write_saved_model`` without tracing: a SavedModel-shaped folder (a file and a subfolder)."""
+    (Path(path) / "variables").mkdir()
+    (Path(path) / "saved_model.pb").write_bytes(b"not traced")
+
+
+def test_an_export_under_umask_022_is_readable_by_everyone(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(export, "write_saved_model", fake_saved_model)
+    with umask(0o022):
+        path = export.export(tiny_run, tmp_path / "savedmodels", "l2i", CONFIG)
+    assert path == tmp_path / "savedmodels" / "l2i" / "1"
+    assert oct(os.stat(path).st_mode & 0o777) == oct(0o755)
+    assert oct(os.stat(path / export.METADATA_FILE).st_mode & 0o777) == oct(0o644)
+    assert unexpected_modes(tmp_path / "savedmodels", 0o022) == {}
 
 
 def test_export_refuses_a_version_that_exists(exported):
