@@ -9,6 +9,7 @@ exports and reports are read by other users (TF Serving in a container, a web se
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -106,7 +107,10 @@ def atomic_folder(folder: str | Path, overwrite: bool = False) -> Iterator[Path]
 
 
 def swap_in(tmp: Path, folder: Path, overwrite: bool = False) -> None:
-    """Rename the finished ``tmp`` folder to ``folder``; an old ``folder`` (with ``overwrite``) is removed last."""
+    """Rename the finished ``tmp`` folder to ``folder``; an old ``folder`` (with ``overwrite``) is removed last.
+
+    Without ``overwrite``, a ``folder`` that exists, or appears just before the rename, raises ``FileExistsError``.
+    """
     if folder.exists() and not overwrite:
         raise FileExistsError(f"{str(folder)!r} appeared while it was being written; nothing was replaced")
     old = None
@@ -115,9 +119,11 @@ def swap_in(tmp: Path, folder: Path, overwrite: bool = False) -> None:
         os.rename(folder, old / "previous")
     try:
         os.rename(tmp, folder)
-    except OSError:
+    except OSError as e:
         if old is not None:
             os.rename(old / "previous", folder)
+        if e.errno in (errno.EEXIST, errno.ENOTEMPTY) and not isinstance(e, FileExistsError):
+            raise FileExistsError(e.errno, f"{str(folder)!r} appeared while it was being written") from e
         raise
     finally:
         if old is not None:

@@ -74,6 +74,43 @@ def test_an_export_under_umask_022_is_readable_by_everyone(tiny_run, tmp_path, m
     assert unexpected_modes(tmp_path / "savedmodels", 0o022) == {}
 
 
+def another_export_finishes_first(monkeypatch, *taken):
+    """While this export writes its SavedModel, versions ``taken`` appear (other exports of the same model)."""
+
+    def write_then_lose_the_race(explainer, path):
+        fake_saved_model(explainer, path)
+        for version in taken:
+            (Path(path).parent / str(version)).mkdir()
+            (Path(path).parent / str(version) / "saved_model.pb").write_bytes(b"the other export")
+
+    monkeypatch.setattr(export, "write_saved_model", write_then_lose_the_race)
+
+
+def test_an_export_without_version_that_loses_the_race_takes_the_next_free_version(tiny_run, tmp_path, monkeypatch):
+    another_export_finishes_first(monkeypatch, 1, 2)
+    path = export.export(tiny_run, tmp_path, "race", CONFIG)
+    assert path == tmp_path / "race" / "3" and (path / "saved_model.pb").read_bytes() == b"not traced"
+    assert export.load_metadata(path)["version"] == 3
+    assert (tmp_path / "race" / "1" / "saved_model.pb").read_bytes() == b"the other export"  # untouched
+    assert sorted(p.name for p in (tmp_path / "race").iterdir()) == ["1", "2", "3"]  # no temporary folder left
+
+
+def test_an_export_with_version_that_loses_the_race_is_refused_and_leaves_the_winner(tiny_run, tmp_path, monkeypatch):
+    another_export_finishes_first(monkeypatch, 4)
+    with pytest.raises(export.ExportError, match="version 4 of model 'race' appeared at .* during the export") as e:
+        export.export(tiny_run, tmp_path, "race", CONFIG, version=4)
+    assert (e.value.reason, e.value.value) == ("version", 4)
+    assert sorted(p.name for p in (tmp_path / "race").iterdir()) == ["4"]
+    assert (tmp_path / "race" / "4" / "saved_model.pb").read_bytes() == b"the other export"
+
+
+def test_the_cli_export_without_version_that_loses_the_race_says_which_version_it_took(tiny_run, tmp_path, monkeypatch):
+    another_export_finishes_first(monkeypatch, 1)
+    result = CliRunner().invoke(main, ["export", str(tiny_run), "--out", str(tmp_path), "--name", "race"])
+    assert result.exit_code == 0, result.output
+    assert f"exported {tmp_path / 'race' / '2'}" in result.output and "--version" not in result.output
+
+
 def test_export_refuses_a_version_that_exists(exported):
     with pytest.raises(export.ExportError, match="version 1 of model 'l2i' already exists"):
         export.export(exported["run"], exported["root"] / "savedmodels", "l2i", CONFIG, version=1)

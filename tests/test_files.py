@@ -55,3 +55,21 @@ def test_a_folder_that_exists_is_refused_and_left_alone(tmp_path):
     with pytest.raises(FileExistsError, match="made"), files.atomic_folder(tmp_path / "made"):
         pass
     assert (tmp_path / "made" / "keep.txt").read_text() == "mine" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_a_folder_that_appears_just_before_the_rename_is_refused_not_replaced(tmp_path, monkeypatch):
+    """The other writer's folder lands between the existence check and the rename: FileExistsError (the export's
+    retry looks for that), and the other folder is kept."""
+    rename = os.rename
+
+    def other_writer_first(src, dst):
+        if dst == tmp_path / "made":
+            (tmp_path / "made").mkdir()
+            (tmp_path / "made" / "theirs.txt").write_text("theirs")
+        rename(src, dst)
+
+    monkeypatch.setattr(files.os, "rename", other_writer_first)
+    with pytest.raises(FileExistsError, match="made"), files.atomic_folder(tmp_path / "made") as tmp:
+        (tmp / "mine.txt").write_text("mine")
+    assert sorted(p.name for p in (tmp_path / "made").iterdir()) == ["theirs.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["made"]
