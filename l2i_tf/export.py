@@ -221,7 +221,10 @@ def _model_folder(out: str | Path, name: str, version: int | None) -> Path:
     """``out/name``, created and writable, after checking the name and version."""
     if not _NAME.match(name):
         raise ExportError(
-            f"model name {name!r} must be a plain folder name (letters, digits, '_', '.', '-')", "name", name
+            f"model name {name!r} must be a plain folder name: a letter or digit first, then letters, digits, '_', "
+            "'.' and '-'",
+            "name",
+            name,
         )
     if version is not None and (not isinstance(version, int) or version < 1):
         raise ExportError(f"version must be a positive integer, got {version!r}", "version", version)

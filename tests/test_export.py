@@ -123,6 +123,23 @@ def test_export_into_a_folder_that_cannot_be_written_is_a_clear_error(tmp_path):
         export.export(tmp_path / "no-run", blocker / "models", "l2i")
 
 
+@pytest.mark.parametrize("name", ["-", "-x", ".hidden", "_x", "a/b", "a b", ""])
+def test_a_model_name_that_is_no_plain_folder_name_is_refused_saying_what_is_allowed(tiny_run, tmp_path, name):
+    result = CliRunner().invoke(main, ["export", str(tiny_run), "--out", str(tmp_path), "--name", name])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert (
+        f"Invalid value for --name: model name {name!r} must be a plain folder name: a letter or digit first, then "
+        "letters, digits, '_', '.' and '-'" in said
+    ), said
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["l2i", "a-b", "esc10_v2.1", "9-x"])
+def test_a_plain_folder_name_with_dashes_dots_and_underscores_inside_is_taken(tmp_path, name):
+    assert export._model_folder(tmp_path, name, None) == tmp_path / name
+
+
 def test_versions_lists_only_integer_folders(tmp_path):
     for name in ("1", "3", ".tmp-1-x", "notes", "10"):
         (tmp_path / name).mkdir()
