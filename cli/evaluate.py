@@ -116,7 +116,7 @@ def command(
         seed=seed,
     )
     if thresholds is not None:
-        taus = _floats(thresholds, "--thresholds")
+        taus = tuple(options.check_threshold(tau, "--thresholds") for tau in _floats(thresholds, "--thresholds"))
         changes.update(thresholds=taus, multilabel_thresholds=taus)
     if mixtures is not None:
         changes["mixtures"] = mixtures

@@ -24,7 +24,7 @@ Examples:
 @click.argument("source", type=click.Path(exists=True, file_okay=False))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--class", "class_name", default=None, help="Class to explain (default: the classifier's prediction).")
-@click.option("--threshold", type=float, default=None, help="τ: select components with relevance > τ [0.3/export's].")
+@options.threshold_option(None, "0.3/export's")
 @click.option(
     "--top",
     type=click.IntRange(min=0),
@@ -53,8 +53,6 @@ def command(
     whole), before anything is written.
     """
     options.setup(verbose)
-    if threshold is not None and threshold != threshold:
-        raise click.BadParameter(f"{threshold!r} is not a number", param_hint="--threshold")
     src = open_source(source, threshold, top, domain, unsafe_load, window_seconds, aggregate)
     try:
         src.class_index(class_name)

@@ -58,7 +58,7 @@ Examples:
     "processes.",
 )
 @click.option("--components", is_flag=True, help="Also write one wav per selected component.")
-@click.option("--threshold", type=float, default=None, help="τ: select components with relevance > τ [export's].")
+@options.threshold_option(None, "export's")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Clips per model call.")
 @click.option("--fail-on-error", is_flag=True, help="Exit non-zero when any input failed (they are always listed).")
 @click.option("-v", "--verbose", is_flag=True)
@@ -87,8 +87,6 @@ def command(
     options.setup(verbose)
     if direct_workers is None:
         direct_workers = usable_cores()
-    if threshold is not None and threshold != threshold:
-        raise click.BadParameter(f"{threshold!r} is not a number", param_hint="--threshold")
     if not verbose:
         for handler in logging.getLogger().handlers:
             handler.addFilter(_QuietBeam())

@@ -27,7 +27,7 @@ Examples:
 @click.option("--name", default="l2i", show_default=True, help="Model name: the folder under --out.")
 @click.option("--out", default="savedmodels", show_default=True, type=click.Path(), help="Base folder of models.")
 @click.option("--version", type=click.IntRange(min=1), default=None, help="Version folder (default: next free).")
-@click.option("--threshold", type=float, default=DEFAULTS.threshold, show_default=True, help="Default τ.")
+@options.threshold_option(DEFAULTS.threshold, f"{DEFAULTS.threshold:g}; the export's default")
 @click.option(
     "--top",
     type=click.IntRange(min=0),

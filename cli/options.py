@@ -134,6 +134,40 @@ def window_options(defaults: bool):
     return wrap
 
 
+TAU_RANGE = (-1.0, 1.0)  # relevance's range (l2i_tf.explain.class_relevance)
+
+
+def check_threshold(value, flag: str = "--threshold"):
+    """τ (None: not given) if it is a number in relevance's range [-1, 1], else a click error naming the value.
+
+    Components with relevance > τ are selected: above 1 none ever would be, below -1 all would be. The edges are
+    kept: τ = 1 selects none, τ = -1 all but a component of relevance exactly -1."""
+    if value is None:
+        return None
+    low, high = TAU_RANGE
+    if value != value:
+        raise click.BadParameter(f"{value!r} is not a number", param_hint=flag)
+    if not low <= value <= high:
+        effect = "no component would ever be selected" if value > high else "every component would be selected"
+        raise click.BadParameter(
+            f"{value:g} is outside [{low:g}, {high:g}], the range of relevance (components with relevance > τ are "
+            f"selected): {effect}",
+            param_hint=flag,
+        )
+    return value
+
+
+def threshold_option(default: float | None, default_help: str):
+    """--threshold τ in [-1, 1] (``default`` when not given)."""
+    return click.option(
+        "--threshold",
+        type=float,
+        default=default,
+        callback=lambda ctx, param, value: check_threshold(value),
+        help=f"τ in [-1, 1]: select components with relevance > τ [{default_help}].",
+    )
+
+
 def peak_memory_mb() -> float:
     """Peak resident memory of this process so far (ru_maxrss, Linux: kB), MB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

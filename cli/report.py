@@ -38,7 +38,7 @@ Examples:
 @click.option("--snr-db", type=float, default=0.0, show_default=True, help="True source to other source, mixtures.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing report folder (once the new one is complete).")
 @click.option("--class", "class_name", default=None, help="Class to explain (default: the classifier's prediction).")
-@click.option("--threshold", type=float, default=None, help="τ: select components with relevance > τ [0.3/export's].")
+@options.threshold_option(None, "0.3/export's")
 @click.option(
     "--top",
     type=click.IntRange(min=0),
@@ -63,8 +63,6 @@ def command(
     true source, the interpretation of the classifier's decision and the other source, with its SI-SDRi.
     """
     options.setup(verbose)
-    if threshold is not None and threshold != threshold:
-        raise click.BadParameter(f"{threshold!r} is not a number", param_hint="--threshold")
     if not inputs and not examples and not mixtures:
         raise click.UsageError("nothing to explain: give INPUT files, --examples N or --mixtures N")
     if snr_db != snr_db or abs(snr_db) == float("inf"):

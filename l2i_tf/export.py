@@ -221,7 +221,10 @@ def _model_folder(out: str | Path, name: str, version: int | None) -> Path:
     """``out/name``, created and writable, after checking the name and version."""
     if not _NAME.match(name):
         raise ExportError(
-            f"model name {name!r} must be a plain folder name (letters, digits, '_', '.', '-')", "name", name
+            f"model name {name!r} must be a plain folder name: a letter or digit first, then letters, digits, '_', "
+            "'.' and '-'",
+            "name",
+            name,
         )
     if version is not None and (not isinstance(version, int) or version < 1):
         raise ExportError(f"version must be a positive integer, got {version!r}", "version", version)
@@ -237,6 +240,40 @@ def _model_folder(out: str | Path, name: str, version: int | None) -> Path:
     return base
 
 
+def _free_version(base: Path, after: int = 0) -> int:
+    """The next version number above every existing version (and ``after``) whose name is free under ``base``."""
+    version = max([*versions(base), after]) + 1
+    while (base / str(version)).exists():  # a file, or a folder that is no version, with that name
+        version += 1
+    return version
+
+
+def _move_into_place(tmp: Path, base: Path, metadata: dict, pinned: bool) -> Path:
+    """Write ``metadata`` into the finished SavedModel ``tmp`` and rename it to ``base/<metadata["version"]>``.
+
+    When that version appears meanwhile (another export of the same model finished first): a ``pinned`` version
+    (``--version``) is an :class:`ExportError`; otherwise the export takes the next free version, and so on.
+    """
+    version, name = metadata["version"], metadata["name"]
+    while True:
+        files.write_json(tmp / METADATA_FILE, {**metadata, "version": version})
+        target = base / str(version)
+        try:
+            files.swap_in(tmp, target)
+            return target
+        except FileExistsError:
+            if pinned:
+                raise ExportError(
+                    f"version {version} of model {name!r} appeared at {str(target)!r} during the export",
+                    "version",
+                    version,
+                ) from None
+        taken, version = version, _free_version(base, after=version)
+        log.warning(
+            "version %d of model %r appeared during the export; this export is version %d", taken, name, version
+        )
+
+
 def export(
     run,
     out: str | Path = "savedmodels",
@@ -248,16 +285,17 @@ def export(
 ) -> Path:
     """Export a run as ``<out>/<name>/<version>/`` (a SavedModel) and return that folder.
 
-    ``version`` defaults to one more than the largest existing version (1 for the first). An existing version is
-    never overwritten: the model is written to a hidden temporary folder next to the versions and renamed into
-    place, so TF Serving never sees half a model.
+    ``version`` defaults to one more than the largest existing version (1 for the first); if another export takes
+    that version while this one is written, this one takes the next free version. An existing version is never
+    overwritten: the model is written to a hidden temporary folder next to the versions and renamed into place, so
+    TF Serving never sees half a model.
 
     Args:
         run: a run folder (``l2i-tf train``) or a loaded :class:`~l2i_tf.runs.Run`.
         out: the model base folder (TF Serving's ``base_path`` is ``<out>/<name>``).
         name: model name.
         config: τ, N, domain, maximum length.
-        version: explicit version (must not exist).
+        version: explicit version (must not exist, nor appear during the export).
         safe_mode: load the run's ``.keras`` file with Keras' safe mode (refuses ``Lambda`` layers' code).
         precision: the classifier's compute in the export (:data:`~l2i_tf.interpreter.PRECISIONS`); None: the
             run's. Ψ, Θ and every output stay float32.
@@ -266,10 +304,11 @@ def export(
         ExportError: the folder cannot be written, the version exists, or the name is not a plain folder name.
     """
     base = _model_folder(out, name, version)
-    if version is None:
-        version = max(versions(base), default=0) + 1
-    target = base / str(version)
-    if target.exists():
+    pinned = version is not None
+    if not pinned:
+        version = _free_version(base)
+    elif (base / str(version)).exists():
+        target = base / str(version)
         raise ExportError(f"version {version} of model {name!r} already exists at {str(target)!r}", "version", version)
     if not isinstance(run, runs.Run):
         run = runs.load_run(run, safe_mode=safe_mode)
@@ -283,16 +322,12 @@ def export(
     metadata["versions"] = {"tensorflow": tf.__version__, "keras": keras.__version__}
     metadata["precision"] = interpreter.precision
     try:
-        with files.atomic_folder(target) as tmp:
+        with files.temporary_folder(base / str(version)) as tmp:
             write_saved_model(explainer, tmp)
-            files.write_json(tmp / METADATA_FILE, metadata)
-    except FileExistsError:  # another export took this version meanwhile
-        raise ExportError(
-            f"version {version} of model {name!r} appeared at {str(target)!r} during the export", "version", version
-        ) from None
+            target = _move_into_place(tmp, base, metadata, pinned)
     except OSError as e:
         raise ExportError(f"cannot write into {str(base)!r}: {e.strerror or e}", "folder", str(base)) from None
-    log.info("exported %s (version %d) in %.1f s", target, version, time.perf_counter() - start)
+    log.info("exported %s in %.1f s", target, time.perf_counter() - start)
     return target
 
 

@@ -1,9 +1,12 @@
 """Test helpers: a tiny, untrained run folder (demo classifier + random dictionary) as `l2i-tf train` writes it, a tiny
-tone data set with its training settings, and audio files."""
+tone data set with its training settings, audio files, and the file modes a umask gives."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +102,36 @@ def assert_clean_error(result, code, *fragments):
     assert "Traceback" not in result.output
     for fragment in fragments:
         assert fragment in result.output, result.output
+
+
+@contextlib.contextmanager
+def umask(value: int = 0o022):
+    """Run the block under this umask, then put the previous one back."""
+    previous = os.umask(value)
+    try:
+        yield value
+    finally:
+        os.umask(previous)
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting one and putting it back)."""
+    previous = os.umask(0o022)
+    os.umask(previous)
+    return previous
+
+
+def unexpected_modes(root: str | Path, mask: int) -> dict[str, str]:
+    """``{path: mode}`` of ``root`` and everything under it whose mode is not what ``os.mkdir`` (folders: 0o777) or
+    ``open`` (files: 0o666) give under the umask ``mask``; empty when all are."""
+    root = Path(root)
+    found = {}
+    for path in (root, *root.rglob("*")):
+        have = stat.S_IMODE(path.stat().st_mode)
+        want = (0o777 if path.is_dir() else 0o666) & ~mask
+        if have != want:
+            found[str(path.relative_to(root))] = oct(have)
+    return found
 
 
 def make_tone_job(root: str | Path, **changes):

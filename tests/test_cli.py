@@ -142,3 +142,47 @@ def test_train_records_the_files_it_is_given_as_absolute_paths(tmp_path, monkeyp
     result = invoke("train", "--classifier", "mine.keras", "--data", "clips", "--layout", "folders", "--out", "r")
     assert result.exit_code == 0, result.output
     assert (seen[0].classifier, seen[0].data) == (str(tmp_path / "mine.keras"), str(tmp_path / "clips"))
+
+
+THRESHOLD_COMMANDS = {
+    "export": lambda run, clip, out: ["export", run, "--out", out],
+    "explain": lambda run, clip, out: ["explain", run, clip, "--out", out],
+    "explain-bulk": lambda run, clip, out: ["explain-bulk", run, clip, "--out", out],
+    "report": lambda run, clip, out: ["report", run, clip, "--out", out],
+    "evaluate": lambda run, clip, out: ["evaluate", run, "--out", out],
+}
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (
+            "5",
+            "5 is outside [-1, 1], the range of relevance (components with relevance > τ are selected): no component",
+        ),
+        ("-1.5", "-1.5 is outside [-1, 1], the range of relevance (components with relevance > τ are selected): every"),
+        ("nan", "nan is not a number"),
+    ],
+)
+@pytest.mark.parametrize("command", sorted(THRESHOLD_COMMANDS))
+def test_a_threshold_outside_relevance_range_is_refused_naming_it_before_any_work(tmp_path, command, value, message):
+    clip = tmp_path / "clip.wav"
+    clip.write_bytes(b"RIFF")  # never read: the option is refused first
+    flag = "--thresholds" if command == "evaluate" else "--threshold"
+    args = THRESHOLD_COMMANDS[command](str(tmp_path), str(clip), str(tmp_path / "out"))
+    if command == "evaluate":
+        value = f"0.3,{value}"
+        if "nan" in value:  # refused with the other malformed lists
+            message = "expected comma-separated numbers, got '0.3,nan'"
+    result = invoke(*args, flag, value)
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for {flag}: {message}" in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("value", [-1.0, -0.5, 0.0, 0.3, 1.0])
+def test_thresholds_in_relevance_range_are_taken_as_given(value):
+    from cli import options
+
+    assert options.check_threshold(value) == value
+    assert options.check_threshold(None) is None

@@ -11,6 +11,7 @@ import pytest
 import soundfile
 import tensorflow as tf
 from click.testing import CliRunner
+from run_fixture import umask, unexpected_modes
 from test_nmf import TINY_STFT, F, planted
 
 from l2i_tf import nmf
@@ -54,6 +55,12 @@ def test_save_load_round_trip_and_refuses_to_overwrite(tmp_path):
     small_dictionary(k=3).save(folder, overwrite=True)
     assert Dictionary.load(folder).k == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dict"]  # no temporary folders left
+
+
+def test_a_saved_dictionary_under_umask_022_is_readable_by_everyone(tmp_path):
+    with umask(0o022):
+        folder = small_dictionary().save(tmp_path / "dict")
+    assert unexpected_modes(folder, 0o022) == {}  # the folder 0o755 (not tempfile's 0o700), its files 0o644
 
 
 def test_load_errors_name_the_folder_and_problem(tmp_path):

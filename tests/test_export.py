@@ -16,7 +16,7 @@ import pytest
 import soundfile
 import tensorflow as tf
 from click.testing import CliRunner
-from run_fixture import CLASS_NAMES, SAMPLE_RATE, K, chirp, write_wav
+from run_fixture import CLASS_NAMES, SAMPLE_RATE, K, chirp, current_umask, umask, unexpected_modes, write_wav
 from serving_standin import StandIn
 from tensorflow.core.protobuf import saved_model_pb2
 
@@ -54,6 +54,64 @@ def test_export_takes_the_next_free_version_and_keeps_older_ones(exported):
     assert export.resolve_saved_model(path.parent) == path
 
 
+def test_every_folder_and_file_of_an_export_has_the_mode_the_umask_gives(exported):
+    """TF Serving in a container runs as another user: the version folder is not tempfile's 0o700."""
+    assert unexpected_modes(exported["path"], current_umask()) == {}
+
+
+def fake_saved_model(explainer, path):
+    """``write_saved_model`` without tracing: a SavedModel-shaped folder (a file and a subfolder)."""
+    (Path(path) / "variables").mkdir()
+    (Path(path) / "saved_model.pb").write_bytes(b"not traced")
+
+
+def test_an_export_under_umask_022_is_readable_by_everyone(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(export, "write_saved_model", fake_saved_model)
+    with umask(0o022):
+        path = export.export(tiny_run, tmp_path / "savedmodels", "l2i", CONFIG)
+    assert path == tmp_path / "savedmodels" / "l2i" / "1"
+    assert oct(os.stat(path).st_mode & 0o777) == oct(0o755)
+    assert oct(os.stat(path / export.METADATA_FILE).st_mode & 0o777) == oct(0o644)
+    assert unexpected_modes(tmp_path / "savedmodels", 0o022) == {}
+
+
+def another_export_finishes_first(monkeypatch, *taken):
+    """While this export writes its SavedModel, versions ``taken`` appear (other exports of the same model)."""
+
+    def write_then_lose_the_race(explainer, path):
+        fake_saved_model(explainer, path)
+        for version in taken:
+            (Path(path).parent / str(version)).mkdir()
+            (Path(path).parent / str(version) / "saved_model.pb").write_bytes(b"the other export")
+
+    monkeypatch.setattr(export, "write_saved_model", write_then_lose_the_race)
+
+
+def test_an_export_without_version_that_loses_the_race_takes_the_next_free_version(tiny_run, tmp_path, monkeypatch):
+    another_export_finishes_first(monkeypatch, 1, 2)
+    path = export.export(tiny_run, tmp_path, "race", CONFIG)
+    assert path == tmp_path / "race" / "3" and (path / "saved_model.pb").read_bytes() == b"not traced"
+    assert export.load_metadata(path)["version"] == 3
+    assert (tmp_path / "race" / "1" / "saved_model.pb").read_bytes() == b"the other export"  # untouched
+    assert sorted(p.name for p in (tmp_path / "race").iterdir()) == ["1", "2", "3"]  # no temporary folder left
+
+
+def test_an_export_with_version_that_loses_the_race_is_refused_and_leaves_the_winner(tiny_run, tmp_path, monkeypatch):
+    another_export_finishes_first(monkeypatch, 4)
+    with pytest.raises(export.ExportError, match="version 4 of model 'race' appeared at .* during the export") as e:
+        export.export(tiny_run, tmp_path, "race", CONFIG, version=4)
+    assert (e.value.reason, e.value.value) == ("version", 4)
+    assert sorted(p.name for p in (tmp_path / "race").iterdir()) == ["4"]
+    assert (tmp_path / "race" / "4" / "saved_model.pb").read_bytes() == b"the other export"
+
+
+def test_the_cli_export_without_version_that_loses_the_race_says_which_version_it_took(tiny_run, tmp_path, monkeypatch):
+    another_export_finishes_first(monkeypatch, 1)
+    result = CliRunner().invoke(main, ["export", str(tiny_run), "--out", str(tmp_path), "--name", "race"])
+    assert result.exit_code == 0, result.output
+    assert f"exported {tmp_path / 'race' / '2'}" in result.output and "--version" not in result.output
+
+
 def test_export_refuses_a_version_that_exists(exported):
     with pytest.raises(export.ExportError, match="version 1 of model 'l2i' already exists"):
         export.export(exported["run"], exported["root"] / "savedmodels", "l2i", CONFIG, version=1)
@@ -64,6 +122,23 @@ def test_export_into_a_folder_that_cannot_be_written_is_a_clear_error(tmp_path):
     blocker.write_text("a regular file, not a folder")
     with pytest.raises(export.ExportError, match="cannot create the export folder"):
         export.export(tmp_path / "no-run", blocker / "models", "l2i")
+
+
+@pytest.mark.parametrize("name", ["-", "-x", ".hidden", "_x", "a/b", "a b", ""])
+def test_a_model_name_that_is_no_plain_folder_name_is_refused_saying_what_is_allowed(tiny_run, tmp_path, name):
+    result = CliRunner().invoke(main, ["export", str(tiny_run), "--out", str(tmp_path), "--name", name])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert (
+        f"Invalid value for --name: model name {name!r} must be a plain folder name: a letter or digit first, then "
+        "letters, digits, '_', '.' and '-'" in said
+    ), said
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["l2i", "a-b", "esc10_v2.1", "9-x"])
+def test_a_plain_folder_name_with_dashes_dots_and_underscores_inside_is_taken(tmp_path, name):
+    assert export._model_folder(tmp_path, name, None) == tmp_path / name
 
 
 def test_versions_lists_only_integer_folders(tmp_path):

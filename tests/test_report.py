@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from run_fixture import chirp, write_wav
+from run_fixture import chirp, current_umask, unexpected_modes, write_wav
 
 from cli.main import main
 from l2i_tf import report
@@ -126,6 +126,11 @@ def test_every_input_has_its_players_and_images_and_every_referenced_file_exists
         assert not link.startswith(("http:", "https:", "//", "/")), link  # offline, relative links only
         assert (out / link).is_file() and (out / link).stat().st_size > 0, link
     assert not any(p.name.startswith(".") for p in out.parent.iterdir()), "no temporary folder left behind"
+
+
+def test_the_report_folder_and_its_files_have_the_mode_the_umask_gives(built):
+    """A web server running as another user can read the report (the folder is not tempfile's 0o700)."""
+    assert unexpected_modes(built["out"], current_umask()) == {}
 
 
 def test_header_shows_configuration_and_the_evaluation_tables(built):
