@@ -177,9 +177,12 @@ class _Write(beam.DoFn):
 
 
 class ExplainFiles(beam.PTransform):
-    """Root transform: explain every file matching ``job.input_glob`` into ``job.out``; writes ``index.jsonl``,
-    ``index.parquet`` and ``errors.jsonl`` at the end. Returns ``{"records": ..., "failures": ...}`` (index records
-    and dead letters) for further composition."""
+    """Root transform: explain every file matching ``job.input_glob`` into ``job.out``; writes ``job.json`` (the glob
+    ``out`` belongs to) when applied, ``index.jsonl``, ``index.parquet`` and ``errors.jsonl`` at the end. Returns
+    ``{"records": ..., "failures": ...}`` (index records and dead letters) for further composition.
+
+    Applying it raises :class:`l2i_tf.bulk_files.OutFolderError`, before anything is written, if ``job.out`` belongs
+    to another input glob."""
 
     def __init__(self, job: BulkJob, preload: bool = False):
         """``preload``: start loading the model now, in this process (:func:`l2i_tf.bulk_model.preload`), for a
@@ -198,6 +201,7 @@ class ExplainFiles(beam.PTransform):
 
     def expand(self, root):
         job, handler = self.job, self.handler
+        bulk_files.claim(job.out, job.input_glob)  # job.json: ``out`` belongs to this glob
         matched = root | "Match" >> fileio.MatchFiles(job.input_glob)
         planned = matched | "SkipComplete" >> beam.ParDo(_SkipComplete(job)).with_outputs("done", main="todo")
         decoded = (
@@ -295,6 +299,7 @@ def run_job(
     ``wall_seconds``, and the lines of the index (``indexed``) and of the errors file (``errors``): these two are
     counted from the files, which stay exact where a runner drops metric updates."""
     t0 = time.perf_counter()
+    bulk_files.check_job(job.out, job.input_glob)  # before the model starts loading
     if job.tf_threads is None:
         job = dataclasses.replace(job, tf_threads=direct_tf_threads(runner, direct_workers))
     p = beam.Pipeline(options=pipeline_options(runner, direct_workers, beam_args, direct_mode))

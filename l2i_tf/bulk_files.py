@@ -6,6 +6,10 @@ Layout under ``out`` for an input ``<base>/a/b.ogg`` (``base``: the input glob's
 summary ``l2i-tf explain`` writes as explanation.json, plus the settings that made it). The JSON is written last: an
 input is complete when its JSON was made with the same settings and every file it lists exists.
 
+``out`` belongs to one input glob, recorded in ``job.json`` when a job starts: its index lists that glob's inputs,
+mirrored below that glob's folder, so a job with another glob is refused (:func:`check_job`) rather than replacing
+the index.
+
 Local paths are written through :mod:`l2i_tf.files` (temporary sibling + rename); other file systems (``gs://``,
 ``s3://``) through Beam's ``FileSystems``, whose objects appear whole when closed.
 """
@@ -25,6 +29,7 @@ from l2i_tf import files
 INDEX_FILE = "index.jsonl"
 PARQUET_FILE = "index.parquet"
 ERRORS_FILE = "errors.jsonl"
+JOB_FILE = "job.json"
 WILDCARDS = "*?["
 
 
@@ -127,6 +132,74 @@ def wav_bytes(samples: np.ndarray, rate: int) -> bytes:
     buffer = io.BytesIO()
     soundfile.write(buffer, np.asarray(samples, np.float32), rate, format="WAV", subtype="FLOAT")
     return buffer.getvalue()
+
+
+# -------------------------------------------------------------------- the job an output folder belongs to
+
+
+class UnreadableRecordError(ValueError):
+    """``out``'s ``job.json`` or index is not what a bulk explanation writes (the message names the file)."""
+
+
+class OutFolderError(ValueError):
+    """``out`` holds the outputs of another input glob than ``input_glob``: ``recorded`` (from its ``job.json``), or,
+    for a folder written before ``job.json`` existed, unknown (None): ``unmatched``, an input its index lists, is not
+    matched by ``input_glob`` or would be mirrored elsewhere."""
+
+    def __init__(self, out: str, input_glob: str, recorded: str | None, unmatched: str | None = None):
+        self.out, self.input_glob, self.recorded, self.unmatched = out, input_glob, recorded, unmatched
+        if recorded is not None:
+            held = f"the explanations of {recorded!r} (its {JOB_FILE})"
+        else:
+            held = (
+                f"the explanations of another glob (its {INDEX_FILE} lists {unmatched}, not matched or mirrored alike)"
+            )
+        super().__init__(
+            f"{out} holds {held}, not of {input_glob!r}: it belongs to one glob, whose inputs its index lists, and "
+            "this job would replace that index"
+        )
+
+
+def _index_rows(out: str) -> list[dict]:
+    """The rows of ``out``'s index (none without an index)."""
+    raw = read_bytes(join(out, INDEX_FILE))
+    try:
+        rows = [json.loads(line) for line in (raw or b"").decode().splitlines()]
+        return [{"path": row["path"], "summary": row["summary"]} for row in rows]
+    except (ValueError, KeyError, TypeError):
+        raise UnreadableRecordError(f"{join(out, INDEX_FILE)} is not a bulk explanation's index") from None
+
+
+def check_job(out: str, input_glob: str) -> None:
+    """Raise :class:`OutFolderError` if ``out`` belongs to another input glob than ``input_glob`` (reads only): the
+    glob of its ``job.json``; for a folder written before ``job.json`` existed, a glob that matches every input its
+    index lists and mirrors each to the summary listed."""
+    raw = read_bytes(join(out, JOB_FILE))
+    if raw is not None:
+        try:
+            recorded = json.loads(raw)["input_glob"]
+        except (ValueError, KeyError, TypeError):
+            raise UnreadableRecordError(f"{join(out, JOB_FILE)} is not a bulk job record: {raw[:80]!r}") from None
+        if recorded != input_glob:
+            raise OutFolderError(out, input_glob, recorded)
+        return
+    rows = _index_rows(out)
+    if not rows:
+        return
+    from apache_beam.io.filesystems import FileSystems
+
+    (result,) = FileSystems.match([input_glob])
+    matched, base = {m.path for m in result.metadata_list}, glob_base(input_glob)
+    for row in rows:
+        path = row["path"]
+        if path not in matched or not path.startswith(base) or Layout(base, out).summary(path) != row["summary"]:
+            raise OutFolderError(out, input_glob, None, path)
+
+
+def claim(out: str, input_glob: str) -> None:
+    """Record ``input_glob`` as the glob ``out`` belongs to (after :func:`check_job`); unchanged if it already is."""
+    check_job(out, input_glob)
+    _write_if_changed(join(out, JOB_FILE), (json.dumps({"input_glob": input_glob}, indent=2) + "\n").encode())
 
 
 # -------------------------------------------------------------------- one input's outputs
@@ -244,9 +317,10 @@ def write_index(out: str, records: list[dict]) -> bool:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if is_local(out):  # a killed run's temporary index and errors files
-        for leftover in [*Path(out).glob(".index.*.tmp-*"), *Path(out).glob(".errors.*.tmp-*")]:
-            leftover.unlink(missing_ok=True)
+    if is_local(out):  # a killed run's temporary index, errors and job files
+        for name in (INDEX_FILE, PARQUET_FILE, ERRORS_FILE, JOB_FILE):
+            for leftover in Path(out).glob(f".{name}.tmp-*"):
+                leftover.unlink(missing_ok=True)
     records = sorted(records, key=lambda r: r["path"])
     lines = jsonl(records)
     changed = _write_if_changed(join(out, INDEX_FILE), lines)
