@@ -81,8 +81,9 @@ def command(
     Writes, mirrored under OUT: <name>.wav (the interpretation) and <name>.json (what l2i-tf explain writes as
     explanation.json) per input, <name>.components/ with --components; then index.jsonl and index.parquet (one line
     per explained input) and errors.jsonl (inputs that failed, with the reason). Each file is explained whole. A
-    rerun skips inputs whose outputs are complete. OUT belongs to one INPUT_GLOB (job.json): another glob is refused,
-    so the index never loses the earlier job's rows. Quote the glob; BEAM_ARGS after `--` go to Beam (runner options).
+    rerun skips inputs whose outputs are complete (same settings, input file of the same size and modification
+    time). OUT belongs to one INPUT_GLOB (job.json): another glob is refused, so the index never loses the earlier
+    job's rows. Quote the glob; BEAM_ARGS after `--` go to Beam (runner options).
     Needs the beam extra: pip install "l2i_tf[beam]".
     """
     options.setup(verbose)

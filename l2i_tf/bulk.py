@@ -50,7 +50,8 @@ class BulkJob:
 
     @property
     def settings(self) -> dict:
-        """What an input's outputs depend on: a rerun redoes the inputs whose JSON holds other settings."""
+        """What an input's outputs depend on, besides the input file: a rerun redoes the inputs whose JSON holds other
+        settings (or another input file, :func:`l2i_tf.bulk_files.input_file`)."""
         return {"saved_model": self.saved_model, "threshold": self.threshold, "components": self.components}
 
     @property
@@ -112,7 +113,8 @@ class _SkipComplete(beam.DoFn):
     def process(self, metadata):
         if bulk_files.is_under(self.job.out, metadata.path):  # the job's own outputs, when --out is in the glob
             return
-        summary = bulk_files.existing(self.job.layout, metadata.path, self.job.settings)
+        source = bulk_files.input_file(metadata)
+        summary = bulk_files.existing(self.job.layout, metadata.path, self.job.settings, source)
         if summary is None:
             bulk_files.remove_leftovers(self.job.layout, metadata.path)
             yield metadata
@@ -122,7 +124,8 @@ class _SkipComplete(beam.DoFn):
 
 
 class _Decode(beam.DoFn):
-    """Readable file -> ``(path, clip float32 [S])`` at the export's rate (the package's one audio loader), or
+    """Readable file -> ``((path, input_file), clip float32 [S])`` at the export's rate (the package's one audio
+    loader; ``input_file``: :func:`l2i_tf.bulk_files.input_file` of what was matched and read), or
     ``{"path", "reason"}`` on ``failed``."""
 
     def __init__(self, job: BulkJob):
@@ -144,12 +147,12 @@ class _Decode(beam.DoFn):
             yield beam.pvalue.TaggedOutput("failed", {"path": path, "reason": str(e)})
             return
         self.read.inc()
-        yield path, clip
+        yield (path, bulk_files.input_file(readable.metadata)), clip
 
 
 class _Write(beam.DoFn):
-    """``(path, PredictionResult)`` -> the input's files, and its index record; or ``{"path", "reason"}`` on
-    ``failed``."""
+    """``((path, input_file), PredictionResult)`` -> the input's files, and its index record; or
+    ``{"path", "reason"}`` on ``failed``."""
 
     def __init__(self, job: BulkJob):
         self.job = job
@@ -157,7 +160,7 @@ class _Write(beam.DoFn):
         self.audio_ms = _counter("audio_milliseconds")
 
     def process(self, element):
-        path, result = element
+        (path, source), result = element
         outputs = result.inference
         if "error" in outputs:
             self.failed.inc()
@@ -166,7 +169,7 @@ class _Write(beam.DoFn):
         job = self.job
         summary = explain_files.summarize(outputs, job.metadata, job.threshold, job.saved_model, "savedmodel")
         try:
-            report = bulk_files.write_outputs(job.layout, path, summary, job.settings)
+            report = bulk_files.write_outputs(job.layout, path, summary, job.settings, source)
         except OSError as e:
             self.failed.inc()
             yield beam.pvalue.TaggedOutput("failed", {"path": path, "reason": f"{path}: cannot write outputs ({e})"})

@@ -3,8 +3,9 @@ and the index (JSON Lines + Parquet) and dead-letter file of a run.
 
 Layout under ``out`` for an input ``<base>/a/b.ogg`` (``base``: the input glob's folder before its first wildcard):
 ``a/b.ogg.wav`` (the interpretation), ``a/b.ogg.components/component_<k>.wav`` (optional) and ``a/b.ogg.json`` (the
-summary ``l2i-tf explain`` writes as explanation.json, plus the settings that made it). The JSON is written last: an
-input is complete when its JSON was made with the same settings and every file it lists exists.
+summary ``l2i-tf explain`` writes as explanation.json, plus the settings and the input file's size and modification
+time that made it). The JSON is written last: an input is complete when its JSON was made with the same settings from
+the same input file (same size and modification time) and every file it lists exists.
 
 ``out`` belongs to one input glob, recorded in ``job.json`` when a job starts: its index lists that glob's inputs,
 mirrored below that glob's folder, so a job with another glob is refused (:func:`check_job`) rather than replacing
@@ -205,8 +206,15 @@ def claim(out: str, input_glob: str) -> None:
 # -------------------------------------------------------------------- one input's outputs
 
 
-def existing(layout: Layout, path: str, settings: dict) -> dict | None:
-    """The summary of ``path`` if its outputs are complete and were made with ``settings``, else None."""
+def input_file(metadata) -> dict:
+    """What identifies the content of a matched input (Beam's ``FileMetadata``), cheaply: its size and modification
+    time (seconds; 0.0 where the file system gives none)."""
+    return {"size_bytes": int(metadata.size_in_bytes), "modified_seconds": float(metadata.last_updated_in_seconds)}
+
+
+def existing(layout: Layout, path: str, settings: dict, source: dict) -> dict | None:
+    """The summary of ``path`` if its outputs are complete and were made with ``settings`` from the input file
+    ``source`` (:func:`input_file`: same size and modification time), else None."""
     raw = read_bytes(layout.full(layout.summary(path)))
     if raw is None:
         return None
@@ -214,7 +222,7 @@ def existing(layout: Layout, path: str, settings: dict) -> dict | None:
         summary = json.loads(raw)
     except ValueError:
         return None
-    if summary.get("settings") != settings:
+    if summary.get("settings") != settings or summary.get("input_file") != source:
         return None
     listed = [summary.get("interpretation")]
     if settings.get("components"):
@@ -236,11 +244,12 @@ def remove_leftovers(layout: Layout, path: str) -> None:
         leftover.unlink(missing_ok=True)
 
 
-def write_outputs(layout: Layout, path: str, summary: dict, settings: dict) -> dict:
+def write_outputs(layout: Layout, path: str, summary: dict, settings: dict, source: dict) -> dict:
     """Write the interpretation, the components (if ``settings["components"]``) and, last, the JSON of one input;
-    ``summary`` is :func:`l2i_tf.explain_files.summarize`'s. Returns the JSON's content."""
+    ``summary`` is :func:`l2i_tf.explain_files.summarize`'s, ``source`` the input's :func:`input_file` as read.
+    Returns the JSON's content."""
     rate, sound = summary["sample_rate"], summary["audio"]
-    report = {"input": path, **{key: value for key, value in summary.items() if key != "audio"}}
+    report = {"input": path, "input_file": source, **{key: value for key, value in summary.items() if key != "audio"}}
     report["interpretation"] = layout.interpretation(path)
     write_bytes(layout.full(report["interpretation"]), wav_bytes(sound["interpretation"], rate))
     report["selected"] = []

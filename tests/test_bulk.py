@@ -206,6 +206,44 @@ def test_another_glob_into_the_same_out_is_refused_and_the_index_kept(archive, t
     assert json.loads((out / "job.json").read_text()) == {"input_glob": wide}
 
 
+def test_an_input_replaced_by_another_recording_is_explained_again(archive, tmp_path):
+    """Resume compares the input file (size, modification time), not only its path: clip00 replaced by clip08 (the
+    same format, length and size, another chirp) gives clip08's explanation, then is skipped while unchanged."""
+    clip00, clip08 = archive["good"][0], archive["good"][8]
+    assert clip00.stat().st_size == clip08.stat().st_size and clip00.read_bytes() != clip08.read_bytes()
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    inbox.mkdir()
+    shutil.copyfile(clip00, inbox / "clip.wav")
+    glob = str(inbox / "*")
+    assert bulk.run(archive["saved"], glob, out)["files_explained"] == 1
+    first = json.loads((out / "clip.wav.json").read_text())
+    stat = (inbox / "clip.wav").stat()
+    assert first["input_file"] == {"size_bytes": stat.st_size, "modified_seconds": os.path.getmtime(inbox / "clip.wav")}
+    shutil.copyfile(clip08, inbox / "clip.wav")
+    os.utime(inbox / "clip.wav", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # a later write
+    again = bulk.run(archive["saved"], glob, out)
+    assert (again["files_explained"], again["files_skipped"]) == (1, 0)
+    got = json.loads((out / "clip.wav.json").read_text())
+    for path, summary in ((clip08, got), (clip00, first)):
+        expected = json.loads((archive["reference"][path] / "explanation.json").read_text())
+        assert summary["relevance"] == pytest.approx(expected["relevance"], abs=1e-4), path
+        assert summary["classifier"]["probabilities"] == pytest.approx(
+            expected["classifier"]["probabilities"], abs=1e-4
+        )
+    assert got["relevance"] != pytest.approx(first["relevance"], abs=1e-3)
+    (row,) = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+    predicted = got["classifier"]["predicted"]
+    assert (row["classifier_class"], row["classifier_probability"]) == (
+        predicted,
+        got["classifier"]["probabilities"][predicted],
+    )
+    assert row["selected"] == [
+        {"component": s["component"], "relevance": s["relevance"], "file": None} for s in got["selected"]
+    ]
+    before = snapshot(out)
+    assert bulk.run(archive["saved"], glob, out)["files_skipped"] == 1 and snapshot(out) == before
+
+
 def test_outputs_inside_the_glob_are_not_inputs_and_a_glob_of_no_files_is_refused(archive, tmp_path):
     """--out under the glob's folder: a rerun does not explain its own outputs (`x.wav.wav`, the index...)."""
     folder = tmp_path / "inbox"
