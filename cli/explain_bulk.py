@@ -81,7 +81,9 @@ def command(
     Writes, mirrored under OUT: <name>.wav (the interpretation) and <name>.json (what l2i-tf explain writes as
     explanation.json) per input, <name>.components/ with --components; then index.jsonl and index.parquet (one line
     per explained input) and errors.jsonl (inputs that failed, with the reason). Each file is explained whole. A
-    rerun skips inputs whose outputs are complete. Quote the glob; BEAM_ARGS after `--` go to Beam (runner options).
+    rerun skips inputs whose outputs are complete (same settings, input file of the same size and modification
+    time). OUT belongs to one INPUT_GLOB (job.json): another glob is refused, so the index never loses the earlier
+    job's rows. Quote the glob; BEAM_ARGS after `--` go to Beam (runner options).
     Needs the beam extra: pip install "l2i_tf[beam]".
     """
     options.setup(verbose)
@@ -102,6 +104,13 @@ def command(
     if not inputs:
         message = f"{job.input_glob!r} matches no files (files under --out, the job's outputs, are not inputs)"
         raise click.BadParameter(message, param_hint="INPUT_GLOB")
+    try:  # before anything is written: --out may belong to another glob
+        bulk_files.check_job(job.out, job.input_glob)
+    except bulk_files.OutFolderError as e:
+        hint = "use another --out for this glob" + ("" if e.recorded is None else f", or rerun with {e.recorded!r}")
+        raise click.BadParameter(f"{e}; {hint}", param_hint="--out") from None
+    except bulk_files.UnreadableRecordError as e:
+        raise click.BadParameter(f"{e}; use another --out", param_hint="--out") from None
     if bulk_files.is_local(job.out):  # an --out that cannot be written fails now, not after the whole job
         Path(job.out).mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=job.out).close()

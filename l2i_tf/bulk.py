@@ -50,7 +50,8 @@ class BulkJob:
 
     @property
     def settings(self) -> dict:
-        """What an input's outputs depend on: a rerun redoes the inputs whose JSON holds other settings."""
+        """What an input's outputs depend on, besides the input file: a rerun redoes the inputs whose JSON holds other
+        settings (or another input file, :func:`l2i_tf.bulk_files.input_file`)."""
         return {"saved_model": self.saved_model, "threshold": self.threshold, "components": self.components}
 
     @property
@@ -112,7 +113,8 @@ class _SkipComplete(beam.DoFn):
     def process(self, metadata):
         if bulk_files.is_under(self.job.out, metadata.path):  # the job's own outputs, when --out is in the glob
             return
-        summary = bulk_files.existing(self.job.layout, metadata.path, self.job.settings)
+        source = bulk_files.input_file(metadata)
+        summary = bulk_files.existing(self.job.layout, metadata.path, self.job.settings, source)
         if summary is None:
             bulk_files.remove_leftovers(self.job.layout, metadata.path)
             yield metadata
@@ -122,7 +124,8 @@ class _SkipComplete(beam.DoFn):
 
 
 class _Decode(beam.DoFn):
-    """Readable file -> ``(path, clip float32 [S])`` at the export's rate (the package's one audio loader), or
+    """Readable file -> ``((path, input_file), clip float32 [S])`` at the export's rate (the package's one audio
+    loader; ``input_file``: :func:`l2i_tf.bulk_files.input_file` of what was matched and read), or
     ``{"path", "reason"}`` on ``failed``."""
 
     def __init__(self, job: BulkJob):
@@ -144,12 +147,12 @@ class _Decode(beam.DoFn):
             yield beam.pvalue.TaggedOutput("failed", {"path": path, "reason": str(e)})
             return
         self.read.inc()
-        yield path, clip
+        yield (path, bulk_files.input_file(readable.metadata)), clip
 
 
 class _Write(beam.DoFn):
-    """``(path, PredictionResult)`` -> the input's files, and its index record; or ``{"path", "reason"}`` on
-    ``failed``."""
+    """``((path, input_file), PredictionResult)`` -> the input's files, and its index record; or
+    ``{"path", "reason"}`` on ``failed``."""
 
     def __init__(self, job: BulkJob):
         self.job = job
@@ -157,7 +160,7 @@ class _Write(beam.DoFn):
         self.audio_ms = _counter("audio_milliseconds")
 
     def process(self, element):
-        path, result = element
+        (path, source), result = element
         outputs = result.inference
         if "error" in outputs:
             self.failed.inc()
@@ -166,7 +169,7 @@ class _Write(beam.DoFn):
         job = self.job
         summary = explain_files.summarize(outputs, job.metadata, job.threshold, job.saved_model, "savedmodel")
         try:
-            report = bulk_files.write_outputs(job.layout, path, summary, job.settings)
+            report = bulk_files.write_outputs(job.layout, path, summary, job.settings, source)
         except OSError as e:
             self.failed.inc()
             yield beam.pvalue.TaggedOutput("failed", {"path": path, "reason": f"{path}: cannot write outputs ({e})"})
@@ -177,9 +180,12 @@ class _Write(beam.DoFn):
 
 
 class ExplainFiles(beam.PTransform):
-    """Root transform: explain every file matching ``job.input_glob`` into ``job.out``; writes ``index.jsonl``,
-    ``index.parquet`` and ``errors.jsonl`` at the end. Returns ``{"records": ..., "failures": ...}`` (index records
-    and dead letters) for further composition."""
+    """Root transform: explain every file matching ``job.input_glob`` into ``job.out``; writes ``job.json`` (the glob
+    ``out`` belongs to) when applied, ``index.jsonl``, ``index.parquet`` and ``errors.jsonl`` at the end. Returns
+    ``{"records": ..., "failures": ...}`` (index records and dead letters) for further composition.
+
+    Applying it raises :class:`l2i_tf.bulk_files.OutFolderError`, before anything is written, if ``job.out`` belongs
+    to another input glob."""
 
     def __init__(self, job: BulkJob, preload: bool = False):
         """``preload``: start loading the model now, in this process (:func:`l2i_tf.bulk_model.preload`), for a
@@ -198,6 +204,7 @@ class ExplainFiles(beam.PTransform):
 
     def expand(self, root):
         job, handler = self.job, self.handler
+        bulk_files.claim(job.out, job.input_glob)  # job.json: ``out`` belongs to this glob
         matched = root | "Match" >> fileio.MatchFiles(job.input_glob)
         planned = matched | "SkipComplete" >> beam.ParDo(_SkipComplete(job)).with_outputs("done", main="todo")
         decoded = (
@@ -295,6 +302,7 @@ def run_job(
     ``wall_seconds``, and the lines of the index (``indexed``) and of the errors file (``errors``): these two are
     counted from the files, which stay exact where a runner drops metric updates."""
     t0 = time.perf_counter()
+    bulk_files.check_job(job.out, job.input_glob)  # before the model starts loading
     if job.tf_threads is None:
         job = dataclasses.replace(job, tf_threads=direct_tf_threads(runner, direct_workers))
     p = beam.Pipeline(options=pipeline_options(runner, direct_workers, beam_args, direct_mode))

@@ -3,8 +3,13 @@ and the index (JSON Lines + Parquet) and dead-letter file of a run.
 
 Layout under ``out`` for an input ``<base>/a/b.ogg`` (``base``: the input glob's folder before its first wildcard):
 ``a/b.ogg.wav`` (the interpretation), ``a/b.ogg.components/component_<k>.wav`` (optional) and ``a/b.ogg.json`` (the
-summary ``l2i-tf explain`` writes as explanation.json, plus the settings that made it). The JSON is written last: an
-input is complete when its JSON was made with the same settings and every file it lists exists.
+summary ``l2i-tf explain`` writes as explanation.json, plus the settings and the input file's size and modification
+time that made it). The JSON is written last: an input is complete when its JSON was made with the same settings from
+the same input file (same size and modification time) and every file it lists exists.
+
+``out`` belongs to one input glob, recorded in ``job.json`` when a job starts: its index lists that glob's inputs,
+mirrored below that glob's folder, so a job with another glob is refused (:func:`check_job`) rather than replacing
+the index.
 
 Local paths are written through :mod:`l2i_tf.files` (temporary sibling + rename); other file systems (``gs://``,
 ``s3://``) through Beam's ``FileSystems``, whose objects appear whole when closed.
@@ -25,6 +30,7 @@ from l2i_tf import files
 INDEX_FILE = "index.jsonl"
 PARQUET_FILE = "index.parquet"
 ERRORS_FILE = "errors.jsonl"
+JOB_FILE = "job.json"
 WILDCARDS = "*?["
 
 
@@ -129,11 +135,86 @@ def wav_bytes(samples: np.ndarray, rate: int) -> bytes:
     return buffer.getvalue()
 
 
+# -------------------------------------------------------------------- the job an output folder belongs to
+
+
+class UnreadableRecordError(ValueError):
+    """``out``'s ``job.json`` or index is not what a bulk explanation writes (the message names the file)."""
+
+
+class OutFolderError(ValueError):
+    """``out`` holds the outputs of another input glob than ``input_glob``: ``recorded`` (from its ``job.json``), or,
+    for a folder written before ``job.json`` existed, unknown (None): ``unmatched``, an input its index lists, is not
+    matched by ``input_glob`` or would be mirrored elsewhere."""
+
+    def __init__(self, out: str, input_glob: str, recorded: str | None, unmatched: str | None = None):
+        self.out, self.input_glob, self.recorded, self.unmatched = out, input_glob, recorded, unmatched
+        if recorded is not None:
+            held = f"the explanations of {recorded!r} (its {JOB_FILE})"
+        else:
+            held = (
+                f"the explanations of another glob (its {INDEX_FILE} lists {unmatched}, not matched or mirrored alike)"
+            )
+        super().__init__(
+            f"{out} holds {held}, not of {input_glob!r}: it belongs to one glob, whose inputs its index lists, and "
+            "this job would replace that index"
+        )
+
+
+def _index_rows(out: str) -> list[dict]:
+    """The rows of ``out``'s index (none without an index)."""
+    raw = read_bytes(join(out, INDEX_FILE))
+    try:
+        rows = [json.loads(line) for line in (raw or b"").decode().splitlines()]
+        return [{"path": row["path"], "summary": row["summary"]} for row in rows]
+    except (ValueError, KeyError, TypeError):
+        raise UnreadableRecordError(f"{join(out, INDEX_FILE)} is not a bulk explanation's index") from None
+
+
+def check_job(out: str, input_glob: str) -> None:
+    """Raise :class:`OutFolderError` if ``out`` belongs to another input glob than ``input_glob`` (reads only): the
+    glob of its ``job.json``; for a folder written before ``job.json`` existed, a glob that matches every input its
+    index lists and mirrors each to the summary listed."""
+    raw = read_bytes(join(out, JOB_FILE))
+    if raw is not None:
+        try:
+            recorded = json.loads(raw)["input_glob"]
+        except (ValueError, KeyError, TypeError):
+            raise UnreadableRecordError(f"{join(out, JOB_FILE)} is not a bulk job record: {raw[:80]!r}") from None
+        if recorded != input_glob:
+            raise OutFolderError(out, input_glob, recorded)
+        return
+    rows = _index_rows(out)
+    if not rows:
+        return
+    from apache_beam.io.filesystems import FileSystems
+
+    (result,) = FileSystems.match([input_glob])
+    matched, base = {m.path for m in result.metadata_list}, glob_base(input_glob)
+    for row in rows:
+        path = row["path"]
+        if path not in matched or not path.startswith(base) or Layout(base, out).summary(path) != row["summary"]:
+            raise OutFolderError(out, input_glob, None, path)
+
+
+def claim(out: str, input_glob: str) -> None:
+    """Record ``input_glob`` as the glob ``out`` belongs to (after :func:`check_job`); unchanged if it already is."""
+    check_job(out, input_glob)
+    _write_if_changed(join(out, JOB_FILE), (json.dumps({"input_glob": input_glob}, indent=2) + "\n").encode())
+
+
 # -------------------------------------------------------------------- one input's outputs
 
 
-def existing(layout: Layout, path: str, settings: dict) -> dict | None:
-    """The summary of ``path`` if its outputs are complete and were made with ``settings``, else None."""
+def input_file(metadata) -> dict:
+    """What identifies the content of a matched input (Beam's ``FileMetadata``), cheaply: its size and modification
+    time (seconds; 0.0 where the file system gives none)."""
+    return {"size_bytes": int(metadata.size_in_bytes), "modified_seconds": float(metadata.last_updated_in_seconds)}
+
+
+def existing(layout: Layout, path: str, settings: dict, source: dict) -> dict | None:
+    """The summary of ``path`` if its outputs are complete and were made with ``settings`` from the input file
+    ``source`` (:func:`input_file`: same size and modification time), else None."""
     raw = read_bytes(layout.full(layout.summary(path)))
     if raw is None:
         return None
@@ -141,7 +222,7 @@ def existing(layout: Layout, path: str, settings: dict) -> dict | None:
         summary = json.loads(raw)
     except ValueError:
         return None
-    if summary.get("settings") != settings:
+    if summary.get("settings") != settings or summary.get("input_file") != source:
         return None
     listed = [summary.get("interpretation")]
     if settings.get("components"):
@@ -163,11 +244,12 @@ def remove_leftovers(layout: Layout, path: str) -> None:
         leftover.unlink(missing_ok=True)
 
 
-def write_outputs(layout: Layout, path: str, summary: dict, settings: dict) -> dict:
+def write_outputs(layout: Layout, path: str, summary: dict, settings: dict, source: dict) -> dict:
     """Write the interpretation, the components (if ``settings["components"]``) and, last, the JSON of one input;
-    ``summary`` is :func:`l2i_tf.explain_files.summarize`'s. Returns the JSON's content."""
+    ``summary`` is :func:`l2i_tf.explain_files.summarize`'s, ``source`` the input's :func:`input_file` as read.
+    Returns the JSON's content."""
     rate, sound = summary["sample_rate"], summary["audio"]
-    report = {"input": path, **{key: value for key, value in summary.items() if key != "audio"}}
+    report = {"input": path, "input_file": source, **{key: value for key, value in summary.items() if key != "audio"}}
     report["interpretation"] = layout.interpretation(path)
     write_bytes(layout.full(report["interpretation"]), wav_bytes(sound["interpretation"], rate))
     report["selected"] = []
@@ -246,9 +328,10 @@ def write_index(out: str, records: list[dict]) -> bool:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if is_local(out):  # a killed run's temporary index and errors files
-        for leftover in [*Path(out).glob(".index.*.tmp-*"), *Path(out).glob(".errors.*.tmp-*")]:
-            leftover.unlink(missing_ok=True)
+    if is_local(out):  # a killed run's temporary index, errors and job files
+        for name in (INDEX_FILE, PARQUET_FILE, ERRORS_FILE, JOB_FILE):
+            for leftover in Path(out).glob(f".{name}.tmp-*"):
+                leftover.unlink(missing_ok=True)
     records = sorted(records, key=lambda r: r["path"])
     lines = jsonl(records)
     changed = _write_if_changed(join(out, INDEX_FILE), lines)

@@ -87,6 +87,11 @@ def snapshot(folder: Path) -> dict:
     return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*")}
 
 
+def summaries(out: Path) -> list[Path]:
+    """The inputs' JSON files under ``out`` (not the job's own job.json)."""
+    return [p for p in out.rglob("*.json") if p != out / bulk_files.JOB_FILE]
+
+
 def assert_same_as_explain(archive, out: Path):
     layout = bulk_files.Layout(str(archive["root"] / "archive") + "/", out)
     for path, ref in archive["reference"].items():
@@ -173,6 +178,72 @@ def test_other_settings_redo_the_outputs(archive, tmp_path):
     assert len(list(tmp_path.rglob("*.components"))) == 2
 
 
+def test_another_glob_into_the_same_out_is_refused_and_the_index_kept(archive, tmp_path):
+    """--out belongs to one glob (job.json): a narrower glob would have replaced its index (and mirrored the same
+    files to other paths); it is refused, naming both globs, and nothing in --out changes."""
+    out, wide = tmp_path / "out", str(archive["root"] / "archive" / "set0" / "**")
+    narrow = str(archive["root"] / "archive" / "set0" / "deep" / "*")
+    first = bulk.run(archive["saved"], wide, out)
+    assert first["indexed"] == 8  # set0 holds clips 0, 3, ..., 21
+    assert json.loads((out / "job.json").read_text()) == {"input_glob": wide}
+    before = snapshot(out)
+    with pytest.raises(bulk_files.OutFolderError) as refused:
+        bulk.run(archive["saved"], narrow, out)
+    assert (refused.value.recorded, refused.value.input_glob) == (wide, narrow)
+    result = invoke("explain-bulk", archive["saved"], narrow, "--out", out)
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.output.split())
+    assert repr(wide) in message and repr(narrow) in message and "use another --out" in message, message
+    assert snapshot(out) == before and len((out / "index.jsonl").read_text().splitlines()) == 8
+    # A folder written before job.json existed: its index says which globs fit.
+    (out / "job.json").unlink()
+    wider = str(archive["root"] / "archive" / "**")  # matches every indexed input, but mirrors them under set0/
+    for other in (narrow, wider):
+        with pytest.raises(bulk_files.OutFolderError, match="index.jsonl lists"):
+            bulk.run(archive["saved"], other, out)
+    again = bulk.run(archive["saved"], wide, out)
+    assert (again["files_skipped"], again["files_explained"], again["indexed"]) == (8, 0, 8)
+    assert json.loads((out / "job.json").read_text()) == {"input_glob": wide}
+
+
+def test_an_input_replaced_by_another_recording_is_explained_again(archive, tmp_path):
+    """Resume compares the input file (size, modification time), not only its path: clip00 replaced by clip08 (the
+    same format, length and size, another chirp) gives clip08's explanation, then is skipped while unchanged."""
+    clip00, clip08 = archive["good"][0], archive["good"][8]
+    assert clip00.stat().st_size == clip08.stat().st_size and clip00.read_bytes() != clip08.read_bytes()
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    inbox.mkdir()
+    shutil.copyfile(clip00, inbox / "clip.wav")
+    glob = str(inbox / "*")
+    assert bulk.run(archive["saved"], glob, out)["files_explained"] == 1
+    first = json.loads((out / "clip.wav.json").read_text())
+    stat = (inbox / "clip.wav").stat()
+    assert first["input_file"] == {"size_bytes": stat.st_size, "modified_seconds": os.path.getmtime(inbox / "clip.wav")}
+    shutil.copyfile(clip08, inbox / "clip.wav")
+    os.utime(inbox / "clip.wav", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # a later write
+    again = bulk.run(archive["saved"], glob, out)
+    assert (again["files_explained"], again["files_skipped"]) == (1, 0)
+    got = json.loads((out / "clip.wav.json").read_text())
+    for path, summary in ((clip08, got), (clip00, first)):
+        expected = json.loads((archive["reference"][path] / "explanation.json").read_text())
+        assert summary["relevance"] == pytest.approx(expected["relevance"], abs=1e-4), path
+        assert summary["classifier"]["probabilities"] == pytest.approx(
+            expected["classifier"]["probabilities"], abs=1e-4
+        )
+    assert got["relevance"] != pytest.approx(first["relevance"], abs=1e-3)
+    (row,) = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+    predicted = got["classifier"]["predicted"]
+    assert (row["classifier_class"], row["classifier_probability"]) == (
+        predicted,
+        got["classifier"]["probabilities"][predicted],
+    )
+    assert row["selected"] == [
+        {"component": s["component"], "relevance": s["relevance"], "file": None} for s in got["selected"]
+    ]
+    before = snapshot(out)
+    assert bulk.run(archive["saved"], glob, out)["files_skipped"] == 1 and snapshot(out) == before
+
+
 def test_outputs_inside_the_glob_are_not_inputs_and_a_glob_of_no_files_is_refused(archive, tmp_path):
     """--out under the glob's folder: a rerun does not explain its own outputs (`x.wav.wav`, the index...)."""
     folder = tmp_path / "inbox"
@@ -197,14 +268,14 @@ def test_a_killed_run_restarted_ends_with_the_same_outputs(archive, tmp_path):
     proc = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
-        while len(list(out.rglob("*.json"))) < 8:
+        while len(summaries(out)) < 8:
             assert proc.poll() is None, f"it ended first: {proc.stderr.read().decode()[-3000:]}"
             assert time.monotonic() < deadline, "the bulk run never wrote 8 outputs"
             time.sleep(0.02)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(60)
-    done = len(list(out.rglob("*.json")))
+    done = len(summaries(out))
     assert 8 <= done < GOOD and not (out / "index.jsonl").exists()
     counts = bulk.run(archive["saved"], glob, out, components=True)
     assert counts["files_skipped"] >= 8 and counts["files_skipped"] + counts["files_explained"] == GOOD
