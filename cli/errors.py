@@ -14,6 +14,7 @@ RUN_FOLDER_HINTS = {
     "busy": "wait for that job to end, or use another --out",
     "incomplete": "point at the folder `l2i-tf train --out` wrote",
     "incompatible": "retrain it with `l2i-tf train --overwrite` and the same settings",
+    "clash": "use another --out, or move them out of it",
 }
 OPTION_FLAGS = {"top_n": "--top", "class_names": "--class-names"}
 

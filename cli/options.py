@@ -92,7 +92,7 @@ def stft_options(func):
     """--frame-length, --frame-step, --fft-length (None when not given: scaled with the rate, see
     l2i_tf.audio.STFTConfig.for_rate)."""
     sizes = {
-        "--frame-length": "STFT frame, samples [>= 64 ms, a power of two: 1024 at 16 kHz, 2048 at 22.05 kHz].",
+        "--frame-length": "STFT frame, samples [default: the first power of two of >= 64 ms, 1024 at 16 kHz].",
         "--frame-step": "STFT hop, samples [a quarter frame].",
         "--fft-length": "FFT size, samples, >= the frame [the frame rounded up to a power of two].",
     }

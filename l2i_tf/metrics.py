@@ -11,8 +11,9 @@ from sklearn.metrics import average_precision_score, precision_recall_curve
 def top_k_fidelity(classifier_logits, interpreter_logits, k: int) -> float:
     """Share of clips whose classifier-predicted class is among the interpreter's top ``k``.
 
-    Ties count in the class's favour: a class is in the top k when fewer than k classes
-    score strictly higher.
+    Ties are broken by the lower class index, as ``argmax`` and ``top_k`` break them (so top-1 is the training's
+    own ``fidelity_top1``, and an interpreter that scores every class alike is not credited with every class). A
+    NaN score never ranks: the predicted class's makes the clip a miss, another class's counts as lowest.
     """
     classifier_logits = np.asarray(classifier_logits)
     interpreter_logits = np.asarray(interpreter_logits)
@@ -24,9 +25,12 @@ def top_k_fidelity(classifier_logits, interpreter_logits, k: int) -> float:
     if len(classifier_logits) == 0:
         raise ValueError("no clips to compute fidelity on")
     predicted = classifier_logits.argmax(axis=1)
-    score = interpreter_logits[np.arange(len(predicted)), predicted]
-    higher = (interpreter_logits > score[:, None]).sum(axis=1)
-    return float(np.mean(higher < k))
+    scores = np.where(np.isnan(interpreter_logits), -np.inf, interpreter_logits)
+    score = scores[np.arange(len(predicted)), predicted]
+    before = np.arange(scores.shape[1])[None] < predicted[:, None]  # lower indices win ties
+    rank = (scores > score[:, None]).sum(axis=1) + ((scores == score[:, None]) & before).sum(axis=1)
+    ranked = ~np.isnan(interpreter_logits[np.arange(len(predicted)), predicted])
+    return float(np.mean((rank < k) & ranked))
 
 
 def macro_auprc(targets, scores) -> float:

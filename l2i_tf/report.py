@@ -285,6 +285,7 @@ def _entry(explain, folder: Path, slug: str, input_path: str, name: str) -> dict
         entry = explain()
     except (data.AudioDataError, tf.errors.OpError, ValueError, RuntimeError) as e:
         message = explain_files.graph_error_message(e) if isinstance(e, tf.errors.OpError) else str(e)
+        message = message.removeprefix(f"{input_path}: ")  # the path is said once, beside the message
         log.warning("%s: %s", input_path, message)
         shutil.rmtree(folder / "audio" / slug, ignore_errors=True)
         return {"slug": slug, "input": input_path, "name": name, "error": message}

@@ -64,7 +64,8 @@ class RunFolderError(ValueError):
     """A run folder that cannot be used as asked. ``folder`` is the folder, ``reason`` one of ``"exists"``
     (it holds a run), ``"no_checkpoint"`` (nothing to resume), ``"busy"`` (another job trains into it),
     ``"incomplete"`` (``missing`` names the file),
-    ``"incompatible"`` (its interpreter was written by an earlier version)."""
+    ``"incompatible"`` (its interpreter was written by an earlier version), ``"clash"`` (a folder that holds no run
+    holds files or folders of the names a run writes: the user's own, which a later ``--overwrite`` would remove)."""
 
     def __init__(self, message: str, folder: Path, reason: str, missing: str | None = None):
         super().__init__(message)
@@ -223,10 +224,19 @@ def prepare(out: str | Path, resume: bool = False, overwrite: bool = False) -> P
                 "no_checkpoint",
             )
         return out
+    owned = (*RUN_FILES, CHECKPOINTS, LOGS, DICTIONARY, STFT, *DERIVED)
     if holds_run(out) and not overwrite:
         raise RunFolderError(f"{str(out)!r} already holds a run", out, "exists")
+    clash = [name for name in owned if (out / name).exists()] if not holds_run(out) else []
+    if clash:
+        raise RunFolderError(
+            f"{str(out)!r} holds no run but holds {', '.join(map(repr, clash))}, which a run writes (and "
+            "`--overwrite` would remove with it)",
+            out,
+            "clash",
+        )
     if holds_run(out):
-        for name in (*RUN_FILES, CHECKPOINTS, LOGS, DICTIONARY, STFT, *DERIVED):
+        for name in owned:
             target = out / name
             if target.is_dir():
                 shutil.rmtree(target)

@@ -89,7 +89,12 @@ class ClipTable:
         training reads them); names that match only in part are an error (read by position, some clips would take
         another class's name)."""
         names = tuple(class_names)
-        unknown = [c for c in self.class_names if c not in names]
+        folded = {}
+        for name in names:
+            folded.setdefault(name.casefold().strip(), name)
+        # by name, or by the same name in other case or with other surrounding spaces ("dog bark" is "Dog bark")
+        mapped = [c if c in names else folded.get(c.casefold().strip()) for c in self.class_names]
+        unknown = [c for c, m in zip(self.class_names, mapped, strict=True) if m is None]
         disjoint = len(unknown) == len(self.class_names)
         if names == self.class_names or (len(names) == len(self.class_names) and disjoint):
             if names != self.class_names:
@@ -112,7 +117,7 @@ class ClipTable:
                 f"data set at {self.root!r} has {len(unknown)} class(es) the classifier does not output: {unknown[:5]}"
                 f" (it outputs {len(names)}: {list(names[:5])}{' ...' if len(names) > 5 else ''})"
             )
-        index = np.array([names.index(c) for c in self.class_names], dtype="int64")
+        index = np.array([names.index(m) for m in mapped], dtype="int64")
         if self.multilabel:
             labels = np.zeros((len(self), len(names)), dtype="float32")
             labels[:, index] = self.labels

@@ -26,7 +26,7 @@ from l2i_tf import (
     training_data,
 )
 from l2i_tf import classifier as classifier_lib
-from l2i_tf.classifier_contract import check_input_length, tap_orders
+from l2i_tf.classifier_contract import check_classifier, check_input_length, tap_orders
 from l2i_tf.dictionary import Dictionary, learn_from_table
 from l2i_tf.interpreter import Interpreter
 from l2i_tf.runs import TrainConfig
@@ -204,6 +204,14 @@ def _tables(config: TrainConfig):
     else:
         names = config.class_names if config.layout == "manifest" else None
         table = tables.load_table(config.data, config.layout, class_names=names)
+    if table.multilabel and not config.multilabel:
+        counts = np.asarray(table.labels).sum(axis=1)
+        first = int(np.flatnonzero(counts != 1)[0])
+        raise data.AudioDataError(
+            f"{table.paths[first]} has {int(counts[first])} labels in {config.data}: the data set is multi-label "
+            f"({int((counts != 1).sum())} clip(s) without exactly one label); train a multi-label classifier's "
+            "interpreter with --multilabel, or give every clip one label"
+        )
     table, _, skipped = data.usable_table(table, on_error=config.on_error)
     return table, tables.split(table, config.splits), skipped
 
@@ -353,7 +361,8 @@ def _train(out, config: TrainConfig, resume, overwrite, strategy, callbacks, saf
     keras.utils.set_random_seed(config.seed)
     model_f = runs.load_classifier(config.classifier, config.custom_objects, safe_mode)
     config, stft = resolve(config, model_f)
-    tap_orders(model_f, config.layers)  # a wrong layer name stops the job before any work
+    check_classifier(model_f)  # a classifier that is not waveform -> logits stops the job before any work
+    tap_orders(model_f, config.layers)  # and so does a wrong layer name
     window = fixed_length(model_f)
     check_input_length(window, stft)  # and so does a fixed input shorter than one STFT frame
     dictionary = existing_dictionary(out, config, stft)  # one that does not fit stops it too

@@ -172,6 +172,32 @@ def test_train_names_a_corrupt_clip_and_with_on_error_skip_counts_it(tiny, tmp_p
     assert f"{sum(fold == 5 for fold in folds.values()) - 1} test clips" in result.output
 
 
+def test_a_classifier_ending_in_softmax_is_refused_before_any_work(tiny, tmp_path):
+    """Named (the layer applies softmax; logits are needed) before the dictionary is learnt: no run folder is left."""
+    root, options = tiny
+    model = keras.models.load_model(root / "tiny.keras")
+    probs = keras.Model(model.inputs, keras.layers.Softmax(name="probs")(model.outputs[0]))
+    info = classifier.ClassifierInfo(("a", "b", "c"), SR, False, classifier.DEMO_LAYERS)
+    classifier.save_classifier(probs, info, tmp_path / "probs.keras")
+    args = [*options, "--classifier", tmp_path / "probs.keras", "--data", _folders(tmp_path / "data"), "--layout"]
+    result = invoke("train", *args, "folders", "--out", tmp_path / "r")
+    assert_clean_error(result, 2, "layer 'probs' applies softmax", "needs logits")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_multi_label_manifest_without_multilabel_names_a_clip_without_one_label(tiny, tmp_path):
+    _, options = tiny
+    for i in range(6):
+        write_wav(tmp_path / "data" / f"{i}.wav", chirp(0.25, seed=i))
+    rows = [f"{i}.wav,{i % 3 + 1},{'abc'[i % 3]}" for i in range(6)]
+    rows[4] = "4.wav,2,"  # no label
+    manifest = tmp_path / "data" / "manifest.csv"
+    manifest.write_text("filename,fold,labels\n" + "\n".join(rows) + "\n")
+    args = ["--data", manifest, "--layout", "manifest", "--class-names", "a,b,c", "--out", tmp_path / "r"]
+    result = invoke("train", *options, *args)
+    assert_clean_error(result, 1, "4.wav has 0 labels", "the data set is multi-label", "--multilabel")
+
+
 def test_train_on_a_folder_without_audio_names_it(tiny, tmp_path):
     _, options = tiny
     (tmp_path / "data" / "a").mkdir(parents=True)

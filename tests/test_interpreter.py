@@ -454,6 +454,28 @@ def test_overwriting_a_run_removes_it_and_what_was_made_from_it_and_nothing_else
     assert not (out / "evaluation").exists() and not (out / "cv").exists()
 
 
+def test_a_folder_holding_the_users_own_folders_of_a_run_s_names_is_refused_and_left_alone(tmp_path):
+    """A run into the user's folder that holds an ``evaluation/`` or ``logs/`` of theirs would mix with them, and a
+    later ``--overwrite`` would remove them with the run: refused, naming them; other files are no obstacle."""
+    out = tmp_path / "mine"
+    for name in ("evaluation/mine.txt", "logs/mine.txt", "notes.txt"):
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text("mine")
+    with pytest.raises(runs.RunFolderError, match="holds no run but holds 'logs', 'evaluation'") as caught:
+        runs.prepare(out, overwrite=True)
+    assert caught.value.reason == "clash"
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == [
+        "evaluation/mine.txt",
+        "logs/mine.txt",
+        "notes.txt",
+    ]
+    (out / "evaluation" / "mine.txt").unlink()
+    (out / "evaluation").rmdir()
+    (out / "logs" / "mine.txt").unlink()
+    (out / "logs").rmdir()
+    assert runs.prepare(out) == out  # the user's other files are no obstacle
+
+
 def test_a_run_folder_another_job_trains_into_is_refused_and_left_alone(tiny_job, tmp_path):
     import fcntl
 

@@ -9,14 +9,30 @@ from sklearn.metrics import average_precision_score
 from l2i_tf import metrics
 
 
-def test_top_k_fidelity_counts_ties_in_the_predicted_class_favour():
+def test_top_k_fidelity_breaks_ties_by_the_lower_index_as_argmax():
     classifier = np.array([[5.0, 1.0, 0.0], [0.0, 3.0, 1.0], [0.0, 0.0, 9.0], [1.0, 0.0, 0.0]])
     interpreter = np.array([[1.0, 1.0, 0.0], [2.0, 1.0, 3.0], [3.0, 2.0, 1.0], [0.0, 0.0, 0.0]])
-    # Clip 0: class 0 tied first -> top-1. Clip 1: class 1 third. Clip 2: class 2 third. Clip 3: all tied -> top-1.
+    # Clip 0: class 0 tied first -> top-1. Clip 1: class 1 third. Clip 2: class 2 third. Clip 3: all tied, class 0
+    # the lowest index -> top-1.
     assert metrics.top_k_fidelity(classifier, interpreter, 1) == 0.5
     assert metrics.top_k_fidelity(classifier, interpreter, 2) == 0.5
     assert metrics.top_k_fidelity(classifier, interpreter, 3) == 1.0
     assert metrics.fidelity(classifier, interpreter) == {"top1": 0.5, "top3": 1.0}
+    # class 1 tied with class 0 ranks second, as argmax ranks it
+    assert metrics.top_k_fidelity([[0.0, 1.0, 0.0]], [[1.0, 1.0, 0.0]], 1) == 0.0
+    assert metrics.top_k_fidelity([[0.0, 1.0, 0.0]], [[1.0, 1.0, 0.0]], 2) == 1.0
+
+
+def test_an_interpreter_scoring_every_class_alike_or_nan_is_not_credited():
+    rng = np.random.default_rng(0)
+    classifier = rng.standard_normal((200, 10))
+    predicted = classifier.argmax(axis=1)
+    constant = np.zeros((200, 10))
+    for k in (1, 3, 5):  # only the clips whose class is among the k lowest indices, as argmax ranks ties
+        assert metrics.top_k_fidelity(classifier, constant, k) == pytest.approx(np.mean(predicted < k))
+        assert metrics.top_k_fidelity(classifier, np.full((200, 10), np.nan), k) == 0.0
+    nan_elsewhere = np.where(np.eye(10, dtype=bool)[predicted], 1.0, np.nan)  # the class scored, the rest NaN
+    assert metrics.top_k_fidelity(classifier, nan_elsewhere, 1) == 1.0
 
 
 def test_top_k_fidelity_rejects_mismatched_shapes():

@@ -150,6 +150,7 @@ def test_undecodable_input_is_listed_with_its_error_and_the_rest_still_builds(bu
     assert "error" in section["class"] and "not explained" in section["text"] and "cannot read audio" in section["text"]
     assert not section["audio"] and not section["img"]
     assert not (built["out"] / "audio" / errors[0]["slug"]).exists()
+    assert errors[0]["error"].startswith("cannot read audio")  # the path is said once, beside it
     assert "broken.wav: not explained: " in built["output"] and "3 inputs explained, 1 could not be explained" in (
         built["out"] / "index.html"
     ).read_text(encoding="utf-8")

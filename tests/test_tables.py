@@ -263,5 +263,8 @@ def test_same_count_of_other_names_is_read_by_position_and_a_missing_class_is_na
         table.in_classes(("dog", "rain", "car", "bird"))
     # the same names in another order are read by name; names that match in part are refused (not by position)
     assert table.in_classes(("siren", "dog", "rain")).labels.tolist() == [1, 2, 0]
+    # names in another case or with spaces around them are the same names, read by name
+    assert table.in_classes(("Siren", " DOG", "Rain ")).labels.tolist() == [1, 2, 0]
+    assert "by position" not in caplog.text
     with pytest.raises(AudioDataError, match=r"match only in part \(\['rain', 'siren'\] are not the classifier's\)"):
         table.in_classes(("rooster", "dog", "car"))
