@@ -3,7 +3,8 @@
 Contract: any Keras model whose input is a mono waveform ``[batch, samples]`` (or
 ``[batch, samples, 1]``) at the configured sample rate and whose output is logits
 ``[batch, C]`` (softmax semantics for multi-class, sigmoid for multi-label). A
-model that takes features is wrapped with :func:`wrap_feature_model`.
+model that takes features is wrapped with :func:`l2i_tf.feature_models.wrap_feature_model` (also importable
+from here).
 Metadata (class names, sample rate, multi-label, default layers to tap) lives in
 a sidecar ``<model>.json`` next to the ``.keras`` file.
 """
@@ -25,6 +26,7 @@ import tensorflow as tf
 from l2i_tf import audio, data, mixtures, tables, windows
 from l2i_tf.audio import LogMelSpectrogram
 from l2i_tf.batches import without_autotune
+from l2i_tf.feature_models import wrap_feature_model  # noqa: F401 (its home before feature_models)
 from l2i_tf.metrics import macro_auprc
 
 log = logging.getLogger(__name__)
@@ -207,12 +209,6 @@ class FreqMean(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], input_shape[1], input_shape[3])
-
-
-def wrap_feature_model(feature_model: keras.Model, front_end: keras.layers.Layer, name="wrapped") -> keras.Model:
-    """Make a waveform -> logits classifier from a model that takes features (e.g. log-mel)."""
-    waveform = keras.Input(shape=(None,), name="waveform")
-    return keras.Model(waveform, feature_model(front_end(waveform)), name=name)
 
 
 # ---------------------------------------------------------------- training

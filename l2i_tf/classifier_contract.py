@@ -86,11 +86,41 @@ def parse_layer_spec(spec: str) -> tuple[str, str | None]:
     return name, order or None
 
 
-def _output_rank(layer) -> int | None:
+def layer_output(model: keras.Model, name: str):
+    """The output of ``model``'s layer ``name`` in ``model``'s own graph. ``layer.output`` is the output of the
+    layer's first call, which may be in another model: a flat wrapped feature model shares the feature model's
+    layers (see :mod:`l2i_tf.feature_models`)."""
+    layer = model.get_layer(name)
+    if len(layer._inbound_nodes) <= 1:
+        return layer.output
+    seen, tensors = set(), list(model.outputs)
+    while tensors:  # back from the outputs, to the node of the layer that this graph runs
+        history = tensors.pop()._keras_history
+        node = history.operation._inbound_nodes[history.node_index]
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if history.operation is layer:
+            outputs = node.output_tensors
+            return outputs[0] if len(outputs) == 1 else outputs
+        tensors.extend(node.input_tensors)
+    return layer.output
+
+
+def _output_rank(model: keras.Model, layer) -> int | None:
     try:
-        return len(layer.output.shape)
+        return len(layer_output(model, layer.name).shape)
     except (AttributeError, ValueError):  # a layer used several times, or never called
         return None
+
+
+def _nested_owner(model: keras.Model, name: str) -> str | None:
+    """The name of the model nested in ``model`` (at any depth) that holds a layer ``name``; None if none does."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            if name in [inner.name for inner in layer.layers] or _nested_owner(layer, name):
+                return layer.name
+    return None
 
 
 def tap_orders(classifier: keras.Model, layers) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -100,10 +130,18 @@ def tap_orders(classifier: keras.Model, layers) -> tuple[tuple[str, ...], tuple[
     for spec in layers:
         name, order = parse_layer_spec(spec)
         if name not in available:
-            raise ClassifierContractError(
-                f"the classifier has no layer {name!r}; its layers are: {', '.join(available)}"
+            owner = _nested_owner(classifier, name)
+            nested = (
+                f" ({name!r} is inside the nested model {owner!r}, whose layers cannot be tapped: build the "
+                "classifier flat, e.g. a functional or Sequential feature model wrapped with "
+                "l2i_tf.classifier.wrap_feature_model)"
+                if owner
+                else ""
             )
-        rank = len(classifier.get_layer(name).output.shape)
+            raise ClassifierContractError(
+                f"the classifier has no layer {name!r}; its layers are: {', '.join(available)}{nested}"
+            )
+        rank = len(layer_output(classifier, name).shape)
         if rank not in (3, 4):
             raise ClassifierContractError(
                 f"layer {name!r} outputs rank {rank}; Ψ reads [batch, time, channels] or 4-D conv maps"
@@ -114,7 +152,7 @@ def tap_orders(classifier: keras.Model, layers) -> tuple[tuple[str, ...], tuple[
         names.append(name)
         orders.append(order)
     if not names:
-        tappable = [layer.name for layer in classifier.layers if _output_rank(layer) in (3, 4)]
+        tappable = [layer.name for layer in classifier.layers if _output_rank(classifier, layer) in (3, 4)]
         example = f" (its layers with maps or sequences: {', '.join(tappable[-6:])})" if tappable else ""
         raise ClassifierContractError(f"no layers to tap: name at least one with --layers{example}")
     return tuple(names), tuple(orders)

@@ -16,6 +16,7 @@ from l2i_tf.classifier_contract import (  # noqa: F401 - their home before this 
     ClassifierContractError,
     check_classifier,
     check_input_length,
+    layer_output,
     output_squashing,
     parse_layer_spec,
     tap_orders,
@@ -194,7 +195,7 @@ class Interpreter(keras.Model):
         compute = mixed_copy(classifier, precision)
         extractor = keras.Model(
             compute.inputs,
-            [compute.get_layer(n).output for n in layers] + [compute.outputs[0]],
+            [layer_output(compute, n) for n in layers] + [compute.outputs[0]],
             name="extractor",
         )
         waveform = keras.Input((None,), name="waveform")
