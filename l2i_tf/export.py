@@ -14,8 +14,9 @@ outputs as in :mod:`l2i_tf.explainer`):
 ``explain_wav``      audio string [B] (16-bit PCM WAV files at the model's rate, any lengths) ->
                      interpretation_wav_bytes string [B] (16-bit WAV) + the predictions of ``serving_default``
 
-Metadata (class names, sample rate, STFT, K, τ, N, domain, maximum length) is written to
-``assets.extra/l2i_tf.json`` inside the SavedModel.
+Metadata (class names, sample rate, STFT, K, τ, N, domain, maximum length, the run folder it was made from and
+that run's fingerprint, :func:`l2i_tf.runs.fingerprint`) is written to ``assets.extra/l2i_tf.json`` inside the
+SavedModel.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from l2i_tf import files, recording, runs
+from l2i_tf import audio, files, recording, runs
 from l2i_tf.explainer import ExplainConfig, Explainer
 from l2i_tf.interpreter import with_precision
 
@@ -311,7 +312,10 @@ def export(
         target = base / str(version)
         raise ExportError(f"version {version} of model {name!r} already exists at {str(target)!r}", "version", version)
     if not isinstance(run, runs.Run):
+        fingerprint = _fingerprint(run) if runs.is_run(run) else None  # of the files loaded next
         run = runs.load_run(run, safe_mode=safe_mode)
+    else:
+        fingerprint = _fingerprint(run.folder)
     interpreter = run.interpreter if precision is None else with_precision(run.interpreter, precision)
     explainer = Explainer(interpreter, run.class_names, config)
     start = time.perf_counter()
@@ -321,6 +325,7 @@ def export(
     )
     metadata["versions"] = {"tensorflow": tf.__version__, "keras": keras.__version__}
     metadata["precision"] = interpreter.precision
+    metadata["run_fingerprint"] = fingerprint  # report uses the run folder only while it still holds this run
     try:
         with files.temporary_folder(base / str(version)) as tmp:
             write_saved_model(explainer, tmp)
@@ -329,6 +334,17 @@ def export(
         raise ExportError(f"cannot write into {str(base)!r}: {e.strerror or e}", "folder", str(base)) from None
     log.info("exported %s in %.1f s", target, time.perf_counter() - start)
     return target
+
+
+def _fingerprint(folder) -> dict | None:
+    """The run's :func:`~l2i_tf.runs.fingerprint`, or None (warned) when its files cannot be read."""
+    try:
+        return runs.fingerprint(folder)
+    except (OSError, ValueError) as e:
+        log.warning(
+            "cannot fingerprint the run folder %s: %s; l2i-tf report will check only its classes, K and STFT", folder, e
+        )
+        return None
 
 
 # -------------------------------------------------------------------- reading an export
@@ -351,3 +367,51 @@ def load_metadata(saved_model: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{str(saved_model)!r} is not an l2i_tf export: {METADATA_FILE} is missing")
     return json.loads(path.read_text())
+
+
+def recorded_run(metadata: dict) -> tuple[Path | None, str | None]:
+    """The run folder an export (its ``metadata``) was made from, while that folder still holds that run.
+
+    Returns ``(folder, None)`` when it does; ``(None, None)`` when the recorded folder holds no finished run (moved,
+    removed); ``(None, why)`` when it holds another run (or one that cannot be read), ``why`` naming the folder. The
+    run is the export's when its :func:`~l2i_tf.runs.fingerprint` is the one recorded at export time. An export
+    written before fingerprints were recorded has none: its folder is taken when the run's class names, K and STFT
+    are the export's (another run with the same ones cannot be told apart).
+    """
+    recorded = metadata.get("run")
+    if not recorded or not runs.is_run(recorded):
+        return None, None
+    folder = Path(recorded)
+    expected = metadata.get("run_fingerprint")
+    try:
+        if expected is not None:
+            if runs.fingerprint(folder) == expected:
+                return folder, None
+            return None, (
+                f"the run folder {str(folder)!r} changed since the export (its {runs.INTERPRETER} or training "
+                "settings are not the exported run's)"
+            )
+        differs = _differences(folder, metadata)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return None, f"cannot check that the run folder {str(folder)!r} still holds the export's run: {e}"
+    if differs:
+        what = " and ".join(differs) + (" differs" if differs in (["K"], ["STFT"]) else " differ")
+        return None, f"the run folder {str(folder)!r} changed since the export (its {what} from the export's)"
+    return folder, None
+
+
+def _differences(folder: Path, metadata: dict) -> list[str]:
+    """What of class names, K and STFT differs between the run in ``folder`` and an export's ``metadata``."""
+    config = runs.read_config(folder)
+    if (folder / runs.STFT).is_file():
+        stft = audio.STFTConfig.load(folder / runs.STFT)
+    else:
+        stft = audio.STFTConfig.from_dict(config.stft or {})
+    differs = []
+    if list(config.class_names or ()) != list(metadata.get("class_names") or ()):
+        differs.append("class names")
+    if config.k != metadata.get("k"):
+        differs.append("K")
+    if stft.to_dict() != audio.STFTConfig.from_dict(metadata.get("stft") or {}).to_dict():
+        differs.append("STFT")
+    return differs

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from l2i_tf import audio, data, explain_files, files, report_mixtures, runs, tables
+from l2i_tf import audio, data, explain_files, export, files, report_mixtures, runs, tables
 from l2i_tf.explain_files import ExplainSource
 from l2i_tf.report_inputs import Analysis, ReportInput, explain_input
 from l2i_tf.report_page import markdown_to_html, render
@@ -78,18 +78,25 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def _run_folder(source: ExplainSource) -> Path | None:
-    """The run folder behind a source: the source itself, or the run an export was made from (if still there)."""
+def _run_folder(source: ExplainSource) -> tuple[Path | None, str | None]:
+    """The run folder behind a source: the source itself, or the run an export was made from while its folder still
+    holds that run (:func:`~l2i_tf.export.recorded_run`); and, when the folder holds another run, why (warned)."""
     if source.kind == "run":
-        return Path(source.path)
-    run = source.metadata.get("run")
-    if run and runs.is_run(run):
-        return Path(run)
-    return None
+        return Path(source.path), None
+    folder, changed = export.recorded_run(source.metadata)
+    if changed:
+        log.warning(
+            "%s: %s; the report leaves that run out (its settings, metrics, evaluation and H), as for an export "
+            "whose run is gone",
+            source.path,
+            changed,
+        )
+    return folder, changed
 
 
-def describe(source: ExplainSource, run_folder: Path | None) -> dict:
-    """Model, dictionary and STFT configuration, training metrics and evaluation files, for the page header."""
+def describe(source: ExplainSource, run_folder: Path | None, run_changed: str | None = None) -> dict:
+    """Model, dictionary and STFT configuration, training metrics and evaluation files, for the page header
+    (``run_changed``: an export's run folder holds another run, :func:`_run_folder`)."""
     meta = source.metadata
     train = (_read_json(run_folder / runs.CONFIG) or {}).get("train", {}) if run_folder else {}
     model = {
@@ -105,7 +112,10 @@ def describe(source: ExplainSource, run_folder: Path | None) -> dict:
         "mask domain": meta.get("domain"),
     }
     if source.kind == "savedmodel":
-        model.update(version=meta.get("version"), exported=meta.get("created"), run=meta.get("run"))
+        run = meta.get("run")
+        if run and run_changed:
+            run = f"{run} (changed since the export: not used)"
+        model.update(version=meta.get("version"), exported=meta.get("created"), run=run)
     dictionary = {"K (components)": meta.get("k")}
     saved = _read_json(run_folder / runs.DICTIONARY / "dictionary.json") if run_folder else None
     if saved is None and train.get("dictionary"):
@@ -231,20 +241,20 @@ def build_report(
         raise ValueError(f"mixture examples need a count >= 0 and a finite SNR, got {mixtures!r} and {snr_db!r}")
     src = ExplainSource(source, threshold=threshold, top_n=top_n, domain=domain, safe_mode=safe_mode)
     src.class_index(class_name)
-    run_folder = _run_folder(src)
+    run_folder, run_changed = _run_folder(src)
     if examples:
         items += example_inputs(examples, _test_folds(run_folder))
     pairs = []
     if mixtures:
         paths, labels = report_mixtures.labelled_clips(run_folder, src.class_names)
         pairs = report_mixtures.candidate_pairs(paths, labels, src.class_names, mixtures)
-    interpreter, h_note = _interpreter(src, run_folder, safe_mode)
+    interpreter, h_note = _interpreter(src, run_folder, safe_mode, run_changed)
     analysis = Analysis(audio.STFTConfig.from_dict(src.metadata["stft"]), interpreter)
     try:
         with files.atomic_folder(out, overwrite=True) as tmp:
             page = _write_page(tmp, src, analysis, items, class_name)
             page["inputs"] += _write_mixtures(tmp, src, analysis, pairs, snr_db, first=len(items) + 1)
-            page.update(header=describe(src, run_folder), activations_note=h_note)
+            page.update(header=describe(src, run_folder, run_changed), activations_note=h_note)
             (tmp / "index.html").write_text(render(page), encoding="utf-8")
             (tmp / "report.json").write_text(json.dumps(page, indent=2, default=str))
             _check_out(out, overwrite)
@@ -293,8 +303,9 @@ def _entry(explain, folder: Path, slug: str, input_path: str, name: str) -> dict
     return entry
 
 
-def _interpreter(source: ExplainSource, run_folder: Path | None, safe_mode: bool = True):
-    """The Keras interpreter that gives H, and a note when there is none."""
+def _interpreter(source: ExplainSource, run_folder: Path | None, safe_mode: bool = True, changed: str | None = None):
+    """The Keras interpreter that gives H, and a note when there is none (``changed``: why the export's run folder
+    is not used)."""
     if source.explainer is not None:
         return source.explainer.interpreter, None
     if run_folder is not None:
@@ -305,6 +316,8 @@ def _interpreter(source: ExplainSource, run_folder: Path | None, safe_mode: bool
         else:
             if run.class_names == source.class_names and run.interpreter.k == source.metadata["k"]:
                 return run.interpreter, f"H computed by the run this export was made from ({run_folder})."
+    if changed:
+        return None, f"H not available from a SavedModel export: {changed}."
     return None, "H not available from a SavedModel export (its run folder is not there to compute it)."
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import importlib
 import json
 import os
@@ -342,6 +343,22 @@ def is_run(folder: str | Path) -> bool:
     """Whether ``folder`` holds a finished run (its config and interpreter)."""
     folder = Path(folder)
     return (folder / CONFIG).is_file() and (folder / INTERPRETER).is_file()
+
+
+def fingerprint(folder: str | Path) -> dict:
+    """What identifies the run in ``folder`` (recorded by an export, checked by ``l2i-tf report``): the SHA-256 of
+    its ``interpreter.keras`` and of its training settings (``config.json``'s ``train``, as sorted JSON; not the
+    environment). A run trained again into the folder (``--overwrite``, ``--resume``) or copied over it changes it;
+    evaluating the run does not. Raises ``OSError`` or ``ValueError`` when either file cannot be read."""
+    folder = Path(folder)
+    with open(folder / INTERPRETER, "rb") as handle:
+        interpreter = hashlib.file_digest(handle, "sha256").hexdigest()
+    recorded = json.loads((folder / CONFIG).read_text())
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("train"), dict):
+        raise ValueError(f'{str(folder / CONFIG)!r} holds no training settings ("train")')
+    train = recorded["train"]
+    settings = hashlib.sha256(json.dumps(train, sort_keys=True).encode()).hexdigest()
+    return {"interpreter_sha256": interpreter, "train_config_sha256": settings}
 
 
 def load_run(folder: str | Path, safe_mode: bool = True) -> Run:
