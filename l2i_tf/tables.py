@@ -66,7 +66,10 @@ class ClipTable:
     def with_folds(self, folds) -> ClipTable:
         """The clips whose fold is in ``folds``."""
         if self.folds is None:
-            raise AudioDataError(f"data set at {self.root!r} has no folds to select {list(folds)} from")
+            raise AudioDataError(
+                f"data set at {self.root!r} has no folds to select {list(folds)} from: its manifest has no 'fold' "
+                "column; add one (e.g. 1-5) to split the clips into training, validation and test folds"
+            )
         wanted = {int(f) for f in folds}
         missing = wanted - set(self.folds)
         if missing:
@@ -193,7 +196,9 @@ def esc10_table(root: str | Path = ESC10_ROOT) -> ClipTable:
 
 
 def esc50_table(root: str | Path) -> ClipTable:
-    """ESC-50 layout: ``meta/esc50.csv`` (filename, fold, target, category) and ``audio/``."""
+    """ESC-50 layout: ``meta/esc50.csv`` (filename, fold, target, category) and ``audio/``. The classes are the
+    targets present, in target order: a subset of ESC-50's rows (its ESC-10 classes, targets 0, 1, 10...) is a data
+    set of its own classes."""
     root = Path(root)
     meta = root / "meta" / "esc50.csv"
     if not meta.is_file():
@@ -214,12 +219,10 @@ def esc50_table(root: str | Path) -> ClipTable:
         paths.append(str(_inside(root / "audio", row["filename"], where)))
         labels.append(target)
         folds.append(fold)
-    if names and sorted(names) != list(range(len(names))):
-        raise AudioDataError(f"{meta}: targets must be 0..C-1, got {sorted(names)}")
-    class_names = tuple(names[i] for i in range(len(names)))
-    return _non_empty(
-        ClipTable(tuple(paths), np.array(labels, dtype="int64"), class_names, tuple(folds), False, str(root))
-    )
+    index = {target: i for i, target in enumerate(sorted(names))}
+    class_names = tuple(names[target] for target in sorted(names))
+    labels = np.array([index[target] for target in labels], dtype="int64")
+    return _non_empty(ClipTable(tuple(paths), labels, class_names, tuple(folds), False, str(root)))
 
 
 def folders_table(root: str | Path, num_folds: int = 5, seed: int = 0) -> ClipTable:

@@ -62,6 +62,13 @@ def test_esc50_layout_reads_meta_csv_and_audio_folder(tmp_path):
     assert table.paths == tuple(str((tmp_path / "audio" / r[0]).resolve()) for r in rows)
 
 
+def test_esc50_rows_of_some_targets_are_a_data_set_of_those_classes_in_target_order(tmp_path):
+    rows = [("a.wav", 1, 41, "chainsaw"), ("b.wav", 2, 0, "dog"), ("c.wav", 3, 10, "rain"), ("d.wav", 4, 0, "dog")]
+    write_csv(tmp_path / "meta" / "esc50.csv", ["filename", "fold", "target", "category"], rows)
+    table = tables.load_table(tmp_path, "esc50")
+    assert table.class_names == ("dog", "rain", "chainsaw") and table.labels.tolist() == [2, 0, 1, 0]
+
+
 def test_esc50_layout_rejects_a_target_with_two_category_names(tmp_path):
     write_csv(
         tmp_path / "meta" / "esc50.csv",
@@ -121,6 +128,8 @@ def test_manifest_with_one_hot_columns_is_single_label(tmp_path):
     table = tables.manifest_table(manifest)
     assert not table.multilabel and table.folds is None
     assert table.labels.tolist() == [1, 0]
+    with pytest.raises(AudioDataError, match=r"no folds to select \[1\] from: its manifest has no 'fold' column; add"):
+        table.with_folds([1])
 
 
 def test_manifest_with_labels_column_reads_several_labels_per_row(tmp_path):
