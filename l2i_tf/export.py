@@ -358,7 +358,9 @@ def resolve_saved_model(path: str | Path) -> Path:
     found = [v for v in versions(path) if (path / str(v) / "saved_model.pb").is_file()]
     if found:
         return path / str(found[-1])
-    raise FileNotFoundError(f"{str(path)!r} holds no SavedModel (saved_model.pb) nor integer version folders")
+    run_folder = (path / "interpreter.keras").is_file()
+    hint = "; it is a run folder: export it first with `l2i-tf export`" if run_folder else ""
+    raise FileNotFoundError(f"{str(path)!r} holds no SavedModel (saved_model.pb) nor integer version folders{hint}")
 
 
 def load_metadata(saved_model: str | Path) -> dict:

@@ -213,7 +213,27 @@ def _tables(config: TrainConfig):
             "interpreter with --multilabel, or give every clip one label"
         )
     table, _, skipped = data.usable_table(table, on_error=config.on_error)
-    return table, tables.split(table, config.splits), skipped
+    parts = tables.split(table, config.splits)
+    _check_splits(config, table, parts)
+    return table, parts, skipped
+
+
+def _check_splits(config: TrainConfig, table, parts) -> None:
+    """Folds in none of the splits are said (their clips are not used); single-label training folds of one class
+    cannot make the source term's mixtures of two classes: an error that says what to do."""
+    used = {*config.splits.train, *config.splits.validation, *config.splits.test}
+    unused = sorted(set(table.folds or ()) - used)
+    if unused:
+        clips = sum(fold in unused for fold in table.folds)
+        log.warning("fold(s) %s of the data are in no split (--train/val/test-folds): %d clip(s) unused", unused, clips)
+    train = parts[0]
+    one_class = not train.multilabel and len(np.unique(train.labels)) < 2
+    if one_class and not config.multilabel and config.source_mixtures != 0:
+        raise data.AudioDataError(
+            f"the training folds {list(config.splits.train)} hold clips of one class only "
+            f"({train.class_names[int(train.labels[0])]!r}): the source term mixes clips of two classes; add folds "
+            "with other classes (--train-folds) or train without the term (--source-mixtures 0)"
+        )
 
 
 def existing_dictionary(out: Path, config: TrainConfig, stft: audio.STFTConfig) -> Dictionary | None:

@@ -198,6 +198,21 @@ def test_a_multi_label_manifest_without_multilabel_names_a_clip_without_one_labe
     assert_clean_error(result, 1, "4.wav has 0 labels", "the data set is multi-label", "--multilabel")
 
 
+def test_training_folds_of_one_class_say_what_to_do_and_unused_folds_are_said(tiny, tmp_path, caplog):
+    _, options = tiny
+    rows = []
+    for i, (fold, label) in enumerate([(1, "a"), (1, "a"), (2, "b"), (2, "c"), (3, "b"), (3, "c"), (4, "a")]):
+        write_wav(tmp_path / "data" / f"{i}.wav", chirp(0.25, seed=i))
+        rows.append(f"{i}.wav,{fold},{label}")
+    manifest = tmp_path / "data" / "manifest.csv"
+    manifest.write_text("filename,fold,labels\n" + "\n".join(rows) + "\n")
+    args = ["--data", manifest, "--layout", "manifest", "--class-names", "a,b,c"]
+    args += ["--train-folds", "1", "--val-folds", "2", "--test-folds", "3", "--out", tmp_path / "r"]
+    result = invoke("train", *options, *args)
+    assert_clean_error(result, 1, "training folds [1] hold clips of one class only ('a')", "--source-mixtures 0")
+    assert "fold(s) [4] of the data are in no split" in caplog.text and "1 clip(s) unused" in caplog.text
+
+
 def test_train_on_a_folder_without_audio_names_it(tiny, tmp_path):
     _, options = tiny
     (tmp_path / "data" / "a").mkdir(parents=True)

@@ -505,3 +505,8 @@ def test_writing_the_savedmodel_traces_each_signature_once(tiny_run, tmp_path, m
     model = tf.saved_model.load(str(tmp_path / "model"))
     out = model.signatures["serving_default"](waveform=tf.constant(clips(1)))
     assert np.all(np.isfinite(out["interpretation"].numpy()))
+
+
+def test_a_run_folder_given_for_a_savedmodel_says_to_export_it_first(tiny_run):
+    with pytest.raises(FileNotFoundError, match="holds no SavedModel .*it is a run folder: export it first"):
+        export.resolve_saved_model(tiny_run)
