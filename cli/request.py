@@ -56,6 +56,7 @@ def command(url, inputs, out, timeout, overwrite, verbose):
     except ConnectionError as e:
         raise click.ClickException(str(e)) from None
     for path, prediction, folder in zip(inputs, predictions, folders, strict=True):
+        prediction = serving.without_padding(prediction)  # the batch's longest file set the timeline's length
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "interpretation.wav").write_bytes(prediction.pop("interpretation_wav_bytes"))
         prediction["input"] = str(path)

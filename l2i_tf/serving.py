@@ -128,3 +128,16 @@ def explain_files(url: str, paths: list[str], timeout: float = 120.0) -> list[di
     if not refused:  # each file alone is taken: the batch as a whole was not
         raise RefusedError(f"{batch_error} (a batch of {len(paths)} files; each alone is taken)")
     raise RefusedError(f"{'; '.join(refused)} ({len(refused)} of {len(paths)} files refused)")
+
+
+TIMELINE = ("window_start", "window_end", "window_predicted_class", "window_class_probabilities", "window_selected")
+
+
+def without_padding(prediction: dict) -> dict:
+    """One file's prediction without the timeline rows ``explain_wav`` pads a batch's shorter files with (past the
+    file's own windows: ``window_predicted_class`` -1)."""
+    classes = prediction.get("window_predicted_class")
+    if not classes:
+        return prediction
+    keep = [i for i, c in enumerate(classes) if c != -1]
+    return {**prediction, **{key: [prediction[key][i] for i in keep] for key in TIMELINE if key in prediction}}

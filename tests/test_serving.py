@@ -102,3 +102,19 @@ def test_a_timeout_names_the_url_and_the_seconds_waited(tmp_path):
         waited = time.monotonic() - start
     assert_clean_error(result, 1, f"{url}:predict: timed out after 1.5 s")
     assert 1.4 < waited < 10
+
+
+def test_a_files_prediction_drops_the_timeline_rows_padded_past_its_windows():
+    prediction = {
+        "predicted_class": 1,
+        "window_start": [0, 8000, 0],
+        "window_end": [16000, 24000, 0],
+        "window_predicted_class": [1, 2, -1],
+        "window_class_probabilities": [[0.1, 0.9], [0.2, 0.8], [0.0, 0.0]],
+        "window_selected": [[True], [False], [False]],
+    }
+    trimmed = serving.without_padding(prediction)
+    assert trimmed["window_start"] == [0, 8000] and trimmed["window_end"] == [16000, 24000]
+    assert trimmed["window_predicted_class"] == [1, 2] and trimmed["window_selected"] == [[True], [False]]
+    assert trimmed["window_class_probabilities"] == [[0.1, 0.9], [0.2, 0.8]] and trimmed["predicted_class"] == 1
+    assert serving.without_padding({"predicted_class": 0}) == {"predicted_class": 0}
