@@ -247,10 +247,21 @@ def folders_table(root: str | Path, num_folds: int = 5, seed: int = 0) -> ClipTa
     return _non_empty(ClipTable(tuple(paths), np.array(labels, dtype="int64"), names, tuple(folds), False, str(root)))
 
 
+def _whole_number(text) -> int:
+    """``"3"``, ``" 3 "`` or ``"3.0"`` (as a spreadsheet exports it) -> 3; ``ValueError`` for anything else."""
+    value = float(text)
+    if not value.is_integer():
+        raise ValueError(text)
+    return int(value)
+
+
 def _read_csv(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict]]:
-    with open(path, newline="") as f:
+    """``(line, row)`` of every row; the header's names without surrounding spaces, a spreadsheet's byte-order mark
+    dropped (``utf-8-sig``)."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
-        columns = reader.fieldnames or []
+        reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
+        columns = reader.fieldnames
         missing = [c for c in required if c not in columns]
         if missing:
             raise AudioDataError(f"{path}: missing column(s) {missing}; columns are {columns}")
@@ -272,8 +283,7 @@ def manifest_table(path: str | Path, root: str | Path | None = None, class_names
     rows = _read_csv(path, required=("filename",))
     if not rows:
         raise AudioDataError(f"no audio clips found in manifest {str(path)!r}: it has no rows")
-    with open(path, newline="") as f:
-        columns = next(csv.reader(f), [])
+    columns = [c for c in rows[0][1] if c is not None]  # the header's names, as _read_csv cleaned them
     label_columns = [c for c in columns if c not in ("filename", "fold", "labels")]
     if "labels" in columns:
         names = list(class_names) if class_names is not None else None
@@ -319,7 +329,7 @@ def manifest_table(path: str | Path, root: str | Path | None = None, class_names
         paths.append(str(clip))
         if "fold" in columns:
             try:
-                folds.append(int(row["fold"]))
+                folds.append(_whole_number(row["fold"]))
             except (TypeError, ValueError):
                 raise AudioDataError(f"{where}: fold must be an integer, got {row['fold']!r}") from None
     multilabel = bool((multi_hot.sum(axis=1) != 1).any())

@@ -123,6 +123,16 @@ def test_manifest_with_multi_hot_columns_is_multilabel(tmp_path):
     assert table.paths[2] == str((tmp_path / "sub" / "c.wav").resolve())
 
 
+def test_manifest_as_a_spreadsheet_writes_it_byte_order_mark_spaced_header_and_float_folds(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("\ufefffilename, fold , labels\na.wav,1.0,dog\nb.wav, 2 ,rain\n", encoding="utf-8")
+    table = tables.manifest_table(manifest)
+    assert table.folds == (1, 2) and table.class_names == ("dog", "rain") and table.labels.tolist() == [0, 1]
+    manifest.write_text("filename,fold,labels\na.wav,1.5,dog\n")
+    with pytest.raises(AudioDataError, match=r"m\.csv:2: fold must be an integer, got '1\.5'"):
+        tables.manifest_table(manifest)
+
+
 def test_manifest_with_one_hot_columns_is_single_label(tmp_path):
     manifest = write_csv(tmp_path / "m.csv", ["filename", "dog", "rain"], [("a.wav", 0, 1), ("b.wav", 1, 0)])
     table = tables.manifest_table(manifest)
