@@ -62,15 +62,15 @@ def _first_pass(parts: Parts, windows) -> dict:
     return out
 
 
-def _second_pass(parts: Parts, windows, h, window_top, chosen, indices, gate, components: bool) -> dict:
+def _second_pass(parts: Parts, windows, h, window_top, chosen, indices=None, gate=None) -> dict:
     """The window's one STFT, masked by its selected components (``chosen`` among its N most relevant,
-    ``window_top``), and by each of the recording's top N (``indices``; silenced where ``gate`` [N] is False) ->
-    ISTFT."""
+    ``window_top``), and, given ``indices``, by each of the recording's top N (silenced where ``gate`` [N] is
+    False) -> ISTFT."""
     prepared = parts.stages.prepare(windows)
     spectrum = parts.synthesis.spectrum(prepared)
     mask = parts.decoder(h, indices=window_top, selected=chosen)
     out = {"interpretation": parts.fit(parts.synthesis.from_spectrum(spectrum, mask, prepared), windows)}
-    if components:
+    if indices is not None:
         masks = parts.decoder(h, indices=indices)
         audio = parts.fit(parts.synthesis.from_spectrum(spectrum, masks, prepared), windows)
         out["component_audio"] = audio * tf.cast(gate, audio.dtype)[:, :, None]
@@ -144,24 +144,23 @@ def explain_recording(parts: Parts, waveform, target_class, threshold, component
     window_top, _, chosen, selected = parts.selection(relevance, tf.repeat(threshold, count), active)
     mean_relevance = tf.reduce_mean(recording(relevance), axis=1)
     any_selected = tf.reduce_any(recording(selected), axis=1)
-    indices, values = _recording_components(mean_relevance, any_selected, parts.top_n)
-    # a component selected in some windows is heard in those only, so the selected ones' audio adds up to the
-    # interpretation; one selected nowhere is heard in every window (one window: every top-N component whole)
-    window_indices = tf.repeat(indices, count, axis=0)
-    gate = tf.gather(selected, window_indices, batch_dims=1) | ~tf.repeat(
-        tf.gather(any_selected, indices, batch_dims=1), count, axis=0
-    )
-
     last = tf.tile(tf.range(count) == count - 1, [batch])  # the window that ends at the recording's end
     shift = timeline.last_shift(length, parts.hop, count, samples)
-    elems = (flat, first["activations"], window_top, chosen, window_indices, gate, last)
+    elems = (last, flat, first["activations"], window_top, chosen)
     signature = {"interpretation": (tf.float32, [])}
     if components:
+        indices, values = _recording_components(mean_relevance, any_selected, parts.top_n)
+        # a component selected in some windows is heard in those only, so the selected ones' audio adds up to the
+        # interpretation; one selected nowhere is heard in every window (one window: every top-N component whole)
+        window_indices = tf.repeat(indices, count, axis=0)
+        gate = tf.gather(selected, window_indices, batch_dims=1) | ~tf.repeat(
+            tf.gather(any_selected, indices, batch_dims=1), count, axis=0
+        )
+        elems += (window_indices, gate)
         signature["component_audio"] = (tf.float32, [parts.top_n])
 
-    def second_pass(w, h, top, c, i, g, is_last):
-        out = _second_pass(parts, w, h, top, c, i, g, components)
-        return {key: timeline.on_grid(x, is_last, shift) for key, x in out.items()}
+    def second_pass(is_last, *window):
+        return {key: timeline.on_grid(x, is_last, shift) for key, x in _second_pass(parts, *window).items()}
 
     second = timeline.overlap_add_chunks(
         second_pass,

@@ -68,8 +68,13 @@ def last_shift(length, hop: int, count, samples) -> tf.Tensor:
 
 def frame(waveform, length, hop: int, count) -> tf.Tensor:
     """Waveform [B, S] -> windows [B, W, L] at :func:`starts` (whole windows of audio: nothing padded)."""
-    first = starts(length, hop, count, tf.shape(waveform)[1])
-    return tf.gather(waveform, first[:, None] + tf.range(length)[None], axis=1)
+    samples = tf.shape(waveform)[1]
+
+    def windows():
+        first = starts(length, hop, count, samples)
+        return tf.gather(waveform, first[:, None] + tf.range(length)[None], axis=1)
+
+    return tf.cond(count == 1, lambda: waveform[:, None, :length], windows)  # one window: the recording, no copy
 
 
 def on_grid(windows, last, shift) -> tf.Tensor:
