@@ -166,17 +166,22 @@ def test_a_clip_with_nan_or_infinite_samples_is_an_error_naming_the_file(tmp_pat
     np.testing.assert_array_equal(data.finite(noise(10), "ok.wav"), noise(10))
 
 
+def undecodable_files(folder: Path) -> tuple[list[Path], Path, Path]:
+    """Three good WAVs, one cut short (its header reads) and one holding a NaN sample."""
+    good = [write(folder / f"good{i}.wav", noise(400, seed=i)) for i in range(3)]
+    cut = write(folder / "cut.wav", noise(4000), subtype="PCM_16")
+    cut.write_bytes(cut.read_bytes()[:3000])
+    nan = noise(400)
+    nan[5] = np.nan
+    return good, cut, write(folder / "nan.wav", nan, subtype="FLOAT")
+
+
 def test_files_that_fail_to_decode_stop_the_cache_pass_naming_them_and_leave_no_cache(tmp_path):
     """The header reads, the samples do not: an error inside tf.data's Dataset.save hangs it (TF 2.17), so the pass
     records the failures and raises once it is over."""
     import threading
 
-    good = [write(tmp_path / f"good{i}.wav", noise(400, seed=i)) for i in range(3)]
-    cut = write(tmp_path / "cut.wav", noise(4000), subtype="PCM_16")
-    cut.write_bytes(cut.read_bytes()[:3000])
-    nan = noise(400)
-    nan[5] = np.nan
-    bad = write(tmp_path / "nan.wav", nan, subtype="FLOAT")
+    good, cut, bad = undecodable_files(tmp_path)
     cache = tmp_path / "cache"
     outcome = []
 
@@ -197,12 +202,7 @@ def test_files_that_fail_to_decode_stop_the_cache_pass_naming_them_and_leave_no_
 
 
 def test_on_error_skip_leaves_out_files_that_fail_to_decode_and_remembers_them(tmp_path, monkeypatch):
-    good = [write(tmp_path / f"good{i}.wav", noise(400, seed=i)) for i in range(3)]
-    cut = write(tmp_path / "cut.wav", noise(4000), subtype="PCM_16")
-    cut.write_bytes(cut.read_bytes()[:3000])
-    nan = noise(400)
-    nan[5] = np.nan
-    bad = write(tmp_path / "nan.wav", nan, subtype="FLOAT")
+    good, cut, bad = undecodable_files(tmp_path)
     corrupt = bad_files(tmp_path)["corrupt_wav"]
     table = table_of(good[0], cut, good[1], corrupt, bad, good[2], labels=[0, 1, 2, 3, 4, 5])
     cache = tmp_path / "cache"
