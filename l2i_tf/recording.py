@@ -4,11 +4,12 @@ layers, in two passes of bounded batches.
 1. Every window: the frozen classifier, Ψ/Θ -> window logits, H, Θ's contributions (no STFT: Ψ reads only the
    frame count, which the window's length gives).
 2. The recording's decision aggregates the window logits; its class (or the asked one) is the target in every
-   window: relevance and selection per window, the recording's relevance is their mean, its top-N components the
-   most relevant of that mean.
-3. Every window again: its one STFT, the selected components' soft mask and the top-N components' masks ->
-   ISTFT; each batch of windows is overlap-added into the recording's output as it comes (memory: the outputs and
-   one batch). The classifier does not run again.
+   window: relevance and selection per window, the recording's relevance is their mean, its N components (with
+   component audio) those selected in some window first, then the most relevant others of that mean.
+3. Every window again: its one STFT, the selected components' soft mask and the N components' masks (each where
+   its window selects it, or everywhere if no window does) -> ISTFT; each batch of windows is put on the hop grid
+   and overlap-added into the recording's output as it comes (memory: the outputs and one batch). The classifier
+   does not run again.
 
 Outputs: those of :mod:`l2i_tf.explainer` for the whole recording, plus the timeline (W windows):
 ``window_start`` / ``window_end`` int32 [B, W] (samples), ``window_predicted_class`` int32 [B, W],
