@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from l2i_tf import files, runs, training, training_data
+from l2i_tf import files, runs, training_data, training_tables
 from l2i_tf.flint import Flint, check_sequences
 from l2i_tf.settings import Settings
 from l2i_tf.vibi import Vibi, check_fits
@@ -82,7 +82,7 @@ def feature_shards(run: runs.Run, cache: Path) -> list:
     """The run's (train, validation, test) examples with the classifier's features, in shards under ``cache``
     (:func:`l2i_tf.training_data.build_features`, the stream L2I trained on)."""
     interpreter = run.interpreter
-    _, parts, _ = training._tables(run.config)
+    _, parts, _ = training_tables.tables(run.config)
     run_features = interpreter.stages.features_function
     shards, _ = training_data.build_features(
         cache,

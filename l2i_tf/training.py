@@ -15,15 +15,14 @@ import tensorflow as tf
 from l2i_tf import (
     audio,
     checkpoints,
-    data,
     feature_cache,
     files,
     metrics,
     mixtures,
     nmf,
     runs,
-    tables,
     training_data,
+    training_tables,
 )
 from l2i_tf import classifier as classifier_lib
 from l2i_tf.classifier_contract import check_classifier, check_input_length, tap_orders
@@ -192,50 +191,6 @@ def fixed_length(model_f: keras.Model) -> int | None:
     return None if length is None else int(length)
 
 
-def _tables(config: TrainConfig):
-    """The (probed) data table, its (train, validation, test) tables and the skipped clips.
-
-    A manifest's labels must be classes of the classifier. With ``config.on_error == "skip"`` unreadable clips
-    and clips that fail to decode are left out and listed (``metrics.json`` counts them); otherwise the first one
-    stops the job, named.
-    """
-    if config.data is None:
-        table = tables.esc10_table()
-    else:
-        names = config.class_names if config.layout == "manifest" else None
-        table = tables.load_table(config.data, config.layout, class_names=names)
-    if table.multilabel and not config.multilabel:
-        counts = np.asarray(table.labels).sum(axis=1)
-        first = int(np.flatnonzero(counts != 1)[0])
-        raise data.AudioDataError(
-            f"{table.paths[first]} has {int(counts[first])} labels in {config.data}: the data set is multi-label "
-            f"({int((counts != 1).sum())} clip(s) without exactly one label); train a multi-label classifier's "
-            "interpreter with --multilabel, or give every clip one label"
-        )
-    table, _, skipped = data.usable_table(table, on_error=config.on_error)
-    parts = tables.split(table, config.splits)
-    _check_splits(config, table, parts)
-    return table, parts, skipped
-
-
-def _check_splits(config: TrainConfig, table, parts) -> None:
-    """Folds in none of the splits are said (their clips are not used); single-label training folds of one class
-    cannot make the source term's mixtures of two classes: an error that says what to do."""
-    used = {*config.splits.train, *config.splits.validation, *config.splits.test}
-    unused = sorted(set(table.folds or ()) - used)
-    if unused:
-        clips = sum(fold in unused for fold in table.folds)
-        log.warning("fold(s) %s of the data are in no split (--train/val/test-folds): %d clip(s) unused", unused, clips)
-    train = parts[0]
-    one_class = not train.multilabel and len(np.unique(train.labels)) < 2
-    if one_class and not config.multilabel and config.source_mixtures != 0:
-        raise data.AudioDataError(
-            f"the training folds {list(config.splits.train)} hold clips of one class only "
-            f"({train.class_names[int(train.labels[0])]!r}): the source term mixes clips of two classes; add folds "
-            "with other classes (--train-folds) or train without the term (--source-mixtures 0)"
-        )
-
-
 def existing_dictionary(out: Path, config: TrainConfig, stft: audio.STFTConfig) -> Dictionary | None:
     """``config.dictionary`` or the run folder's own (resuming), checked against the run's STFT and K (a
     :class:`~l2i_tf.dictionary.DictionaryMismatchError` names both configurations); None if there is neither."""
@@ -386,7 +341,7 @@ def _train(out, config: TrainConfig, resume, overwrite, strategy, callbacks, saf
     window = fixed_length(model_f)
     check_input_length(window, stft)  # and so does a fixed input shorter than one STFT frame
     dictionary = existing_dictionary(out, config, stft)  # one that does not fit stops it too
-    table, parts, skipped = _tables(config)
+    table, parts, skipped = training_tables.tables(config)
     config = with_source_mixtures(config, len(parts[0]))
     runs.write_config(out, config, stft)
     if not (resume and (out / runs.FEATURE_CACHE / training_data.FEATURES).is_file()):
