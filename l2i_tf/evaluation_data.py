@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from l2i_tf import data, mixtures, runs, tables, windows
+from l2i_tf import mixtures, runs, training_tables, windows
 from l2i_tf.clip_files import ClipFile
 from l2i_tf.training_data import Counter, clip_examples, cut
 
@@ -51,10 +51,7 @@ def test_data(
             close(out)
             return {**out, **in_memory}
     folder = Path(folder)
-    table = tables.esc10_table() if config.data is None else tables.load_table(config.data, config.layout)
-    if config.on_error == "skip":  # the clips training left out
-        table, _, _ = data.usable_table(table, on_error="skip")
-    table = table.in_classes(class_names)
+    table = training_tables.data_table(config).in_classes(class_names)
     test = table.with_folds(config.test_folds)
     mixing = config.multilabel and not table.multilabel
     out = {"single_label": not table.multilabel, "windows": None}

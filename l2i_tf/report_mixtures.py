@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from l2i_tf import data, explain_files, metrics, mixtures, runs, tables
+from l2i_tf import explain_files, metrics, mixtures, runs, tables, training_tables
 from l2i_tf.data import AudioDataError
 from l2i_tf.report_inputs import ReportInput, explained_entry
 
@@ -49,11 +49,8 @@ def labelled_clips(run_folder: Path | None, class_names) -> tuple[list[str], np.
         labels = np.array([index.get(table.class_names[label], -1) for label in table.labels], dtype=int)
         where = "the bundled ESC-10's test clips"
     else:
-        names = class_names if config.layout == "manifest" else None
         try:
-            table = tables.load_table(config.data, config.layout, class_names=names)
-            if config.on_error == "skip":  # the clips training left out
-                table, _, _ = data.usable_table(table, on_error="skip")
+            table = training_tables.data_table(config)
         except (OSError, ValueError) as e:
             message = f"mixture examples: cannot read the run's data set {config.data!r}: {e}"
             raise MixtureExamplesError(message) from None

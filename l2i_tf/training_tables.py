@@ -15,6 +15,22 @@ from l2i_tf.runs import TrainConfig
 log = logging.getLogger(__name__)
 
 
+def loaded_table(config: TrainConfig):
+    """The run's data set as read now: the bundled ESC-10 or ``config.data`` (a manifest's labels among the
+    classifier's classes)."""
+    if config.data is None:
+        return clip_tables.esc10_table()
+    names = config.class_names if config.layout == "manifest" else None
+    return clip_tables.load_table(config.data, config.layout, class_names=names)
+
+
+def data_table(config: TrainConfig):
+    """:func:`loaded_table` without the clips ``--on-error skip`` left out of the run's training (what evaluation
+    and the report read; their clips are read, and the decode check's record found, only when skipping)."""
+    table = loaded_table(config)
+    return data.usable_table(table, on_error="skip")[0] if config.on_error == "skip" else table
+
+
 def tables(config: TrainConfig):
     """The (probed) data table, its (train, validation, test) tables and the skipped clips.
 
@@ -22,11 +38,7 @@ def tables(config: TrainConfig):
     and clips that fail to decode are left out and listed (``metrics.json`` counts them); otherwise the first one
     stops the job, named.
     """
-    if config.data is None:
-        table = clip_tables.esc10_table()
-    else:
-        names = config.class_names if config.layout == "manifest" else None
-        table = clip_tables.load_table(config.data, config.layout, class_names=names)
+    table = loaded_table(config)
     if table.multilabel and not config.multilabel:
         counts = np.asarray(table.labels).sum(axis=1)
         first = int(np.flatnonzero(counts != 1)[0])
