@@ -130,9 +130,6 @@ def explain_files(url: str, paths: list[str], timeout: float = 120.0) -> list[di
     raise RefusedError(f"{'; '.join(refused)} ({len(refused)} of {len(paths)} files refused)")
 
 
-TIMELINE = ("window_start", "window_end", "window_predicted_class", "window_class_probabilities", "window_selected")
-
-
 def without_padding(prediction: dict) -> dict:
     """One file's prediction without the timeline rows ``explain_wav`` pads a batch's shorter files with (past the
     file's own windows: ``window_predicted_class`` -1)."""
@@ -140,4 +137,5 @@ def without_padding(prediction: dict) -> dict:
     if not classes:
         return prediction
     keep = [i for i, c in enumerate(classes) if c != -1]
-    return {**prediction, **{key: [prediction[key][i] for i in keep] for key in TIMELINE if key in prediction}}
+    timeline = [key for key in prediction if key.startswith("window_")]  # the timeline's outputs, one row a window
+    return {**prediction, **{key: [prediction[key][i] for i in keep] for key in timeline}}
