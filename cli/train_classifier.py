@@ -45,7 +45,8 @@ Examples:
     "--clip-seconds",
     type=click.FloatRange(min=0, min_open=True),
     default=None,
-    help="Clips are padded/cropped to this length. Default: the 95th percentile of the clips' durations (printed).",
+    help="Clips are padded/cropped to this length. Default: the 95th percentile of the clips' durations, at most "
+    f"{classifier.LONGEST_DEFAULT_CLIP_SECONDS:g} s (the Explainer's window for longer recordings; printed).",
 )
 @click.option(
     "--fixed-seconds",
@@ -95,8 +96,11 @@ def command(
     if errors:
         click.echo(f"skipped {len(errors)} unreadable clip(s): first: {errors[0]}", err=True)
     if clip_seconds is None:
-        clip_seconds = round(data.typical_seconds(infos), 3)
-        click.echo(f"clip length: {clip_seconds:g} s (95th percentile of the {len(infos)} clips' durations)")
+        clip_seconds, typical = classifier.default_clip_seconds(infos)
+        why = f"95th percentile of the {len(infos)} clips' durations"
+        if clip_seconds < typical:
+            why = f"the {why}, {typical:g} s, capped: longer recordings are explained in {clip_seconds:g} s windows"
+        click.echo(f"clip length: {clip_seconds:g} s ({why})")
     try:
         config = dataclasses.replace(
             classifier.DemoConfig(),

@@ -1,15 +1,16 @@
 """Per-epoch checkpoints of interpreter training, so a killed run resumes to the same weights and metrics.
 
 After every epoch ``checkpoints/`` gets the interpreter (with optimizer state), the best weights so far, the
-early-stopping state, the dropout RNG states and the history, committed by ``state.json``: every file is written
-under a new name before ``state.json`` points to it, so a process killed at any moment leaves the previous
-epoch's checkpoint complete.
+early-stopping state, the dropout RNG states, the history and the run's timings so far, committed by
+``state.json``: every file is written under a new name before ``state.json`` points to it, so a process killed at
+any moment leaves the previous epoch's checkpoint complete.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -101,13 +102,24 @@ class FidelityThenSource(keras.callbacks.Callback):
 
 
 class Checkpoint(keras.callbacks.Callback):
-    """Writes the checkpoint after every epoch and removes the files it no longer references."""
+    """Writes the checkpoint after every epoch and removes the files it no longer references.
 
-    def __init__(self, folder: Path, early_stopping: ResumableEarlyStopping, history: list[dict]):
+    ``seconds``: the run's timings until now (``{"train_seconds": ...}``, over the sessions so far), recorded with
+    each epoch so that a resumed run adds its own to them (:func:`run_seconds`).
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        early_stopping: ResumableEarlyStopping,
+        history: list[dict],
+        seconds: Callable[[], dict] = dict,
+    ):
         super().__init__()
         self.folder = folder
         self.early_stopping = early_stopping
         self.history = history
+        self.seconds = seconds
 
     def on_epoch_end(self, epoch, logs=None):
         done = epoch + 1
@@ -130,6 +142,7 @@ class Checkpoint(keras.callbacks.Callback):
             "seed_states": [v.numpy().tolist() for v in seed_states(self.model)],
             "history": self.history,
             "logs": self.history[-1],
+            "seconds": self.seconds(),
         }
         files.write_json(self.folder / STATE, state)
         for path in self.folder.iterdir():
@@ -144,13 +157,15 @@ def seed_states(model: keras.Model) -> list:
 
 @dataclasses.dataclass
 class Resumed:
-    """What a run continues from: the interpreter, epochs done, history, early-stopping state and best weights."""
+    """What a run continues from: the interpreter, epochs done, history, early-stopping state, best weights and the
+    run's timings at the checkpoint (empty for a checkpoint written before they were kept)."""
 
     interpreter: keras.Model
     epochs_done: int
     history: list[dict]
     early_stopping: dict | None
     best_weights: list | None
+    seconds: dict = dataclasses.field(default_factory=dict)
 
 
 def resume(folder: Path, optimizer: keras.optimizers.Optimizer, safe_mode: bool = True) -> Resumed:
@@ -177,9 +192,15 @@ def resume(folder: Path, optimizer: keras.optimizers.Optimizer, safe_mode: bool 
     if state.get("best_weights"):
         with np.load(folder / state["best_weights"]) as saved:
             best_weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
-    return Resumed(
-        interpreter, state["epochs_done"], list(state.get("history", [])), state.get("early_stopping"), best_weights
-    )
+    history = list(state.get("history", []))
+    seconds = dict(state.get("seconds", {}))
+    return Resumed(interpreter, state["epochs_done"], history, state.get("early_stopping"), best_weights, seconds)
+
+
+def run_seconds(earlier: dict, session: dict) -> dict:
+    """A run's timings over its sessions: this ``session``'s plus the ``earlier`` ones' (a resumed checkpoint's
+    :attr:`Resumed.seconds`), key by key; the keys are the session's."""
+    return {key: earlier.get(key, 0.0) + value for key, value in session.items()}
 
 
 def history_table(history: list[dict]) -> dict:

@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from l2i_tf import audio, data, mixtures, tables, windows
+from l2i_tf import audio, data, mixtures, tables, timeline, windows
 from l2i_tf.audio import LogMelSpectrogram
 from l2i_tf.batches import without_autotune
 from l2i_tf.feature_models import wrap_feature_model  # noqa: F401 (its home before feature_models)
@@ -36,6 +36,9 @@ DEMO_MULTICLASS = PACKAGE_ROOT / "demo" / "esc10_classifier.keras"
 DEMO_MULTILABEL = PACKAGE_ROOT / "demo" / "esc10_multilabel_classifier.keras"
 DEMO_LAYERS = ("block2_pool", "block3_pool", "block4_relu")
 DEMO_EVAL_MIXTURES = 200  # validation and test mixtures of the multi-label demo
+LONGEST_DEFAULT_CLIP_SECONDS = timeline.WHOLE_CLIP_SECONDS
+"""The cap of the default clip length (:func:`default_clip_seconds`): the Explainer hears a recording up to this long
+whole and a longer one in windows of it, so longer training clips cost memory and time for nothing."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +104,7 @@ class DemoConfig:
     channels: tuple[int, ...] = (32, 64, 128, 256)
     dropout: float = 0.3
     crop_seconds: float = 3.0  # random training crops, never longer than clip_seconds
-    clip_seconds: float = 5.0  # clips are padded/cropped to this (l2i-tf train-classifier derives it from the data)
+    clip_seconds: float = 5.0  # clips are padded/cropped to this (l2i-tf train-classifier: default_clip_seconds)
     # None: any input length. Else the model's input is fixed to this many seconds (``keras.Input((L,))``): it trains
     # on random L-sample crops and is scored on the windows of l2i_tf.windows (hop L/2) of every clip.
     fixed_seconds: float | None = None
@@ -133,6 +136,14 @@ class DemoConfig:
         if self.fixed_seconds is None:
             return None
         return int(round(self.fixed_seconds * self.sample_rate))
+
+
+def default_clip_seconds(infos: list[data.ClipInfo]) -> tuple[float, float]:
+    """``(clip length, 95th percentile)``, seconds: the clip length to train the demo classifier on when none is
+    given, the 95th percentile of the clips' durations (:func:`l2i_tf.data.typical_seconds`, to the millisecond)
+    capped at :data:`LONGEST_DEFAULT_CLIP_SECONDS`, and that percentile."""
+    typical = round(data.typical_seconds(infos), 3)
+    return min(typical, LONGEST_DEFAULT_CLIP_SECONDS), typical
 
 
 def build_demo_classifier(num_classes: int, config: DemoConfig = DemoConfig()) -> keras.Model:

@@ -254,9 +254,10 @@ def ema_momentum(epochs: float, steps_per_epoch: int) -> float:
     return max(0.0, 1.0 - 1.0 / (epochs * steps_per_epoch))
 
 
-def _fit(interpreter, shards: list, config: TrainConfig, out: Path, resumed, callbacks) -> list[dict]:
+def _fit(interpreter, shards: list, config: TrainConfig, out: Path, resumed, callbacks, seconds) -> list[dict]:
     """Fit Ψ/Θ on the training split's feature shards with early stopping on the validation split's; returns the
-    history of every epoch done (including those before a resume)."""
+    history of every epoch done (including those before a resume). ``seconds``: the run's timings until now, for
+    the checkpoints (:class:`~l2i_tf.checkpoints.Checkpoint`)."""
     monitor = "val_fidelity_micro_auprc" if config.multilabel else "val_fidelity_top1"
     ranking = [checkpoints.FidelityThenSource(monitor)] if config.source_weight else []
     rising = monitor if config.source_weight else None  # patience counts from the fidelity's last rise
@@ -280,7 +281,7 @@ def _fit(interpreter, shards: list, config: TrainConfig, out: Path, resumed, cal
         *ranking,  # before early stopping: it adds the value early stopping monitors
         early_stopping,
         keras.callbacks.TensorBoard(log_dir=str(out / runs.LOGS), write_graph=False),
-        checkpoints.Checkpoint(out / runs.CHECKPOINTS, early_stopping, history),
+        checkpoints.Checkpoint(out / runs.CHECKPOINTS, early_stopping, history, seconds),
         *callbacks,
     ]
     if first_epoch < config.epochs:
@@ -317,6 +318,8 @@ def train(
     and metrics as an uninterrupted run: each epoch's example order depends on (seed, epoch) only, and the
     optimizer, dropout RNG and early-stopping state are checkpointed after every epoch; one stopped before its first
     (killed, or by the disk check) resumes from the start of training, with its dictionary and complete features.
+    The metrics are the run's: ``epochs_run`` and the timings summed over its sessions (an earlier one's up to its
+    last checkpoint), this session's own under ``last_session``.
 
     The run folder is locked for the job (:func:`l2i_tf.runs.locked`): a second job on it is refused.
 
@@ -371,7 +374,13 @@ def _train(out, config: TrainConfig, resume, overwrite, strategy, callbacks, saf
     timings["features_seconds"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    history = _fit(interpreter, shards, config, out, resumed, callbacks)
+    earlier = resumed.seconds if resumed else {}  # the sessions' before this one, up to the last checkpoint
+
+    def seconds() -> dict:
+        now = time.perf_counter()
+        return checkpoints.run_seconds(earlier, {**timings, "train_seconds": now - t0, "total_seconds": now - start})
+
+    history = _fit(interpreter, shards, config, out, resumed, callbacks, seconds)
     timings["train_seconds"] = time.perf_counter() - t0
 
     results = {"class_names": list(config.class_names), "multilabel": config.multilabel, "k": dictionary.k}
@@ -380,11 +389,11 @@ def _train(out, config: TrainConfig, resume, overwrite, strategy, callbacks, saf
     if window_counts:  # a fixed-length classifier: every split was cut into windows
         results["windows"] = window_counts
     results.update(split_fidelity(interpreter, shards, config.multilabel))
-    results["epochs_run"] = len(history) - (resumed.epochs_done if resumed else 0)
-    results["epochs_done"] = len(history)
+    results["epochs_run"] = results["epochs_done"] = len(history)  # the run's, over its sessions
     results["history"] = checkpoints.history_table(history)
-    results.update(timings)
-    results["total_seconds"] = time.perf_counter() - start
+    timings["total_seconds"] = time.perf_counter() - start
+    results.update(checkpoints.run_seconds(earlier, timings))
+    results["last_session"] = {"epochs_run": len(history) - (resumed.epochs_done if resumed else 0), **timings}
     with files.atomic_file(out / runs.INTERPRETER) as tmp:
         interpreter.save(tmp)
     files.write_json(out / runs.METRICS, results)

@@ -196,6 +196,32 @@ def test_train_classifier_on_sub_second_clips_pads_them_to_their_typical_length(
     assert bad.exit_code == 2 and "--clip-seconds" in bad.output
 
 
+def test_train_classifier_caps_its_default_clip_length_at_the_explainers_window(tmp_path, monkeypatch):
+    from run_fixture import invoke, noise, write
+
+    from l2i_tf import timeline
+
+    for i in range(41):  # 4 of 41 clips are a minute long: their 95th percentile is 60 s
+        seconds = 60.0 if i % 10 == 9 else 0.5
+        write(tmp_path / "data" / f"c{i % 2}" / f"{i}.wav", 0.01 * noise(int(seconds * 8000), seed=i), 8000)
+    seen = []
+    monkeypatch.setattr(
+        classifier, "train_demo_classifier", lambda out, config, **kw: seen.append(config) or {"test_accuracy": 0.5}
+    )
+    args = ["train-classifier", "--data", tmp_path / "data", "--layout", "folders", "--sample-rate", 8000]
+    result = invoke(*args, "--out", tmp_path / "clf.keras")
+    assert result.exit_code == 0, result.output
+    assert classifier.LONGEST_DEFAULT_CLIP_SECONDS == timeline.WHOLE_CLIP_SECONDS == 10
+    assert seen[-1].clip_seconds == 10
+    assert (
+        "clip length: 10 s (the 95th percentile of the 41 clips' durations, 60 s, capped: longer recordings are "
+        "explained in 10 s windows)" in result.output
+    )
+    explicit = invoke(*args, "--clip-seconds", 30, "--out", tmp_path / "clf.keras")
+    assert explicit.exit_code == 0 and "clip length" not in explicit.output, explicit.output
+    assert seen[-1].clip_seconds == 30  # as given
+
+
 def test_train_classifier_with_a_fixed_input_scores_windows_of_every_clip(tmp_path):
     from run_fixture import invoke, write
 

@@ -101,7 +101,8 @@ def test_training_killed_mid_epoch_resumes_to_the_metrics_and_weights_of_an_unin
     argv = [str(tmp_path / "run.py"), str(killed), str(tmp_path / "config.json"), str(marker)]
     kill_when([sys.executable, *argv], marker.exists, "the training process never reached its third epoch")
     assert not (killed / "metrics.json").exists()
-    assert json.loads((killed / "checkpoints" / "state.json").read_text())["epochs_done"] == 2
+    state = json.loads((killed / "checkpoints" / "state.json").read_text())
+    assert state["epochs_done"] == 2 and set(state["seconds"]) == set(TIMING)
     # The run folder records the full command line, the seed and the package versions.
     recorded = json.loads((killed / "config.json").read_text())
     assert recorded["environment"]["command"] == argv
@@ -111,7 +112,12 @@ def test_training_killed_mid_epoch_resumes_to_the_metrics_and_weights_of_an_unin
     result = invoke("train", "--out", killed, "--resume", "--epochs", config.epochs)
     assert result.exit_code == 0, result.output
     resumed = json.loads((killed / "metrics.json").read_text())
-    assert resumed["epochs_done"] == reference["epochs_done"] == config.epochs and resumed["epochs_run"] == 2
+    # The run's epochs and time in all: the killed session's, up to its checkpoint, and the resumed one's.
+    assert resumed["epochs_run"] == resumed["epochs_done"] == reference["epochs_run"] == config.epochs
+    assert resumed["last_session"]["epochs_run"] == 2 and reference["last_session"]["epochs_run"] == config.epochs
+    for key in TIMING:
+        assert resumed[key] == pytest.approx(state["seconds"][key] + resumed["last_session"][key]), key
+    assert resumed["train_seconds"] > resumed["last_session"]["train_seconds"]
     for split in ("validation", "test"):
         for key, value in reference[split].items():
             assert resumed[split][key] == pytest.approx(value, abs=1e-5), (split, key)
@@ -142,8 +148,9 @@ def test_same_seed_and_inputs_give_an_identical_dictionary_and_metrics_json(tiny
         np.load(runs_["b"] / "dictionary" / "dictionary.npz")["W"],
     )
 
-    def without_timings(name):
+    def without_timings(name):  # the run's and its last session's
         m = json.loads((runs_[name] / "metrics.json").read_text())
+        m["last_session"] = {k: v for k, v in m["last_session"].items() if k not in TIMING}
         return {k: v for k, v in m.items() if k not in TIMING}
 
     assert without_timings("a") == without_timings("b")

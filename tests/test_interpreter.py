@@ -369,9 +369,14 @@ def test_resume_continues_from_the_last_checkpoint(tiny_trained, tmp_path):
     shutil.copytree(tiny_trained["run"], out)  # a copy of the session's trained run: resuming changes it
     state = json.loads((out / "checkpoints" / "state.json").read_text())
     assert state["epochs_done"] == job.epochs
-    results = training.train(out, dataclasses.replace(job, epochs=job.epochs + 1), resume=True)
+    training.train(out, dataclasses.replace(job, epochs=job.epochs + 1), resume=True)
     assert json.loads((out / "checkpoints" / "state.json").read_text())["epochs_done"] == job.epochs + 1
-    assert results["epochs_run"] == 1
+    # metrics.json: the run's epochs and time over both sessions (the first's up to its last checkpoint)
+    results = json.loads((out / "metrics.json").read_text())
+    assert results["epochs_run"] == job.epochs + 1 and results["last_session"]["epochs_run"] == 1
+    session = results["last_session"]
+    assert results["train_seconds"] == pytest.approx(state["seconds"]["train_seconds"] + session["train_seconds"])
+    assert results["total_seconds"] == pytest.approx(state["seconds"]["total_seconds"] + session["total_seconds"])
 
 
 def test_ema_momentum_gives_the_moving_average_a_horizon_of_the_asked_epochs():
