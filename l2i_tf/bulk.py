@@ -25,6 +25,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from l2i_tf import bulk_files, bulk_model, data, explain_files, export
+from l2i_tf.explainer import check_threshold
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def make_job(saved_model, input_glob: str, out, threshold=None, components=False
         saved_model=saved,
         input_glob=bulk_files.absolute_glob(str(input_glob)),
         out=out,
-        threshold=float(metadata["threshold"] if threshold is None else threshold),
+        threshold=float(metadata["threshold"]) if threshold is None else check_threshold(threshold),
         components=bool(components),
         metadata=metadata,
         max_batch_size=int(max_batch_size),

@@ -294,6 +294,18 @@ def test_a_killed_run_restarted_ends_with_the_same_outputs(archive, tmp_path):
                 assert mine[key] == pytest.approx(value, abs=1e-4), key
 
 
+def test_a_threshold_outside_relevance_range_is_refused_by_the_job_and_the_source_of_an_export(archive):
+    from l2i_tf.explain_files import ExplainSource
+
+    for make in (
+        lambda tau: bulk.make_job(archive["saved"], "u/*", "u", threshold=tau),
+        lambda tau: ExplainSource(archive["saved"], threshold=tau),
+    ):
+        with pytest.raises(ValueError, match=r"threshold 1\.5 is outside \[-1, 1\].*no component would ever"):
+            make(1.5)
+        assert make(-1.0).threshold == -1.0
+
+
 def test_without_component_audio_serving_default_gives_the_same_outputs(archive):
     import tensorflow as tf
 
