@@ -2,18 +2,22 @@
 
 Each data set holds N clips in the `folders` layout, one folder per ESC-10 class: clip i of class c = a random clip of
 class c plus a random clip of any class at -12..0 dB, each circularly shifted by a random offset, written as 5 s
-16 kHz 16-bit wav to a temporary folder (remixes of the bundled ESC-10 clips, seeded). `l2i-tf train` runs with the
-demo classifier, ``--epochs`` epochs and ``--nmf-iterations`` NMF passes (the dictionary streams above 512 MB of frames:
-see l2i_tf.dictionary.IN_MEMORY_LIMIT_BYTES). Peak memory is the largest resident memory of the process tree, sampled
-every 0.2 s (as benchmarks/bulk_throughput.py). Prints per size: wall time, clips/s of the whole job, examples/s of
-the feature pass (every split's clips and the training split's source mixtures) and of training (examples × epochs per
-second), peak memory, and the disk the job used at its peak (its decode cache and feature shards: the used bytes of
-the work folder's disk, sampled with the memory); then the goals' ratios and each rate's spread across sizes (the
-whole job's includes the fixed costs: start-up, tracing, the dictionary's set-up; the default's source mixtures are
-two a training clip, so they grow with the size).
+16 kHz 16-bit wav to a temporary folder (remixes of the bundled ESC-10 clips, seeded). The layout deals each class's
+clips round-robin into 5 folds, and training needs every fold (3 train, 1 validates, 1 tests) and two classes in the
+training folds (the source term mixes two classes), so every class gets at least 5 clips: the first N // 5 classes
+below 50 clips (all 10 from 50 on), and sizes below 10 clips (two classes of 5) are refused. `l2i-tf train` runs with
+the demo classifier, ``--epochs`` epochs and ``--nmf-iterations`` NMF passes (the dictionary streams above 512 MB of
+frames: see l2i_tf.dictionary.IN_MEMORY_LIMIT_BYTES). Peak memory is the largest resident memory of the process tree,
+sampled every 0.2 s (as benchmarks/bulk_throughput.py). Prints per size: wall time, clips/s of the whole job,
+examples/s of the feature pass (every split's clips and the training split's source mixtures) and of training
+(examples × epochs per second), peak memory, and the disk the job used at its peak (its decode cache and feature
+shards: the used bytes of the work folder's disk, sampled with the memory); then the goals' ratios and each rate's
+spread across sizes (the whole job's includes the fixed costs: start-up, tracing, the dictionary's set-up; the
+default's source mixtures are two a training clip, so they grow with the size).
 
     python benchmarks/scale.py                       # 400, 4000 and 20000 clips
     python benchmarks/scale.py --sizes 400,4000 --no-evaluate
+    python benchmarks/scale.py --sizes 10 --epochs 1 --nmf-iterations 1   # a smoke run: 2 classes of 5 clips
     python benchmarks/scale.py --train-args "--source-mixtures 0 --source-weight 0"   # the paper's training
 """
 
@@ -36,6 +40,27 @@ from bulk_throughput import tree_rss  # noqa: E402
 
 RATE = 16000
 SECONDS = 5
+FOLDS = 5  # the folders layout's folds, dealt per class (l2i_tf.tables.folders_table)
+MIN_CLASSES = 2  # the source term mixes clips of two classes
+MIN_CLIPS = FOLDS * MIN_CLASSES
+
+
+def classes_for(count: int, available: int = 10) -> int:
+    """Classes of a data set of ``count`` clips: as many as give every class a clip in each fold (up to ``available``);
+    a ``ValueError`` naming the smallest size below :data:`MIN_CLIPS`."""
+    if count < MIN_CLIPS:
+        raise ValueError(
+            f"{count} clips are too few: the smallest size is {MIN_CLIPS} ({MIN_CLASSES} classes of {FOLDS} clips): "
+            f"the folders layout deals a class's clips into {FOLDS} folds, training needs a clip in every fold and "
+            f"{MIN_CLASSES} classes in its training folds"
+        )
+    return min(available, count // FOLDS)
+
+
+def clip_classes(count: int, available: int = 10) -> list[int]:
+    """The class of each of ``count`` clips: round-robin over the first :func:`classes_for` classes."""
+    classes = classes_for(count, available)
+    return [i % classes for i in range(count)]
 
 
 def build(folder: Path, count: int, seed: int = 0) -> None:
@@ -47,11 +72,12 @@ def build(folder: Path, count: int, seed: int = 0) -> None:
     table = tables.esc10_table()
     waves, labels = data.load_waveforms(table, RATE, RATE * SECONDS)
     rng = np.random.default_rng(seed)
-    by_class = [np.flatnonzero(labels == c) for c in range(len(table.class_names))]
-    for name in table.class_names:
+    classes = clip_classes(count, len(table.class_names))
+    names = table.class_names[: max(classes) + 1]
+    by_class = [np.flatnonzero(labels == c) for c in range(len(names))]
+    for name in names:
         (folder / name).mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        c = i % len(by_class)
+    for i, c in enumerate(classes):
         a, b = rng.choice(by_class[c]), rng.integers(len(waves))
         gain = 10 ** (rng.uniform(-12, 0) / 20)
         x = np.roll(waves[a], rng.integers(RATE * SECONDS)) + gain * np.roll(waves[b], rng.integers(RATE * SECONDS))
@@ -123,6 +149,11 @@ def main():
     parser.add_argument("--keep", action="store_true", help="keep each size's data and run folder")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    for count in sizes:  # before any size runs
+        try:
+            classes_for(count)
+        except ValueError as e:
+            parser.error(f"--sizes: {e}")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
     root = Path(args.workdir or tempfile.mkdtemp(prefix="l2i_scale_"))
     env["L2I_TF_CACHE"] = str(root / "decode_cache")  # the decoded clips of every size, removed at the end

@@ -14,7 +14,8 @@ from l2i_tf import bulk_files
 
 
 class _QuietBeam(logging.Filter):
-    """Drops Beam's start-up warnings (apitools, resource module...), which it logs through the root logger."""
+    """Drops Beam's start-up warnings (apitools, resource module...), which it logs through the root logger, and the
+    worker processes' log lines it relays (multi-processing workers are quietened by ``bulk.run_job``)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno >= logging.ERROR or "apache_beam" not in record.pathname
@@ -117,7 +118,7 @@ def command(
     click.echo(
         f"explaining {inputs} file(s) of {job.input_glob} with {job.saved_model} (τ = {job.threshold:g}) -> {job.out}"
     )
-    counts = bulk.run_job(job, runner, direct_workers, beam_args, direct_mode)
+    counts = bulk.run_job(job, runner, direct_workers, beam_args, direct_mode, quiet_workers=not verbose)
     wall = counts["wall_seconds"]
     click.echo(
         f"files decoded {counts['files_read']}, explained {counts['files_explained']}, "

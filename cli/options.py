@@ -12,7 +12,7 @@ import click
 import tensorflow as tf
 
 from cli import errors
-from l2i_tf import audio, data, tables, timeline
+from l2i_tf import audio, data, explainer, tables, timeline
 
 # Third-party packages whose Python warnings (Keras' UserWarnings, deprecations) are for developers, not users.
 NOISY_PACKAGES = (
@@ -134,26 +134,11 @@ def window_options(defaults: bool):
     return wrap
 
 
-TAU_RANGE = (-1.0, 1.0)  # relevance's range (l2i_tf.explain.class_relevance)
-
-
 def check_threshold(value, flag: str = "--threshold"):
-    """τ (None: not given) if it is a number in relevance's range [-1, 1], else a click error naming the value.
-
-    Components with relevance > τ are selected: above 1 none ever would be, below -1 all would be. The edges are
-    kept: τ = 1 selects none, τ = -1 all but a component of relevance exactly -1."""
-    if value is None:
-        return None
-    low, high = TAU_RANGE
-    if value != value:
-        raise click.BadParameter(f"{value!r} is not a number", param_hint=flag)
-    if not low <= value <= high:
-        effect = "no component would ever be selected" if value > high else "every component would be selected"
-        raise click.BadParameter(
-            f"{value:g} is outside [{low:g}, {high:g}], the range of relevance (components with relevance > τ are "
-            f"selected): {effect}",
-            param_hint=flag,
-        )
+    """τ (None: not given) if :func:`l2i_tf.explainer.threshold_problem` takes it, else a click error naming it."""
+    problem = None if value is None else explainer.threshold_problem(value)
+    if problem:
+        raise click.BadParameter(problem, param_hint=flag)
     return value
 
 

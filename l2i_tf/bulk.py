@@ -9,10 +9,13 @@ Each input is explained as the export explains a recording: a timeline of window
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import sys
+import tempfile
 import time
 
 import apache_beam as beam
@@ -25,6 +28,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from l2i_tf import bulk_files, bulk_model, data, explain_files, export
+from l2i_tf.explainer import check_threshold
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +79,7 @@ def make_job(saved_model, input_glob: str, out, threshold=None, components=False
         saved_model=saved,
         input_glob=bulk_files.absolute_glob(str(input_glob)),
         out=out,
-        threshold=float(metadata["threshold"] if threshold is None else threshold),
+        threshold=float(metadata["threshold"]) if threshold is None else check_threshold(threshold),
         components=bool(components),
         metadata=metadata,
         max_batch_size=int(max_batch_size),
@@ -262,11 +266,25 @@ def direct_tf_threads(runner: str, direct_workers: int) -> int | None:
     return max(1, (os.cpu_count() or 1) // direct_workers)
 
 
+WORKER_LOG_LEVEL_FLAG = "--default_sdk_harness_log_level"
+"""Beam's log level of its SDK worker processes (set once they have read the pipeline options)."""
+
+
+def worker_processes(runner: str, direct_workers: int, direct_mode: str) -> bool:
+    """Whether the pipeline runs in worker processes this one starts: the DirectRunner's multi-processing mode."""
+    return runner == "DirectRunner" and direct_workers > 1 and direct_mode == "multi_processing"
+
+
 def pipeline_options(
-    runner: str = "DirectRunner", direct_workers: int = 1, beam_args=(), direct_mode: str = "multi_threading"
+    runner: str = "DirectRunner",
+    direct_workers: int = 1,
+    beam_args=(),
+    direct_mode: str = "multi_threading",
+    quiet_workers: bool = False,
 ) -> PipelineOptions:
     """Beam options: ``beam_args`` (any Beam flags) plus the runner; the DirectRunner runs ``direct_workers``
-    workers in ``direct_mode`` (one of :data:`DIRECT_MODES`) when more than one."""
+    workers in ``direct_mode`` (one of :data:`DIRECT_MODES`) when more than one. ``quiet_workers``: its worker
+    processes log errors only (:data:`WORKER_LOG_LEVEL_FLAG` ERROR, unless ``beam_args`` set it)."""
     if direct_mode not in DIRECT_MODES:
         raise ValueError(f"direct_mode must be one of {DIRECT_MODES}, got {direct_mode!r}")
     extra = {}
@@ -275,7 +293,35 @@ def pipeline_options(
             "direct_num_workers": int(direct_workers),
             "direct_running_mode": direct_mode if direct_workers > 1 else "in_memory",
         }
+    given = {str(arg).split("=", 1)[0] for arg in beam_args}
+    if quiet_workers and worker_processes(runner, direct_workers, direct_mode) and WORKER_LOG_LEVEL_FLAG not in given:
+        extra["default_sdk_harness_log_level"] = "ERROR"
     return PipelineOptions(list(beam_args), runner=runner, **extra)
+
+
+@contextlib.contextmanager
+def stderr_to_file():
+    """This process's stderr (file descriptor 2) goes to a temporary file while the block runs; if the block fails,
+    the file's last lines are logged at ERROR.
+
+    The DirectRunner's worker processes, started in the block, inherit it: what they write before Beam's log level
+    applies (their imports' warnings, "Logging handler created.") goes there, not to the terminal."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            tail = captured.read().decode(errors="replace").splitlines()[-40:]
+            if failed and tail:
+                log.error("the worker processes' last lines on stderr:\n%s", "\n".join(tail))
 
 
 def run(
@@ -296,22 +342,33 @@ def run(
 
 
 def run_job(
-    job: BulkJob, runner: str = "DirectRunner", direct_workers: int = 1, beam_args=(), direct_mode="multi_threading"
+    job: BulkJob,
+    runner: str = "DirectRunner",
+    direct_workers: int = 1,
+    beam_args=(),
+    direct_mode="multi_threading",
+    quiet_workers: bool = False,
 ) -> dict:
     """Run a bulk explanation to completion; returns the counters of :data:`COUNTERS` plus ``audio_seconds``,
     ``wall_seconds``, and the lines of the index (``indexed``) and of the errors file (``errors``): these two are
-    counted from the files, which stay exact where a runner drops metric updates."""
+    counted from the files, which stay exact where a runner drops metric updates.
+
+    ``quiet_workers``: the DirectRunner's worker processes (multi-processing mode) log errors only and write their
+    stderr to a temporary file while the pipeline runs (:func:`stderr_to_file`): Beam's start-up and progress lines
+    do not reach the terminal. Other runners' workers log as their options say."""
     t0 = time.perf_counter()
     bulk_files.check_job(job.out, job.input_glob)  # before the model starts loading
     if job.tf_threads is None:
         job = dataclasses.replace(job, tf_threads=direct_tf_threads(runner, direct_workers))
-    p = beam.Pipeline(options=pipeline_options(runner, direct_workers, beam_args, direct_mode))
+    p = beam.Pipeline(options=pipeline_options(runner, direct_workers, beam_args, direct_mode, quiet_workers))
     in_process = runner == "DirectRunner" and (direct_workers <= 1 or direct_mode == "multi_threading")
     transform = ExplainFiles(job, preload=in_process)
     _ = p | "ExplainFiles" >> transform
+    quiet = quiet_workers and worker_processes(runner, direct_workers, direct_mode)
     try:
-        result = p.run()
-        result.wait_until_finish()
+        with stderr_to_file() if quiet else contextlib.nullcontext():
+            result = p.run()
+            result.wait_until_finish()
     finally:
         bulk_model.discard_preload(transform.handler)
     counters = dict.fromkeys(COUNTERS, 0)

@@ -17,7 +17,7 @@ from l2i_tf.baseline_training import FlintConfig, VibiConfig
 from l2i_tf.evaluation_data import close, scratch_folder, test_data
 from l2i_tf.evaluation_report import markdown
 from l2i_tf.explain import ACTIVE_SHARE
-from l2i_tf.explainer import ExplainConfig, Explainer
+from l2i_tf.explainer import ExplainConfig, Explainer, check_threshold
 from l2i_tf.faithfulness import Removals, analysed_batch, faithfulness, paper_and_active
 from l2i_tf.mask_metrics import SPEECHBRAIN_L2I, SPEECHBRAIN_L2I_SOURCE, batch_scores, summarize
 from l2i_tf.method_table import method_table
@@ -137,6 +137,8 @@ class EvalConfig(Settings):
         for d in (self.domain, *self.mixture_domains):
             if d not in audio.DOMAINS:
                 raise ValueError(f"mask domain must be one of {audio.DOMAINS}, got {d!r}")
+        for tau in (*self.thresholds, *self.multilabel_thresholds, *self.mixture_thresholds):
+            check_threshold(tau)
 
     @classmethod
     def quick_config(cls, **changes) -> EvalConfig:

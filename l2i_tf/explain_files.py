@@ -12,7 +12,7 @@ import soundfile
 import tensorflow as tf
 
 from l2i_tf import data, export, files, runs
-from l2i_tf.explainer import ExplainConfig, Explainer
+from l2i_tf.explainer import ExplainConfig, Explainer, check_threshold
 
 
 class FixedByExportError(ValueError):
@@ -80,7 +80,7 @@ class ExplainSource:
             self.kind = "savedmodel"
             self.path = saved
             self._signature = tf.saved_model.load(str(saved)).signatures["explain"]
-        self.threshold = self.metadata["threshold"] if threshold is None else float(threshold)
+        self.threshold = self.metadata["threshold"] if threshold is None else check_threshold(threshold)
         self.class_names = tuple(self.metadata["class_names"])
         self.sample_rate = int(self.metadata["sample_rate"])
 

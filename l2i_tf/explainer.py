@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import numbers
 
 import keras
 import numpy as np
@@ -60,6 +61,35 @@ COMPONENT_OUTPUTS = (
     "component_audio",
 )
 CLASSIFY_OUTPUTS = ("class_probabilities", "predicted_class", "predicted_class_name", "class_names")
+THRESHOLD_RANGE = (-1.0, 1.0)  # relevance's range (l2i_tf.explain.relevance)
+
+
+def threshold_problem(tau) -> str | None:
+    """Why ``tau`` cannot be a threshold τ, naming it (None: it can): not a number, or outside relevance's range.
+
+    Components with relevance > τ are selected: above 1 none ever would be, below -1 all would be. The edges are
+    kept: τ = 1 selects none, τ = -1 all but a component of relevance exactly -1. The one rule of the settings
+    (:class:`ExplainConfig`, an export's τ, an evaluation's τ values) and of the CLI's ``--threshold``; a τ fed to
+    the explanation graph itself (:meth:`Explainer.explain`, the SavedModel's ``explain`` signature) is not
+    checked (see :func:`l2i_tf.explain.select`)."""
+    low, high = THRESHOLD_RANGE
+    if isinstance(tau, bool) or not isinstance(tau, numbers.Real) or tau != tau:
+        return f"{tau!r} is not a number"
+    if not low <= tau <= high:
+        effect = "no component would ever be selected" if tau > high else "every component would be selected"
+        return (
+            f"{tau:g} is outside [{low:g}, {high:g}], the range of relevance (components with relevance > τ are "
+            f"selected): {effect}"
+        )
+    return None
+
+
+def check_threshold(tau) -> float:
+    """τ as a float; a ``ValueError`` naming it if :func:`threshold_problem` finds one."""
+    problem = threshold_problem(tau)
+    if problem:
+        raise ValueError(f"threshold {problem}")
+    return float(tau)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +97,8 @@ class ExplainConfig(Settings):
     """What an Explainer (and an export of it) fixes.
 
     Attributes:
-        threshold: default τ: components with relevance > τ are selected.
+        threshold: default τ: components with relevance > τ are selected; in relevance's range [-1, 1]
+            (:func:`threshold_problem`).
         top_n: N, at most this many components are selected, and the N most relevant ones get their own audio.
             0: no limit (N = K).
         domain: mask domain, one of :data:`l2i_tf.audio.DOMAINS`.
@@ -90,8 +121,7 @@ class ExplainConfig(Settings):
         audio.check_domain(self.domain)
         if not self.max_seconds >= 0:
             raise ValueError(f"max_seconds must be >= 0 (0: no limit), got {self.max_seconds!r}")
-        if self.threshold != self.threshold:
-            raise ValueError(f"threshold must be a number, got {self.threshold!r}")
+        check_threshold(self.threshold)
         if not self.window_seconds >= 0:
             raise ValueError(f"window_seconds must be >= 0 (0: the classifier's input), got {self.window_seconds!r}")
         if self.max_seconds and self.window_seconds > self.max_seconds:
@@ -231,7 +261,8 @@ class Explainer(keras.Model):
         Args:
             waveform: float32 [B, S] at the model's sample rate.
             target_class: int [B] or scalar class to explain; -1 or None: the classifier's prediction.
-            threshold: τ, a scalar or [B]; None: the config's.
+            threshold: τ, a scalar or [B]; None: the config's. A graph input like the SavedModel's, not range-checked:
+                τ >= 1 selects none, τ < -1 every component (:func:`threshold_problem` checks settings).
             components: also return the audio of the N most relevant components.
 
         Returns:

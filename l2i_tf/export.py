@@ -9,7 +9,9 @@ outputs as in :mod:`l2i_tf.explainer`):
                      window_class_probabilities [B, W, C], window_selected bool [B, W, K]
 ``explain``          + target_class int32 [B] (-1: the classifier's prediction), threshold float32 [] ->
                      the above + target_class, component_indices, component_relevance, component_selected,
-                     component_audio (the N most relevant components)
+                     component_audio (the N most relevant components). The request's τ is taken as sent (only
+                     NaN is refused): τ >= 1 selects none, τ < -1 every component; the package's clients refuse a
+                     τ outside [-1, 1] before sending it, as the export refuses it as its default
 ``classify``         waveform -> class_probabilities, predicted_class, predicted_class_name, class_names [B, C]
 ``explain_wav``      audio string [B] (16-bit PCM WAV files at the model's rate, any lengths) ->
                      interpretation_wav_bytes string [B] (16-bit WAV) + the predictions of ``serving_default``

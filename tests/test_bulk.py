@@ -259,7 +259,8 @@ def test_outputs_inside_the_glob_are_not_inputs_and_a_glob_of_no_files_is_refuse
     assert result.exit_code == 2 and "matches no files" in result.output, result.output
 
 
-def test_a_killed_run_restarted_ends_with_the_same_outputs(archive, tmp_path):
+def test_a_killed_multi_processing_run_prints_nothing_and_restarted_ends_with_the_same_outputs(archive, tmp_path):
+    """Without -v the worker processes' start-up and progress lines stay off the terminal (nothing on stderr)."""
     out = tmp_path / "out"
     glob = str(archive["root"] / "archive" / "**")
     command = [sys.executable, "-m", "cli.main", "explain-bulk", str(archive["saved"]), glob, "--out", str(out)]
@@ -275,6 +276,8 @@ def test_a_killed_run_restarted_ends_with_the_same_outputs(archive, tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(60)
+    stderr = proc.stderr.read().decode()
+    assert not stderr, stderr[-3000:]
     done = len(summaries(out))
     assert 8 <= done < GOOD and not (out / "index.jsonl").exists()
     counts = bulk.run(archive["saved"], glob, out, components=True)
@@ -292,6 +295,18 @@ def test_a_killed_run_restarted_ends_with_the_same_outputs(archive, tmp_path):
                 assert [s["relevance"] for s in mine[key]] == pytest.approx([s["relevance"] for s in value], abs=1e-4)
             else:
                 assert mine[key] == pytest.approx(value, abs=1e-4), key
+
+
+def test_a_threshold_outside_relevance_range_is_refused_by_the_job_and_the_source_of_an_export(archive):
+    from l2i_tf.explain_files import ExplainSource
+
+    for make in (
+        lambda tau: bulk.make_job(archive["saved"], "u/*", "u", threshold=tau),
+        lambda tau: ExplainSource(archive["saved"], threshold=tau),
+    ):
+        with pytest.raises(ValueError, match=r"threshold 1\.5 is outside \[-1, 1\].*no component would ever"):
+            make(1.5)
+        assert make(-1.0).threshold == -1.0
 
 
 def test_without_component_audio_serving_default_gives_the_same_outputs(archive):
@@ -348,6 +363,39 @@ def test_the_model_handler_leaves_tensorflow_hub_unimported():
     assert result.stdout.strip() == "[]"
 
 
+def test_quiet_worker_processes_log_errors_only_unless_beam_args_set_their_level():
+    from apache_beam.options.pipeline_options import WorkerOptions
+
+    def level(**kwargs):
+        options = bulk.pipeline_options(direct_workers=2, direct_mode="multi_processing", **kwargs)
+        return options.view_as(WorkerOptions).default_sdk_harness_log_level
+
+    assert level(quiet_workers=True) == "ERROR"
+    assert level() is None  # -v: Beam's default (INFO)
+    assert level(quiet_workers=True, beam_args=["--default_sdk_harness_log_level=DEBUG"]) == "DEBUG"
+    assert level(quiet_workers=True, beam_args=["--default_sdk_harness_log_level", "WARNING"]) == "WARNING"
+    threads = bulk.pipeline_options(direct_workers=2, quiet_workers=True)  # no worker processes
+    assert threads.view_as(WorkerOptions).default_sdk_harness_log_level is None
+    flink = bulk.pipeline_options("FlinkRunner", 2, direct_mode="multi_processing", quiet_workers=True)
+    assert flink.view_as(WorkerOptions).default_sdk_harness_log_level is None  # its workers log as it says
+
+
+def test_stderr_to_file_hides_what_child_processes_write_and_logs_it_if_the_block_fails(capfd, caplog):
+    def child(text):
+        subprocess.run([sys.executable, "-c", f"import sys; sys.stderr.write({text!r})"], check=True)
+
+    with bulk.stderr_to_file():
+        child("worker start-up line\n")
+    assert "worker start-up line" not in capfd.readouterr().err and not caplog.records
+    with pytest.raises(RuntimeError, match="the job failed"), bulk.stderr_to_file():
+        child("worker traceback\n")
+        raise RuntimeError("the job failed")
+    assert "worker traceback" not in capfd.readouterr().err
+    assert [r.levelname for r in caplog.records] == ["ERROR"] and "worker traceback" in caplog.text
+    child("after the block\n")
+    assert "after the block" in capfd.readouterr().err
+
+
 def test_direct_workers_are_threads_sharing_the_cores():
     from apache_beam.options.pipeline_options import DirectOptions
 
@@ -366,7 +414,7 @@ def test_the_cli_runs_one_worker_per_usable_core_by_default(monkeypatch, tmp_pat
     monkeypatch.setattr(bulk, "make_job", lambda *args: job)
     monkeypatch.setattr(bulk, "count_inputs", lambda job: 1)
 
-    def run_job(job, runner, direct_workers, beam_args, direct_mode):
+    def run_job(job, runner, direct_workers, beam_args, direct_mode, quiet_workers):
         calls.append(direct_workers)
         raise SystemExit(0)
 

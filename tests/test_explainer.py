@@ -84,6 +84,43 @@ def test_a_batch_equals_its_clips_one_by_one_for_several_lengths(explainer):
                     )
 
 
+@pytest.mark.parametrize(
+    ("tau", "message"),
+    [
+        (
+            1.5,
+            "threshold 1.5 is outside [-1, 1], the range of relevance (components with relevance > τ are selected): "
+            "no component would ever be selected",
+        ),
+        (
+            -2.0,
+            "threshold -2 is outside [-1, 1], the range of relevance (components with relevance > τ are selected): "
+            "every component would be selected",
+        ),
+        (float("nan"), "threshold nan is not a number"),
+        ("0.3", "threshold '0.3' is not a number"),
+    ],
+)
+def test_explain_config_refuses_a_threshold_outside_relevance_range_naming_it(tau, message):
+    with pytest.raises(ValueError) as error:
+        ExplainConfig(threshold=tau)
+    assert str(error.value) == message
+
+
+@pytest.mark.parametrize("tau", [-1.0, -1, 0, 0.3, np.float32(0.5), 1.0])
+def test_explain_config_takes_thresholds_in_relevance_range_up_to_its_edges(tau):
+    assert ExplainConfig(threshold=tau).threshold == tau
+
+
+def test_evaluation_settings_refuse_a_threshold_outside_relevance_range():
+    from l2i_tf.evaluate import EvalConfig
+
+    for field in ("thresholds", "multilabel_thresholds", "mixture_thresholds"):
+        with pytest.raises(ValueError, match=r"threshold 1\.2 is outside \[-1, 1\]"):
+            EvalConfig(**{field: (0.3, 1.2)})
+    assert EvalConfig(thresholds=(-1.0, 1.0)).thresholds == (-1.0, 1.0)
+
+
 def test_unknown_batch_sizes_and_lengths_trace_once(explainer):
     for batch, samples in ((2, 2500), (3, 4100), (1, 700)):
         out = explainer.explain(_clips(batch, samples))
@@ -103,9 +140,9 @@ def test_every_component_selected_gives_back_the_input_in_the_linear_domain():
     # H > 0 in every frame (Ψ's last layer outputs a constant 1), so H·Wᵀ >> ε and every soft mask sums to 1.
     interp.psi.to_k.kernel.assign(np.zeros(interp.psi.to_k.kernel.shape, "float32"))
     interp.psi.to_k.bias.assign(np.ones(interp.psi.to_k.bias.shape, "float32"))
-    explainer = Explainer(interp, CLASSES, ExplainConfig(threshold=-2.0, top_n=0, domain="linear"))
+    explainer = Explainer(interp, CLASSES, ExplainConfig(top_n=0, domain="linear"))
     x = _clips(2, 5000, seed=3)
-    out = explainer.explain(x)
+    out = explainer.explain(x, threshold=-2.0)  # a graph input: below relevance's range, every component
     assert out["selected"].numpy().all()
     np.testing.assert_allclose(out["interpretation"], x, atol=1e-4)
 
@@ -121,9 +158,9 @@ def test_a_fixed_length_classifier_explains_the_whole_recording_in_windows(tmp_p
     w = np.random.default_rng(0).random((513, K)).astype("float32")
     interp = Interpreter(model, names, orders, K, 513, stft.to_dict(), psi={"hidden": 8}, dictionary=w)
     assert interp.clip_samples == 8000
-    explainer = Explainer(interp, CLASSES, ExplainConfig(threshold=-2.0, top_n=0))
+    explainer = Explainer(interp, CLASSES, ExplainConfig(top_n=0))
     for samples in (5000, 8000, 12000):  # padded, exact, two windows; the output keeps the length
-        out = explainer.explain(_clips(1, samples))
+        out = explainer.explain(_clips(1, samples), threshold=-2.0)
         assert out["interpretation"].shape == (1, samples)
     np.testing.assert_array_equal(out["window_start"], [[0, 4000]])
     np.testing.assert_array_equal(out["window_end"], [[8000, 12000]])
@@ -134,7 +171,7 @@ def test_a_fixed_length_classifier_explains_the_whole_recording_in_windows(tmp_p
     target = np.full(2, np.argmax(logits.mean(axis=0)), "int32")
     each = explainer({"waveform": windows, "target_class": target, "threshold": np.full(2, -2.0, "float32")})
     expected = timeline.overlap_add(each["interpretation"][None], 4000, 12000)
-    np.testing.assert_allclose(explainer.explain(x)["interpretation"], expected, atol=1e-5)
+    np.testing.assert_allclose(explainer.explain(x, threshold=-2.0)["interpretation"], expected, atol=1e-5)
     assert np.abs(expected.numpy()[0, 8000:]).max() > 0  # past the classifier's input too
 
 
