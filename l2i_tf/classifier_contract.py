@@ -30,7 +30,8 @@ def check_classifier(classifier: keras.Model) -> None:
         layer, name = squashing
         raise ClassifierContractError(
             f"the classifier's output is {name} probabilities (its layer {layer!r} applies {name}); the interpreter "
-            "needs logits (remove the activation)"
+            "needs logits (remove the activation, or read the model at its logits with "
+            "l2i_tf.classifier_logits.with_logits, as l2i-tf train does)"
         )
 
 
@@ -41,6 +42,12 @@ _PASS_THROUGH = (
     keras.layers.Reshape,
     keras.layers.ActivityRegularization,
 )
+
+
+def pass_through(layer) -> bool:
+    """Whether ``layer`` passes values on unchanged: identity, dropout, reshapes, a linear ``Activation``."""
+    name = getattr(getattr(layer, "activation", None), "__name__", "")
+    return isinstance(layer, _PASS_THROUGH) or (isinstance(layer, keras.layers.Activation) and name == "linear")
 
 
 def output_squashing(model: keras.Model) -> tuple[str, str] | None:
@@ -60,7 +67,7 @@ def output_squashing(model: keras.Model) -> tuple[str, str] | None:
         name = getattr(getattr(layer, "activation", None), "__name__", "")
         if name in ("softmax", "sigmoid"):
             return layer.name, name
-        if not (isinstance(layer, _PASS_THROUGH) or (isinstance(layer, keras.layers.Activation) and name == "linear")):
+        if not pass_through(layer):
             return None
         inputs = layer._inbound_nodes[history.node_index].input_tensors
         if len(inputs) != 1:

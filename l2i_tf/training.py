@@ -26,6 +26,7 @@ from l2i_tf import (
 )
 from l2i_tf import classifier as classifier_lib
 from l2i_tf.classifier_contract import check_classifier, check_input_length, tap_orders
+from l2i_tf.classifier_logits import with_logits
 from l2i_tf.dictionary import Dictionary, learn_from_table
 from l2i_tf.interpreter import Interpreter
 from l2i_tf.runs import TrainConfig
@@ -337,7 +338,9 @@ def _train(out, config: TrainConfig, resume, overwrite, strategy, callbacks, saf
     if resume:
         config = resume_config(runs.read_config(out), config)
     keras.utils.set_random_seed(config.seed)
-    model_f = runs.load_classifier(config.classifier, config.custom_objects, safe_mode)
+    model_f, note = with_logits(runs.load_classifier(config.classifier, config.custom_objects, safe_mode))
+    if note:
+        log.warning("%s", note)
     config, stft = resolve(config, model_f)
     check_classifier(model_f)  # a classifier that is not waveform -> logits stops the job before any work
     tap_orders(model_f, config.layers)  # and so does a wrong layer name

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from run_fixture import assert_clean_error, chirp, invoke, write, write_wav
 
-from l2i_tf import audio, classifier, data, explain, tables
+from l2i_tf import audio, classifier, data, explain, runs, tables
 
 SR = 16000
 
@@ -172,8 +172,8 @@ def test_train_names_a_corrupt_clip_and_with_on_error_skip_counts_it(tiny, tmp_p
     assert f"{sum(fold == 5 for fold in folds.values()) - 1} test clips" in result.output
 
 
-def test_a_classifier_ending_in_softmax_is_refused_before_any_work(tiny, tmp_path):
-    """Named (the layer applies softmax; logits are needed) before the dictionary is learnt: no run folder is left."""
+def test_a_classifier_ending_in_softmax_is_read_at_its_logits(tiny, tmp_path, caplog):
+    """Trained at the logits before its softmax, said once; the run explains with the classifier's own decisions."""
     root, options = tiny
     model = keras.models.load_model(root / "tiny.keras")
     probs = keras.Model(model.inputs, keras.layers.Softmax(name="probs")(model.outputs[0]))
@@ -181,8 +181,19 @@ def test_a_classifier_ending_in_softmax_is_refused_before_any_work(tiny, tmp_pat
     classifier.save_classifier(probs, info, tmp_path / "probs.keras")
     args = [*options, "--classifier", tmp_path / "probs.keras", "--data", _folders(tmp_path / "data"), "--layout"]
     result = invoke("train", *args, "folders", "--out", tmp_path / "r")
-    assert_clean_error(result, 2, "layer 'probs' applies softmax", "needs logits")
-    assert not (tmp_path / "r").exists()
+    assert result.exit_code == 0, result.output
+    note = "layer 'probs' applies softmax): the interpreter reads the logits before it"
+    said = [r for r in caplog.records if note in r.message]
+    assert len(said) == 1 and said[0].levelname == "WARNING"
+    logits_model = runs.load_run(tmp_path / "r").interpreter.classifier
+    x = 0.1 * np.random.default_rng(0).standard_normal((3, SR)).astype("float32")
+    np.testing.assert_allclose(tf.nn.softmax(logits_model(x)), probs(x), atol=1e-6)
+    result = invoke("explain", tmp_path / "r", write_wav(tmp_path / "clip.wav", chirp(0.5)), "--out", tmp_path / "e")
+    assert result.exit_code == 0, result.output
+    explanation = json.loads((tmp_path / "e" / "explanation.json").read_text())
+    np.testing.assert_allclose(
+        list(explanation["classifier"]["probabilities"].values()), probs(chirp(0.5)[None]).numpy()[0], atol=1e-5
+    )
 
 
 def test_a_multi_label_manifest_without_multilabel_names_a_clip_without_one_label(tiny, tmp_path):
