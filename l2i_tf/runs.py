@@ -122,9 +122,10 @@ class TrainConfig(Settings):
     # recorded resolved.
     ema_epochs: float | None = None
     # Epochs without a better validation fidelity before training stops (the best epoch's weights are kept). Six
-    # ESC-10 runs followed for 40 epochs (default and paper's training, three seeds; README, "Where the time of a
-    # training step goes") and one multi-label run: 6 keeps the same epoch as 15 in five of seven, in about half the
-    # epochs; fold 5's fidelity does not rise after epoch 5-15, so stopping earlier costs nothing on average.
+    # ESC-10 runs followed for 40 epochs (default and paper's training, three seeds; benchmarks/RESULTS.md, "Where
+    # the time of a training step goes") and one multi-label run: 6 keeps the same epoch as 15 in five of seven, in
+    # about half the epochs; fold 5's fidelity does not rise after epoch 5-15, so stopping earlier costs nothing on
+    # average.
     patience: int = 6
     # Multi-label training mixtures (and a quarter as many for validation and test). Measured on ESC-10's
     # validation fold: 960 -> micro-AUPRC 0.77 (overfits); 2400 -> 0.94; 4800 (20 epochs, α = 3) -> 0.95.

@@ -53,8 +53,8 @@ DEFAULT_EPOCHS = {False: 40, True: 20}
 DEFAULT_SOURCES = {False: (2.0, 5.0), True: (0.0, 0.0)}
 # Horizon, epochs, of the moving average of Ψ/Θ's weights (l2i_tf.checkpoints.AveragedWeights) by task. ESC-10,
 # fold 5's fidelity after each of 40 epochs, seeds 0-2, mean over epochs 10-40: 88.5 % without, 89.6 % at ~2.2
-# epochs, 90.0 % at ~4.4, its swing from epoch to epoch about halved (README, "Where the time of a training step
-# goes"). Multi-label (one run): test macro-/micro-AUPRC 0.937 / 0.944 against 0.929 / 0.925 without.
+# epochs, 90.0 % at ~4.4, its swing from epoch to epoch about halved (benchmarks/RESULTS.md, "Where the time of a
+# training step goes"). Multi-label (one run): test macro-/micro-AUPRC 0.937 / 0.944 against 0.929 / 0.925 without.
 DEFAULT_EMA_EPOCHS = {False: 2.0, True: 2.0}
 
 
