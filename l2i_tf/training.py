@@ -28,6 +28,7 @@ from l2i_tf import classifier as classifier_lib
 from l2i_tf.classifier_contract import check_classifier, check_input_length, tap_orders
 from l2i_tf.dictionary import Dictionary, learn_from_table
 from l2i_tf.interpreter import Interpreter
+from l2i_tf.progress import EpochLines, Progress, per_split, resume_line, teller
 from l2i_tf.runs import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -254,9 +255,9 @@ def ema_momentum(epochs: float, steps_per_epoch: int) -> float:
     return max(0.0, 1.0 - 1.0 / (epochs * steps_per_epoch))
 
 
-def _fit(interpreter, shards: list, config: TrainConfig, out: Path, resumed, callbacks) -> list[dict]:
-    """Fit Ψ/Θ on the training split's feature shards with early stopping on the validation split's; returns the
-    history of every epoch done (including those before a resume)."""
+def _fit(interpreter, shards: list, config: TrainConfig, out: Path, resumed, callbacks, say) -> list[dict]:
+    """Fit Ψ/Θ on the training split's feature shards with early stopping on the validation split's, telling
+    ``say`` a line per epoch; returns the history of every epoch done (including those before a resume)."""
     monitor = "val_fidelity_micro_auprc" if config.multilabel else "val_fidelity_top1"
     ranking = [checkpoints.FidelityThenSource(monitor)] if config.source_weight else []
     rising = monitor if config.source_weight else None  # patience counts from the fidelity's last rise
@@ -281,6 +282,7 @@ def _fit(interpreter, shards: list, config: TrainConfig, out: Path, resumed, cal
         early_stopping,
         keras.callbacks.TensorBoard(log_dir=str(out / runs.LOGS), write_graph=False),
         checkpoints.Checkpoint(out / runs.CHECKPOINTS, early_stopping, history),
+        EpochLines(say, config.multilabel, early_stopping),  # after the epoch's verdict and checkpoint
         *callbacks,
     ]
     if first_epoch < config.epochs:
@@ -310,6 +312,7 @@ def train(
     strategy=None,
     callbacks=(),
     safe_mode: bool = True,
+    progress: Progress | None = None,
 ) -> dict:
     """Run the whole job and return the metrics (also in ``out/metrics.json``).
 
@@ -323,12 +326,14 @@ def train(
     Args:
         callbacks: extra Keras callbacks for ``fit``.
         safe_mode: load the classifier (and checkpoints) with Keras' safe mode.
+        progress: called with each progress line (the data, the dictionary, the features, where a resumed run
+            goes on, each epoch); None: the lines go to the log at INFO.
     """
     with runs.locked(Path(out), create=not resume):
-        return _train(out, config, resume, overwrite, strategy, callbacks, safe_mode)
+        return _train(out, config, resume, overwrite, strategy, callbacks, safe_mode, teller(progress))
 
 
-def _train(out, config: TrainConfig, resume, overwrite, strategy, callbacks, safe_mode: bool) -> dict:
+def _train(out, config: TrainConfig, resume, overwrite, strategy, callbacks, safe_mode: bool, say) -> dict:
     start = time.perf_counter()
     out = runs.prepare(out, resume, overwrite)
     if resume:
@@ -350,9 +355,15 @@ def _train(out, config: TrainConfig, resume, overwrite, strategy, callbacks, saf
     if skipped:
         log.warning("skipped %d unreadable clip(s): %s", len(skipped), "; ".join(skipped))
     timings = {"data_seconds": time.perf_counter() - start}
+    say(f"data: {per_split(map(len, parts), 'clips')} at {stft.sample_rate} Hz")
     t0 = time.perf_counter()
     if dictionary is None:
         dictionary = learn(out, config, table, stft)
+        say(
+            f"dictionary: K={dictionary.k} learnt on {len(parts[0])} training clips in {time.perf_counter() - t0:.1f} s"
+        )
+    else:
+        say(f"dictionary: K={dictionary.k} from {dictionary.provenance['folder']}")
     timings["dictionary_seconds"] = time.perf_counter() - t0
 
     with (strategy or tf.distribute.get_strategy()).scope():
@@ -362,6 +373,8 @@ def _train(out, config: TrainConfig, resume, overwrite, strategy, callbacks, saf
             interpreter = resumed.interpreter
         else:
             interpreter = new_interpreter(model_f, config, dictionary, stft)
+    if resume:
+        say(resume_line(resumed.epochs_done if resumed else 0, config.epochs))
 
     t0 = time.perf_counter()
     run = interpreter.stages.features_function
@@ -369,9 +382,10 @@ def _train(out, config: TrainConfig, resume, overwrite, strategy, callbacks, saf
         out / runs.FEATURE_CACHE, config, parts, stft.sample_rate, window, lambda w: run(tf.constant(w)), stft
     )
     timings["features_seconds"] = time.perf_counter() - t0
+    say(f"features: {per_split(map(len, shards), 'examples')} in {timings['features_seconds']:.1f} s")
 
     t0 = time.perf_counter()
-    history = _fit(interpreter, shards, config, out, resumed, callbacks)
+    history = _fit(interpreter, shards, config, out, resumed, callbacks, say)
     timings["train_seconds"] = time.perf_counter() - t0
 
     results = {"class_names": list(config.class_names), "multilabel": config.multilabel, "k": dictionary.k}
