@@ -1,5 +1,5 @@
-"""Progress lines: `l2i-tf train` prints a line per stage and per epoch (a resumed run says where it goes on); the
-library's training prints nothing unless given a ``progress`` callable."""
+"""Progress lines: `l2i-tf train` and `train-classifier` print a line per stage and per epoch (a resumed run says
+where it goes on); the library's training prints nothing unless given a ``progress`` callable."""
 
 from __future__ import annotations
 
@@ -127,3 +127,18 @@ def test_resume_line_says_where_the_run_goes_on(done, expected):
 def test_multilabel_fidelity_is_the_micro_auprc():
     assert progress.fidelity({"val_fidelity_micro_auprc": 0.91234}, True) == "fidelity micro-AUPRC 0.912"
     assert progress.fidelity({}, False) == "fidelity top-1 n/a"
+
+
+def test_cli_train_classifier_prints_the_clips_read_and_each_epoch(tmp_path):
+    config = make_tone_job(tmp_path)
+    args = ["train-classifier", "--data", config.data, "--layout", "folders", "--epochs", 2, "--batch-size", 4]
+    result = invoke(*args, "--out", tmp_path / "c.keras")
+    assert result.exit_code == 0, result.output
+    at = lines_matching(
+        result.output,
+        rf"data: 9 training, 3 validation, 3 test clips read in {SECONDS}",
+        rf"epoch 1/2: loss \d+\.\d{{3}}  validation accuracy \d\.\d{{3}}  {SECONDS}",
+        rf"epoch 2/2: loss \d+\.\d{{3}}  validation accuracy \d\.\d{{3}}  {SECONDS}",
+        r"test accuracy: .+",
+    )
+    assert at == sorted(at), result.output
