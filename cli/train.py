@@ -231,9 +231,11 @@ def _absolute(path):
 
 
 def run(out, config: runs.TrainConfig, resume: bool, overwrite: bool, unsafe_load: bool) -> dict:
-    """The job; library errors become click errors naming the flag that fixes them."""
+    """The job, printing its progress lines; library errors become click errors naming the flag that fixes them."""
     try:
-        return training.train(out, config, resume=resume, overwrite=overwrite, safe_mode=not unsafe_load)
+        return training.train(
+            out, config, resume=resume, overwrite=overwrite, safe_mode=not unsafe_load, progress=click.echo
+        )
     except runs.UnsafeModelError as e:
         raise errors.unsafe_model(e, "--classifier" if e.path == Path(config.classifier) else "--out") from None
     except runs.RunFolderError as e:

@@ -56,7 +56,9 @@ Examples:
     "scored on windows of it (hop half a window) covering every clip. Default: any length.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
-@click.option("-v", "--verbose", is_flag=True, help="Log each epoch.")
+@click.option(
+    "-v", "--verbose", is_flag=True, help="Also log the package's steps and TensorFlow's and Keras' messages."
+)
 def command(
     data_path,
     layout,
@@ -117,7 +119,9 @@ def command(
         raise click.BadParameter(str(e), param_hint="--fixed-seconds") from None
     start = time.perf_counter()
     try:
-        metrics = classifier.train_demo_classifier(out_path, config, table=table, splits=splits, init_from=init_from)
+        metrics = classifier.train_demo_classifier(
+            out_path, config, table=table, splits=splits, init_from=init_from, progress=click.echo
+        )
     except data.AudioDataError as e:
         raise click.ClickException(str(e)) from None
     metrics["command_seconds"] = time.perf_counter() - start

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
 import os
 import time
@@ -28,8 +27,7 @@ from l2i_tf.audio import LogMelSpectrogram
 from l2i_tf.batches import without_autotune
 from l2i_tf.feature_models import wrap_feature_model  # noqa: F401 (its home before feature_models)
 from l2i_tf.metrics import macro_auprc
-
-log = logging.getLogger(__name__)
+from l2i_tf.progress import Progress, epoch_line, per_split, teller
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 DEMO_MULTICLASS = PACKAGE_ROOT / "demo" / "esc10_classifier.keras"
@@ -318,16 +316,20 @@ def train_demo_classifier(
     splits: tables.Splits = tables.Splits(),
     cache_dir=None,
     init_from: str | Path | None = None,
+    progress: Progress | None = None,
 ) -> dict:
     """Train the demo classifier on ``table`` (default: bundled ESC-10) and save it with its sidecar.
 
     ``init_from``: a ``.keras`` demo classifier of the same architecture to start from
     (e.g. the multi-class model, fine-tuned on mixtures for the multi-label one).
+    ``progress``: called with each progress line (the clips read, each epoch); None: they go to the log at INFO.
 
     Returns the metrics: validation and test accuracy (multi-class) or macro-AUPRC on
     mixtures (multi-label), wall time.
     """
+    say = teller(progress)
     keras.utils.set_random_seed(config.seed)
+    start = time.perf_counter()
     table = table or tables.esc10_table()
     clip = max(1, int(round(config.clip_seconds * config.sample_rate)))
     crop = config.fixed_samples or min(clip, int(config.crop_seconds * config.sample_rate))
@@ -338,6 +340,7 @@ def train_demo_classifier(
     )
     if config.fixed_samples and not config.multilabel:  # scored on windows of the clips at their own lengths
         (xva, yva), (xte, yte) = (data.load_clips(p, config.sample_rate, cache_dir=cache_dir) for p in parts[1:])
+    say(f"data: {per_split(map(len, parts), 'clips')} read in {time.perf_counter() - start:.1f} s")
     start = time.perf_counter()
     if config.multilabel:  # validation and test mixtures; the training ones are drawn afresh every epoch
         _, (xva, yva), (xte, yte) = mixtures.split_mixtures(
@@ -348,6 +351,7 @@ def train_demo_classifier(
     model = _compiled_model(num_classes, config, init_from)
     history_val = []
     for epoch in range(config.epochs):
+        epoch_start = time.perf_counter()
         ds = _epoch_dataset(xtr, ytr, num_classes, config, crop, epoch)
         if epoch == 0:
             schedule = TimeCosineSchedule(config.learning_rate, steps_per_epoch * config.epochs)
@@ -355,15 +359,9 @@ def train_demo_classifier(
         hist = model.fit(ds, epochs=1, verbose=0, callbacks=[schedule], shuffle=False)
         val_score = _score(model, xva, yva, config)
         history_val.append(val_score)
-        log.info(
-            "epoch %d/%d loss %.3f val %s %.3f (%.0f s)",
-            epoch + 1,
-            config.epochs,
-            hist.history["loss"][-1],
-            "macro-AUPRC" if config.multilabel else "accuracy",
-            val_score,
-            time.perf_counter() - start,
-        )
+        score = f"{'macro-AUPRC' if config.multilabel else 'accuracy'} {val_score:.3f}"  # as the test score prints
+        seconds = time.perf_counter() - epoch_start
+        say(epoch_line(epoch + 1, config.epochs, hist.history["loss"][-1], score, seconds))
     seconds = time.perf_counter() - start
     metric = "macro_auprc" if config.multilabel else "accuracy"
     metrics = {

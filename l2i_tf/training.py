@@ -29,6 +29,7 @@ from l2i_tf.classifier_contract import check_classifier, check_input_length, tap
 from l2i_tf.classifier_logits import with_logits
 from l2i_tf.dictionary import Dictionary, learn_from_table
 from l2i_tf.interpreter import Interpreter
+from l2i_tf.progress import EpochLines, Progress, per_split, resume_line, teller
 from l2i_tf.runs import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -255,10 +256,10 @@ def ema_momentum(epochs: float, steps_per_epoch: int) -> float:
     return max(0.0, 1.0 - 1.0 / (epochs * steps_per_epoch))
 
 
-def _fit(interpreter, shards: list, config: TrainConfig, out: Path, resumed, callbacks, seconds) -> list[dict]:
-    """Fit Ψ/Θ on the training split's feature shards with early stopping on the validation split's; returns the
-    history of every epoch done (including those before a resume). ``seconds``: the run's timings until now, for
-    the checkpoints (:class:`~l2i_tf.checkpoints.Checkpoint`)."""
+def _fit(interpreter, shards: list, config: TrainConfig, out: Path, resumed, callbacks, seconds, say) -> list[dict]:
+    """Fit Ψ/Θ on the training split's feature shards with early stopping on the validation split's, telling
+    ``say`` a line per epoch; returns the history of every epoch done (including those before a resume).
+    ``seconds``: the run's timings until now, for the checkpoints (:class:`~l2i_tf.checkpoints.Checkpoint`)."""
     monitor = "val_fidelity_micro_auprc" if config.multilabel else "val_fidelity_top1"
     ranking = [checkpoints.FidelityThenSource(monitor)] if config.source_weight else []
     rising = monitor if config.source_weight else None  # patience counts from the fidelity's last rise
@@ -283,6 +284,7 @@ def _fit(interpreter, shards: list, config: TrainConfig, out: Path, resumed, cal
         early_stopping,
         keras.callbacks.TensorBoard(log_dir=str(out / runs.LOGS), write_graph=False),
         checkpoints.Checkpoint(out / runs.CHECKPOINTS, early_stopping, history, seconds),
+        EpochLines(say, config.multilabel, early_stopping),  # after the epoch's verdict and checkpoint
         *callbacks,
     ]
     if first_epoch < config.epochs:
@@ -312,6 +314,7 @@ def train(
     strategy=None,
     callbacks=(),
     safe_mode: bool = True,
+    progress: Progress | None = None,
 ) -> dict:
     """Run the whole job and return the metrics (also in ``out/metrics.json``).
 
@@ -327,12 +330,14 @@ def train(
     Args:
         callbacks: extra Keras callbacks for ``fit``.
         safe_mode: load the classifier (and checkpoints) with Keras' safe mode.
+        progress: called with each progress line (the data, the dictionary, the features, where a resumed run
+            goes on, each epoch); None: the lines go to the log at INFO.
     """
     with runs.locked(Path(out), create=not resume):
-        return _train(out, config, resume, overwrite, strategy, callbacks, safe_mode)
+        return _train(out, config, resume, overwrite, strategy, callbacks, safe_mode, teller(progress))
 
 
-def _train(out, config: TrainConfig, resume, overwrite, strategy, callbacks, safe_mode: bool) -> dict:
+def _train(out, config: TrainConfig, resume, overwrite, strategy, callbacks, safe_mode: bool, say) -> dict:
     start = time.perf_counter()
     out = runs.prepare(out, resume, overwrite)
     if resume:
@@ -356,9 +361,15 @@ def _train(out, config: TrainConfig, resume, overwrite, strategy, callbacks, saf
     if skipped:
         log.warning("skipped %d unreadable clip(s): %s", len(skipped), "; ".join(skipped))
     timings = {"data_seconds": time.perf_counter() - start}
+    say(f"data: {per_split(map(len, parts), 'clips')} at {stft.sample_rate} Hz")
     t0 = time.perf_counter()
     if dictionary is None:
         dictionary = learn(out, config, table, stft)
+        say(
+            f"dictionary: K={dictionary.k} learnt on {len(parts[0])} training clips in {time.perf_counter() - t0:.1f} s"
+        )
+    else:
+        say(f"dictionary: K={dictionary.k} from {dictionary.provenance['folder']}")
     timings["dictionary_seconds"] = time.perf_counter() - t0
 
     with (strategy or tf.distribute.get_strategy()).scope():
@@ -368,6 +379,8 @@ def _train(out, config: TrainConfig, resume, overwrite, strategy, callbacks, saf
             interpreter = resumed.interpreter
         else:
             interpreter = new_interpreter(model_f, config, dictionary, stft)
+    if resume:
+        say(resume_line(resumed.epochs_done if resumed else 0, config.epochs))
 
     t0 = time.perf_counter()
     run = interpreter.stages.features_function
@@ -375,6 +388,7 @@ def _train(out, config: TrainConfig, resume, overwrite, strategy, callbacks, saf
         out / runs.FEATURE_CACHE, config, parts, stft.sample_rate, window, lambda w: run(tf.constant(w)), stft
     )
     timings["features_seconds"] = time.perf_counter() - t0
+    say(f"features: {per_split(map(len, shards), 'examples')} in {timings['features_seconds']:.1f} s")
 
     t0 = time.perf_counter()
     earlier = resumed.seconds if resumed else {}  # the sessions' before this one, up to the last checkpoint
@@ -383,7 +397,7 @@ def _train(out, config: TrainConfig, resume, overwrite, strategy, callbacks, saf
         now = time.perf_counter()
         return checkpoints.run_seconds(earlier, {**timings, "train_seconds": now - t0, "total_seconds": now - start})
 
-    history = _fit(interpreter, shards, config, out, resumed, callbacks, seconds)
+    history = _fit(interpreter, shards, config, out, resumed, callbacks, seconds, say)
     timings["train_seconds"] = time.perf_counter() - t0
 
     results = {"class_names": list(config.class_names), "multilabel": config.multilabel, "k": dictionary.k}

@@ -1,4 +1,5 @@
-"""Quiet by default: without -v, `l2i-tf` shows no TensorFlow, Keras or tensorflow-io noise; with -v it does."""
+"""Quiet by default: without -v, `l2i-tf` shows its own progress and results but no TensorFlow, Keras or tensorflow-io
+noise; with -v it shows that too."""
 
 from __future__ import annotations
 
@@ -93,6 +94,11 @@ def test_train_and_explain_print_no_noise_without_verbose(job, tmp_path):
     assert "test fidelity: top-1" in trained.stdout
     assert (tmp_path / "run" / "interpreter.keras").is_file()
     assert noise(trained.stderr) == [], trained.stderr[-5000:]
+    # The command's own progress lines, on stdout with its results, are not noise.
+    starts = ("data: ", "dictionary: K=4 learnt on ", "features: ", "epoch 1/1: loss ", "kept the weights of epoch 1")
+    printed = trained.stdout.splitlines()
+    assert all(any(line.startswith(start) for line in printed) for start in starts), trained.stdout
+    assert noise(trained.stdout) == [], trained.stdout
 
     clip = job / "data" / "low" / "low_00.wav"
     explained = l2i_tf("explain", tmp_path / "run", clip, "--out", tmp_path / "explained", cache=tmp_path / "cache")
