@@ -56,10 +56,10 @@ def fidelity(logs: dict, multilabel: bool) -> str:
 
 
 class EpochLines(keras.callbacks.Callback):
-    """One line per epoch of the interpreter's training: the epoch of the most, the training loss, the validation
-    fidelity, the epoch's time (validation and checkpoint included) and what early stopping made of it (the best so
-    far; the epochs since the fidelity last rose, of the patience; stopping). At the end, the epoch whose weights are
-    kept. Goes after ``early_stopping`` (it reads its verdict on the epoch) and the checkpoint."""
+    """One line per epoch of the interpreter's training: the epoch (of at most ``epochs``), the training loss, the
+    validation fidelity, the epoch's time (validation and checkpoint included) and what early stopping made of it
+    (the best so far; the epochs since the fidelity last rose, of the patience; stopping). At the end, the epoch
+    whose weights are kept. Goes after ``early_stopping`` (it reads its verdict on the epoch) and the checkpoint."""
 
     def __init__(self, say: Progress, multilabel: bool, early_stopping: keras.callbacks.EarlyStopping):
         super().__init__()
