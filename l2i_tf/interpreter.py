@@ -33,14 +33,20 @@ the decoder and the loss are float32 in every case."""
 def mixed_copy(classifier: keras.Model, precision: str) -> keras.Model:
     """``classifier`` with every built-in Keras layer (but the inputs) computing in ``precision``'s low float, the
     same weights; the package's and the user's own layers (e.g. a log-mel front end on ``tf.signal``, which has no
-    float16 kernels) stay float32. Keras casts each layer's input to its compute dtype."""
+    float16 kernels) stay float32, and so do the graph's plain operations (a ``convert_to_tensor`` that a
+    functional model's call on symbolic inputs adds: their dtype is a type, not a policy). Keras casts each layer's
+    input to its compute dtype."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "float32":
         return classifier
 
     def clone(layer):
-        builtin = type(layer).__module__.startswith("keras.") and not isinstance(layer, keras.layers.InputLayer)
+        builtin = (
+            type(layer).__module__.startswith("keras.")
+            and isinstance(layer, keras.layers.Layer)
+            and not isinstance(layer, keras.layers.InputLayer)
+        )
         config = {**layer.get_config(), "dtype": precision} if builtin else layer.get_config()
         return type(layer).from_config(config)
 
