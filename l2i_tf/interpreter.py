@@ -16,6 +16,7 @@ from l2i_tf.classifier_contract import (  # noqa: F401 - their home before this 
     ClassifierContractError,
     check_classifier,
     check_input_length,
+    flat_classifier,
     layer_output,
     output_squashing,
     parse_layer_spec,
@@ -148,7 +149,8 @@ class Interpreter(keras.Model):
 
     Args:
         classifier: Keras model, waveform -> logits (frozen here).
-        layers: names of the classifier layers Ψ reads.
+        layers: names of the classifier layers Ψ reads (inside its nested functional or Sequential models too:
+            the extractor runs the classifier flat, see :func:`~l2i_tf.classifier_contract.flat_classifier`).
         orders: one feature order per layer (see :class:`~l2i_tf.layers.FeatureSequences`).
         k, num_bins: dictionary size K and bins F.
         stft: the STFT configuration as a dict (see :class:`~l2i_tf.audio.STFTConfig`).
@@ -198,7 +200,7 @@ class Interpreter(keras.Model):
         head_psi = {key: value for key, value in psi_kwargs.items() if key != "freq_reduce"}
         classifier_rank = len(classifier.inputs[0].shape)
         num_classes = int(classifier.outputs[0].shape[-1])
-        compute = mixed_copy(classifier, precision)
+        compute = mixed_copy(flat_classifier(classifier, layers), precision)  # nested layers tapped: flat
         extractor = keras.Model(
             compute.inputs,
             [layer_output(compute, n) for n in layers] + [compute.outputs[0]],
