@@ -48,7 +48,11 @@ Examples:
     help="A .keras classifier: waveform [batch, samples] -> logits. Default: the bundled demo.",
 )
 @click.option("--custom-objects", default=None, help="Python module to import first (registers your custom layers).")
-@click.option("--layers", default=None, help="Comma-separated layers to tap (name or name:bftc). Default: sidecar.")
+@click.option(
+    "--layers",
+    default=None,
+    help="Comma-separated layers to tap (name or name:bftc), also inside a nested backbone. Default: sidecar.",
+)
 @click.option("--class-names", default=None, help="Comma-separated class names (default: the classifier's sidecar).")
 @click.option("--multilabel", is_flag=True, help="Sigmoid classifier; default data: mixtures of ESC-10 clips.")
 @options.data_options

@@ -1,11 +1,12 @@
 """What a classifier must be for the interpreter: a mono waveform in, logits out (no softmax or sigmoid), a fixed
-input no shorter than an STFT frame, and tapped layers that exist with maps or sequences."""
+input no shorter than an STFT frame, and tapped layers that exist with maps or sequences (inside nested functional or
+Sequential models too: see :func:`flat_classifier`)."""
 
 from __future__ import annotations
 
 import keras
 
-from l2i_tf import audio
+from l2i_tf import audio, nested_models
 
 
 class ClassifierContractError(ValueError):
@@ -121,34 +122,103 @@ def _output_rank(model: keras.Model, layer) -> int | None:
         return None
 
 
-def _nested_owner(model: keras.Model, name: str) -> str | None:
-    """The name of the model nested in ``model`` (at any depth) that holds a layer ``name``; None if none does."""
+def flat_classifier(classifier: keras.Model, names) -> keras.Model:
+    """``classifier`` with the nested models that hold the layers ``names`` (at any depth, with every model on the
+    way down to them) re-run layer by layer, so that those layers are its own (see :mod:`l2i_tf.nested_models`);
+    ``classifier`` itself when every name is its own layer (or none at all, which :func:`tap_orders` reports).
+
+    Raises :class:`ClassifierContractError` when a name is inside a subclassed nested model, or a nested model that
+    is called more than once; when it is also the name of a layer of the classifier, or re-running the nested models
+    would give two layers one name; or when it names a nested model that is re-run (it is no layer any more)."""
+    own = {layer.name for layer in classifier.layers}
+    chosen = []
+    for name in names:
+        for chain in _chains(classifier, name):
+            if name in own:
+                if all(nested_models.replayable(model) for model in chain):
+                    raise _clash(name, ["", "/".join(model.name for model in chain)], "the name does not say which")
+                continue  # inside a subclassed model: not tappable, so the classifier's own layer is meant
+            for parent, nested in zip((classifier, *chain), chain):
+                _check_rerunnable(parent, nested, name, "/".join(model.name for model in chain))
+                if not any(nested is other for other in chosen):
+                    chosen.append(nested)
+    owners = {}
+    for owner, layer in nested_models.flat_layers(classifier, chosen):
+        owners.setdefault(layer.name, []).append(owner)
+    for name, found in owners.items():
+        if len(found) > 1:
+            raise _clash(name, found, "tapping inside a nested model re-runs its layers in one graph with unique names")
+    for model in chosen:
+        if model.name in names:
+            last = model
+            while any(last is other for other in chosen):  # the layer that makes its output, at any depth
+                last = nested_models.graph(last).outputs[0]._keras_history.operation
+            raise ClassifierContractError(
+                f"{model.name!r} is a nested model whose layers are re-run in the classifier's graph to tap the "
+                f"layers inside it, so it is no layer there: tap its last layer {last.name!r} instead"
+            )
+    return nested_models.flatten(classifier, chosen)
+
+
+def _chains(model: keras.Model, name: str, outer: tuple = ()):
+    """Each chain of nested models (outermost first) down to one that holds a layer ``name`` (not an input layer)."""
     for layer in model.layers:
         if isinstance(layer, keras.Model):
-            if name in [inner.name for inner in layer.layers] or _nested_owner(layer, name):
-                return layer.name
-    return None
+            chain = (*outer, layer)
+            if any(inner.name == name and not isinstance(inner, keras.layers.InputLayer) for inner in layer.layers):
+                yield chain
+            yield from _chains(layer, name, chain)
+
+
+def _check_rerunnable(parent: keras.Model, nested: keras.Model, name: str, path: str) -> None:
+    """Raise :class:`ClassifierContractError` unless ``nested`` can be re-run layer by layer in ``parent``."""
+    if not nested_models.replayable(nested) or nested_models.graph(nested) is None:
+        raise ClassifierContractError(
+            f"{name!r} is inside the nested model {path!r}, whose layers cannot be tapped: {nested.name!r} is a "
+            "subclassed model (its call may branch in Python, so it cannot be re-run layer by layer); build it as a "
+            "functional or Sequential model (a feature model can be wrapped flat with "
+            "l2i_tf.classifier.wrap_feature_model)"
+        )
+    count = nested_models.calls(parent, nested)
+    if count != 1:
+        raise ClassifierContractError(
+            f"{name!r} is inside the nested model {path!r}, whose layers cannot be tapped: {parent.name!r} calls "
+            f"{nested.name!r} {count} times, so each of its layers would have {count} outputs"
+        )
+
+
+def _clash(name: str, owners: list[str], why: str) -> ClassifierContractError:
+    """The error for two layers named ``name``, of the classifier (owner ``""``) or inside its nested models (owner:
+    the path of nested model names), with a rename that resolves it."""
+    where = [f"inside the nested model {owner!r}" if owner else "of the classifier" for owner in owners]
+    path = next(owner for owner in owners if owner).split("/")
+    rename = "".join(f".get_layer({part!r})" for part in [*path, name])
+    return ClassifierContractError(
+        f"two layers are named {name!r}, one {where[0]} and one {where[1]}: {why}; rename one, e.g. "
+        f"classifier{rename}.name = {f'{path[-1]}_{name}'!r}, and save the classifier again"
+    )
 
 
 def tap_orders(classifier: keras.Model, layers) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Resolve tapped layer names (``name`` or ``name:order``) and their feature orders; errors list what exists."""
+    specs = [parse_layer_spec(spec) for spec in layers]
+    flat = flat_classifier(classifier, [name for name, _ in specs])
     names, orders = [], []
-    available = [layer.name for layer in classifier.layers]
-    for spec in layers:
-        name, order = parse_layer_spec(spec)
+    available = [layer.name for layer in flat.layers]
+    for name, order in specs:
         if name not in available:
-            owner = _nested_owner(classifier, name)
-            nested = (
-                f" ({name!r} is inside the nested model {owner!r}, whose layers cannot be tapped: build the "
-                "classifier flat, e.g. a functional or Sequential feature model wrapped with "
-                "l2i_tf.classifier.wrap_feature_model)"
-                if owner
+            nested = [layer.name for layer in classifier.layers if isinstance(layer, keras.Model)]
+            inside = (
+                f" (nor has any of its nested models {', '.join(map(repr, nested))}: list a nested model's layers "
+                f"with classifier.get_layer({nested[0]!r}).summary())"
+                if nested
                 else ""
             )
             raise ClassifierContractError(
-                f"the classifier has no layer {name!r}; its layers are: {', '.join(available)}{nested}"
+                f"the classifier has no layer {name!r}; its layers are: "
+                f"{', '.join(layer.name for layer in classifier.layers)}{inside}"
             )
-        rank = len(layer_output(classifier, name).shape)
+        rank = len(layer_output(flat, name).shape)
         if rank not in (3, 4):
             raise ClassifierContractError(
                 f"layer {name!r} outputs rank {rank}; Ψ reads [batch, time, channels] or 4-D conv maps"

@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 
 import keras
-from keras.src.models.functional import Functional
+
+from l2i_tf.nested_models import replayable
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,9 @@ def wrap_feature_model(
     makes a fixed-length waveform input of ``samples``, by default the longest clip that gives that many frames
     with the front end's ``frame_length`` and ``frame_step`` (a front end without them needs ``samples``).
 
+    A model nested in the feature model (a backbone) stays nested here: a tapped layer inside it is reached by
+    re-running it flat too (:func:`l2i_tf.classifier_contract.flat_classifier`, when the interpreter is made).
+
     A subclassed feature model is nested as one layer, with a warning: its ``call`` may branch in Python (on
     ``training``, say), so it cannot be re-run faithfully layer by layer, and its inner layers cannot be tapped.
 
@@ -38,7 +42,7 @@ def wrap_feature_model(
     """
     feature_shape = _feature_input_shape(feature_model)
     waveform = keras.Input(shape=(_waveform_samples(feature_shape, front_end, samples),), name=WAVEFORM)
-    if not _replayable(feature_model):
+    if not replayable(feature_model):
         log.warning(
             "the feature model %r is a subclassed model: it is nested as one layer, so its inner layers cannot be "
             "tapped with --layers (rebuild it as a functional or Sequential model to tap them)",
@@ -53,14 +57,6 @@ def wrap_feature_model(
     # Functional.call and Sequential.call run the model's layers one by one on the symbolic features: each
     # layer gets a node in the new graph, so the new model lists them as its own layers.
     return keras.Model(waveform, feature_model.call(features), name=name)
-
-
-def _replayable(feature_model: keras.Model) -> bool:
-    """True for a functional or Sequential model whose ``call`` is Keras's own (it runs the layers one by one)."""
-    call = type(feature_model).call
-    return (isinstance(feature_model, Functional) and call is Functional.call) or (
-        isinstance(feature_model, keras.Sequential) and call is keras.Sequential.call
-    )
 
 
 def _feature_input_shape(feature_model: keras.Model) -> tuple | None:

@@ -16,6 +16,7 @@ from l2i_tf.classifier_contract import (  # noqa: F401 - their home before this 
     ClassifierContractError,
     check_classifier,
     check_input_length,
+    flat_classifier,
     layer_output,
     output_squashing,
     parse_layer_spec,
@@ -33,14 +34,20 @@ the decoder and the loss are float32 in every case."""
 def mixed_copy(classifier: keras.Model, precision: str) -> keras.Model:
     """``classifier`` with every built-in Keras layer (but the inputs) computing in ``precision``'s low float, the
     same weights; the package's and the user's own layers (e.g. a log-mel front end on ``tf.signal``, which has no
-    float16 kernels) stay float32. Keras casts each layer's input to its compute dtype."""
+    float16 kernels) stay float32, and so do the graph's plain operations (a ``convert_to_tensor`` that a
+    functional model's call on symbolic inputs adds: their dtype is a type, not a policy). Keras casts each layer's
+    input to its compute dtype."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "float32":
         return classifier
 
     def clone(layer):
-        builtin = type(layer).__module__.startswith("keras.") and not isinstance(layer, keras.layers.InputLayer)
+        builtin = (
+            type(layer).__module__.startswith("keras.")
+            and isinstance(layer, keras.layers.Layer)
+            and not isinstance(layer, keras.layers.InputLayer)
+        )
         config = {**layer.get_config(), "dtype": precision} if builtin else layer.get_config()
         return type(layer).from_config(config)
 
@@ -142,7 +149,8 @@ class Interpreter(keras.Model):
 
     Args:
         classifier: Keras model, waveform -> logits (frozen here).
-        layers: names of the classifier layers Ψ reads.
+        layers: names of the classifier layers Ψ reads (inside its nested functional or Sequential models too:
+            the extractor runs the classifier flat, see :func:`~l2i_tf.classifier_contract.flat_classifier`).
         orders: one feature order per layer (see :class:`~l2i_tf.layers.FeatureSequences`).
         k, num_bins: dictionary size K and bins F.
         stft: the STFT configuration as a dict (see :class:`~l2i_tf.audio.STFTConfig`).
@@ -192,7 +200,7 @@ class Interpreter(keras.Model):
         head_psi = {key: value for key, value in psi_kwargs.items() if key != "freq_reduce"}
         classifier_rank = len(classifier.inputs[0].shape)
         num_classes = int(classifier.outputs[0].shape[-1])
-        compute = mixed_copy(classifier, precision)
+        compute = mixed_copy(flat_classifier(classifier, layers), precision)  # nested layers tapped: flat
         extractor = keras.Model(
             compute.inputs,
             [layer_output(compute, n) for n in layers] + [compute.outputs[0]],

@@ -52,6 +52,24 @@ def test_mixed_precision_matches_float32_within_the_stated_tolerance(precision):
     assert float(np.max(np.abs(a[key] - b[key]))) > 0  # the classifier really computed in low precision
 
 
+def test_a_wrapped_feature_model_computes_in_mixed_precision():
+    """The wrapper's call on symbolic features adds a convert_to_tensor operation to the graph: it stays float32
+    (its dtype is a type, not a policy), the layers compute in float16."""
+    keras.utils.set_random_seed(0)
+    features = keras.Input((None, 16))
+    x = keras.layers.Conv1D(4, 3, padding="same", name="conv1")(features)
+    body = keras.Model(features, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling1D()(x)))
+    wrapped = classifier.wrap_feature_model(body, audio.LogMelSpectrogram(16000, num_mel_bins=16))
+    w = np.random.default_rng(0).random((513, K)).astype("float32")
+    interpreter = Interpreter(wrapped, ("conv1",), ("btc",), K, 513, audio.STFTConfig().to_dict(), dictionary=w)
+    mixed = with_precision(interpreter, "mixed_float16")
+    assert mixed.extractor.get_layer("conv1").compute_dtype == "float16"
+    x = _clips(2)
+    reference = wrapped(x).numpy()
+    low = mixed(x)["classifier_logits"].numpy()
+    assert np.abs(low - reference).max() <= TOLERANCE["mixed_float16"] * np.abs(reference).max()
+
+
 def test_a_mixed_precision_interpreter_trains_saves_and_loads(tmp_path):
     interpreter = with_precision(_interpreter(), "mixed_bfloat16")
     interpreter.compile(optimizer=keras.optimizers.Adam(1e-3))
