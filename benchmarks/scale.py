@@ -1,4 +1,4 @@
-"""Scale: `l2i-tf train` and `l2i-tf evaluate --quick` on synthetic data sets of growing size (issue 14).
+"""Scale: `l2i-tf train` and `l2i-tf evaluate --quick` on synthetic data sets of growing size.
 
 Each data set holds N clips in the `folders` layout, one folder per ESC-10 class: clip i of class c = a random clip of
 class c plus a random clip of any class at -12..0 dB, each circularly shifted by a random offset, written as 5 s
