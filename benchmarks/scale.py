@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's start-up lines, here as in the jobs it runs
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bulk_throughput import tree_rss  # noqa: E402
 
