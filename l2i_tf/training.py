@@ -373,12 +373,10 @@ def _train(out, config: TrainConfig, resume, overwrite, strategy, callbacks, saf
     timings["dictionary_seconds"] = time.perf_counter() - t0
 
     with (strategy or tf.distribute.get_strategy()).scope():
-        resumed = None
-        if resume and runs.has_checkpoint(out):
-            resumed = checkpoints.resume(out / runs.CHECKPOINTS, optimizer(config), safe_mode)
+        interpreter, resumed = new_interpreter(model_f, config, dictionary, stft), None
+        if resume and runs.has_checkpoint(out):  # the new interpreter, its variables set from the checkpoint
+            resumed = checkpoints.resume(out / runs.CHECKPOINTS, interpreter, safe_mode)
             interpreter = resumed.interpreter
-        else:
-            interpreter = new_interpreter(model_f, config, dictionary, stft)
     if resume:
         say(resume_line(resumed.epochs_done if resumed else 0, config.epochs))
 
