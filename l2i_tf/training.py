@@ -329,7 +329,7 @@ def train(
 
     Args:
         callbacks: extra Keras callbacks for ``fit``.
-        safe_mode: load the classifier (and checkpoints) with Keras' safe mode.
+        safe_mode: load the classifier (and an earlier version's ``.keras`` checkpoint) with Keras' safe mode.
         progress: called with each progress line (the data, the dictionary, the features, where a resumed run
             goes on, each epoch); None: the lines go to the log at INFO.
     """
