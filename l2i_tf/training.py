@@ -446,4 +446,4 @@ def shard_logits(interpreter: Interpreter, shards: feature_cache.Shards, batch_s
 
 def heads_logits(interpreter: Interpreter):
     """Θ's logits of a cached batch as one traced function (any batch size): eagerly, a batch costs twice as much."""
-    return tf.function(lambda batch: interpreter.forward(batch)[0]["logits"], reduce_retracing=True)
+    return tf.function(lambda batch: interpreter.forward(batch)[0]["logits"], reduce_retracing=True, autograph=False)
