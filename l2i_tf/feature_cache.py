@@ -20,6 +20,7 @@ does not grow with the number of shards.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import shutil
@@ -89,19 +90,26 @@ def spectrogram_features(features: Callable, stft: audio.STFTConfig) -> Callable
     (:func:`analysed`), made once when the split is written rather than in every epoch (the STFTs and magnitudes
     were about a third of the CPU a default training step used, in tf.data beside it)."""
 
-    @tf.function(reduce_retracing=True, autograph=False)
-    def spectra(waveform, log):
-        magnitude = audio.magnitude(audio.stft(waveform, stft))
-        return tf.cast(tf.math.log1p(magnitude) if log else magnitude, SPECTROGRAM_DTYPE)
-
     def run(batch) -> dict:
         out = dict(features(batch))
-        out["spectrogram"] = spectra(tf.convert_to_tensor(out.pop("waveform"), tf.float32), True).numpy()
+        out["spectrogram"] = _spectra(stft, True)(tf.convert_to_tensor(out.pop("waveform"), tf.float32)).numpy()
         if "source" in out:
-            out["source_magnitude"] = spectra(tf.convert_to_tensor(out.pop("source"), tf.float32), False).numpy()
+            out["source_magnitude"] = _spectra(stft, False)(tf.convert_to_tensor(out.pop("source"), tf.float32)).numpy()
         return out
 
     return run
+
+
+@functools.cache  # caches traced functions only (one trace a process, not one per split and batch shape)
+def _spectra(stft: audio.STFTConfig, log: bool):
+    """Waveforms ``[batch, samples]`` -> ``log1p|S|`` (``log``) or ``|S|`` ``[batch, frames, bins]``, as
+    :data:`SPECTROGRAM_DTYPE`."""
+
+    def spectra(waveform):
+        magnitude = audio.magnitude(audio.stft(waveform, stft))
+        return tf.cast(tf.math.log1p(magnitude) if log else magnitude, SPECTROGRAM_DTYPE)
+
+    return tf.function(spectra, input_signature=[tf.TensorSpec([None, None], tf.float32)], autograph=False)
 
 
 class DiskSpaceError(OSError):
