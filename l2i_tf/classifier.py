@@ -239,6 +239,7 @@ class TimeCosineSchedule(keras.callbacks.Callback):
 
 
 def _augment(config: DemoConfig, crop: int):
+    @tf.autograph.experimental.do_not_convert  # run as written, not converted as tf.data would: no tensor branches
     def fn(wave, label):
         wave = data.fix_length(wave, crop, random_crop=True)
         shift = tf.random.uniform([], 0, crop, dtype=tf.int32)
@@ -250,6 +251,7 @@ def _augment(config: DemoConfig, crop: int):
 
 
 def _mixup(alpha: float):
+    @tf.autograph.experimental.do_not_convert  # as _augment's
     def fn(waves, labels):
         n = tf.shape(waves)[0]
         g1 = tf.random.gamma([n], alpha)

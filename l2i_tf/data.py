@@ -304,6 +304,7 @@ def waveform_dataset(
     def build(failed=None) -> tf.data.Dataset:
         ds = tf.data.Dataset.from_tensor_slices((list(table.paths), labels, np.arange(len(table), dtype="int64")))
 
+        @tf.autograph.experimental.do_not_convert  # run as written, not converted as tf.data would: no tensor branches
         def load(path, label, index):
             return decode_audio(tf.io.read_file(path), sample_rate, path, failed), label, index
 
@@ -328,7 +329,8 @@ def waveform_dataset(
     # the cache keeps audio; labels are the table's own (the same files may be labelled otherwise, e.g. in the
     # classes of a classifier that knows more classes than the data)
     current = tf.constant(labels)
-    return tf.data.Dataset.load(str(target)).map(lambda wave, _, index: (wave, tf.gather(current, index), index))
+    relabel = tf.autograph.experimental.do_not_convert(lambda wave, _, index: (wave, tf.gather(current, index), index))
+    return tf.data.Dataset.load(str(target)).map(relabel)
 
 
 def load_clips(table: ClipTable, sample_rate: int, **kwargs) -> tuple[list[np.ndarray], np.ndarray]:

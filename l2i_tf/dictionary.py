@@ -199,12 +199,8 @@ def frames_dataset(table, stft: STFTConfig, batch_frames: int = 8192, **kwargs) 
     from l2i_tf import data
 
     clips = data.waveform_dataset(table, stft.sample_rate, **kwargs)
-    return (
-        clips.map(lambda wave, label, index: analyze(wave, stft)[0], num_parallel_calls=tf.data.AUTOTUNE)
-        .unbatch()
-        .batch(batch_frames)
-        .prefetch(1)
-    )
+    spectrogram = tf.autograph.experimental.do_not_convert(lambda wave, label, index: analyze(wave, stft)[0])
+    return clips.map(spectrogram, num_parallel_calls=tf.data.AUTOTUNE).unbatch().batch(batch_frames).prefetch(1)
 
 
 IN_MEMORY_LIMIT_BYTES = 512 * 2**20

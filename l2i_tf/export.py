@@ -149,6 +149,12 @@ def signatures(explainer: Explainer) -> dict:
     }
 
 
+SAVE_OPTIONS = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
+"""How the SavedModel is written: without the graphs of Ψ's custom gradients (:func:`l2i_tf.layers.resize_time`; a
+faster form of the gradient TensorFlow derives anyway), which serving never computes and which took 12 of the
+export's traces."""
+
+
 def write_saved_model(explainer: Explainer, path: str | Path) -> None:
     """Write the four signatures with Keras' ``ExportArchive`` (variables tracked, loadable without this package)."""
     archive = keras.export.ExportArchive()
@@ -157,7 +163,7 @@ def write_saved_model(explainer: Explainer, path: str | Path) -> None:
         archive.add_endpoint(name, fn, input_signature=spec)
     _trace_once(archive)
     with _no_layer_signatures():
-        archive.write_out(str(path), verbose=False)
+        archive.write_out(str(path), SAVE_OPTIONS, verbose=False)
 
 
 @contextlib.contextmanager
@@ -203,7 +209,7 @@ def _trace_once(archive) -> None:
         return
 
     def in_save_context():
-        with save_context.save_context(tf.saved_model.SaveOptions()):
+        with save_context.save_context(SAVE_OPTIONS):
             list_and_track()
 
     archive._filter_and_track_resources = in_save_context

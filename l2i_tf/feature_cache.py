@@ -20,6 +20,7 @@ does not grow with the number of shards.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import shutil
@@ -89,19 +90,26 @@ def spectrogram_features(features: Callable, stft: audio.STFTConfig) -> Callable
     (:func:`analysed`), made once when the split is written rather than in every epoch (the STFTs and magnitudes
     were about a third of the CPU a default training step used, in tf.data beside it)."""
 
-    @tf.function(reduce_retracing=True)
-    def spectra(waveform, log):
-        magnitude = audio.magnitude(audio.stft(waveform, stft))
-        return tf.cast(tf.math.log1p(magnitude) if log else magnitude, SPECTROGRAM_DTYPE)
-
     def run(batch) -> dict:
         out = dict(features(batch))
-        out["spectrogram"] = spectra(tf.convert_to_tensor(out.pop("waveform"), tf.float32), True).numpy()
+        out["spectrogram"] = _spectra(stft, True)(tf.convert_to_tensor(out.pop("waveform"), tf.float32)).numpy()
         if "source" in out:
-            out["source_magnitude"] = spectra(tf.convert_to_tensor(out.pop("source"), tf.float32), False).numpy()
+            out["source_magnitude"] = _spectra(stft, False)(tf.convert_to_tensor(out.pop("source"), tf.float32)).numpy()
         return out
 
     return run
+
+
+@functools.cache  # caches traced functions only (one trace a process, not one per split and batch shape)
+def _spectra(stft: audio.STFTConfig, log: bool):
+    """Waveforms ``[batch, samples]`` -> ``log1p|S|`` (``log``) or ``|S|`` ``[batch, frames, bins]``, as
+    :data:`SPECTROGRAM_DTYPE`."""
+
+    def spectra(waveform):
+        magnitude = audio.magnitude(audio.stft(waveform, stft))
+        return tf.cast(tf.math.log1p(magnitude) if log else magnitude, SPECTROGRAM_DTYPE)
+
+    return tf.function(spectra, input_signature=[tf.TensorSpec([None, None], tf.float32)], autograph=False)
 
 
 class DiskSpaceError(OSError):
@@ -297,6 +305,7 @@ class Shards:
                 tensor.set_shape([None, *self.shapes[key]])
             return self._structure(flat)
 
+        @tf.autograph.experimental.do_not_convert  # run as written (and the map made inside): no tensor branches
         def one_epoch(e):
             return tf.data.Dataset.range(steps).map(lambda b: one_batch(e, b))
 
@@ -340,5 +349,7 @@ def analysed(batch: dict, stft: audio.STFTConfig) -> dict:
 
 def with_spectrograms(dataset: tf.data.Dataset, stft: audio.STFTConfig) -> tf.data.Dataset:
     """Batches of a split (:meth:`Shards.dataset`, :meth:`Shards.epochs_dataset`) -> the same batches
-    :func:`analysed`, in tf.data's threads beside the training step (for shards of waveforms, the STFTs)."""
-    return without_autotune(dataset.map(lambda b: analysed(b, stft), num_parallel_calls=tf.data.AUTOTUNE).prefetch(2))
+    :func:`analysed`, in tf.data's threads beside the training step (for shards of waveforms, the STFTs). Not
+    converted by AutoGraph: :func:`analysed` branches on the batch's keys, never on a tensor."""
+    run = tf.autograph.experimental.do_not_convert(lambda b: analysed(b, stft))
+    return without_autotune(dataset.map(run, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2))

@@ -71,8 +71,9 @@ class _Stages:
 
     @functools.cached_property
     def features_function(self):
-        """:meth:`features` as one ``tf.function`` for any batch size and length (traced once)."""
-        return tf.function(self.features, input_signature=[tf.TensorSpec([None, None], tf.float32)])
+        """:meth:`features` as one ``tf.function`` for any batch size and length (traced once; no AutoGraph: the
+        graph is Keras layers, nothing to convert)."""
+        return tf.function(self.features, input_signature=[tf.TensorSpec([None, None], tf.float32)], autograph=False)
 
     def features(self, waveform) -> dict:
         """Waveform -> the classifier's part: ``waveform`` (prepared), ``sequences`` (Ψ's cacheable first step),

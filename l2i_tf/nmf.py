@@ -219,15 +219,12 @@ class _Kernels:
         scalar = [tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.float64)]
         v_lp = [tf.TensorSpec([None, None], tf.bfloat16 if lowp else tf.float32)]
         steps = [tf.TensorSpec([], tf.int32)] * 2
-        self.iterate = tf.function(self._iterate, input_signature=spec + v_lp + spec * 2 + scalar + steps)
-        self.block_stats = tf.function(
-            self._block_stats,
-            input_signature=spec * 2 + [tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.int32)],
-        )
-        self.solve = tf.function(
-            self._solve_h,
-            input_signature=spec * 3 + [tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.int32)],
-        )
+        mu_steps = [tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.int32)]
+        # no AutoGraph: the loops are tf.while_loop already (converting the kernels took ~0.3 s of CPU a process)
+        graph = functools.partial(tf.function, autograph=False)
+        self.iterate = graph(self._iterate, input_signature=spec + v_lp + spec * 2 + scalar + steps)
+        self.block_stats = graph(self._block_stats, input_signature=spec * 2 + mu_steps)
+        self.solve = graph(self._solve_h, input_signature=spec * 3 + mu_steps)
 
     # One in-memory iteration: h_steps H updates, then w_steps W updates; objective at the new (W, H).
     def _iterate(self, V, Vlp, W, H, mu, half_sq_norm_v, h_steps, w_steps):

@@ -27,12 +27,12 @@ class Analysis:
     """The spectrogram and (when an interpreter is at hand) H of a waveform, as ``tf.function``s traced once."""
 
     def __init__(self, stft: audio.STFTConfig, interpreter=None):
-        spec = [tf.TensorSpec([None, None], tf.float32)]
-        self._spectrogram = tf.function(lambda w: audio.analyze(w, stft)[0], input_signature=spec)
+        spec = [tf.TensorSpec([None, None], tf.float32)]  # no AutoGraph: nothing to convert
+        self._spectrogram = tf.function(lambda w: audio.analyze(w, stft)[0], input_signature=spec, autograph=False)
         self._activations = None
         if interpreter is not None:
             self._activations = tf.function(
-                lambda w: interpreter(w, training=False)["activations"], input_signature=spec
+                lambda w: interpreter(w, training=False)["activations"], input_signature=spec, autograph=False
             )
 
     def spectrogram(self, waveform: np.ndarray) -> np.ndarray:

@@ -435,13 +435,12 @@ def shard_logits(interpreter: Interpreter, shards: feature_cache.Shards, batch_s
     """(the classifier's logits, Θ's logits) for every example of a split's feature shards, in stored order.
     ``logits``: :func:`heads_logits` of ``interpreter`` (made here if None; pass one to share its tracing)."""
     logits = logits or heads_logits(interpreter)
-    ours, theirs = [], []
-    for batch in shards.dataset(batch_size):
-        ours.append(logits(batch).numpy())
-        theirs.append(batch["classifier_logits"].numpy())
-    return np.concatenate(theirs), np.concatenate(ours)
+    batches = shards.dataset(batch_size)
+    logits.get_concrete_function(batches.element_spec)  # one trace for every batch size (the last one is short)
+    pairs = [(batch["classifier_logits"].numpy(), logits(batch).numpy()) for batch in batches]
+    return tuple(np.concatenate(column) for column in zip(*pairs, strict=True))
 
 
 def heads_logits(interpreter: Interpreter):
     """Θ's logits of a cached batch as one traced function (any batch size): eagerly, a batch costs twice as much."""
-    return tf.function(lambda batch: interpreter.forward(batch)[0]["logits"], reduce_retracing=True)
+    return tf.function(lambda batch: interpreter.forward(batch)[0]["logits"], reduce_retracing=True, autograph=False)
