@@ -5,6 +5,9 @@ one tiny run folder and its export, and one tiny trained run per test run, share
 The decoded-audio cache (``L2I_TF_CACHE``) points at one folder for the whole session, so
 the bundled ESC-10 clips are decoded and resampled once per run. Set ``L2I_TF_TEST_CACHE``
 to a folder to keep that cache between runs (it is keyed by file paths, sizes and mtimes).
+
+TensorFlow, Keras and l2i_tf are imported inside the fixtures that use them, not at the top of this file: pytest-xdist's
+controller process loads this file too, before it starts the workers, and has no use for TensorFlow's ~4 s import.
 """
 
 from __future__ import annotations
@@ -17,12 +20,9 @@ import pickle
 import shutil
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 import soundfile
-
-from l2i_tf import data, tables
 
 SAMPLE_RATE = 16000
 ESC10_SAMPLES = 5 * SAMPLE_RATE
@@ -78,6 +78,8 @@ def paper_training_by_default():
 @pytest.fixture(scope="session")
 def esc10_fold5(decode_cache):
     """Bundled ESC-10 fold 5 at 16 kHz: ``(waveforms float32 [80, 80000], labels int [80], table)``."""
+    from l2i_tf import data, tables
+
     table = tables.esc10_table().with_folds([5])
     waveforms, labels = data.load_waveforms(table, SAMPLE_RATE, ESC10_SAMPLES)
     return waveforms, labels, table
@@ -99,21 +101,42 @@ def tiny_export(tiny_run, tmp_path_factory, worker_id) -> dict:
     """``tiny_run`` exported once a session by ``l2i-tf export --top 3 --max-seconds 1 --threshold 0`` into a model
     folder that already held version 1 (with a file in it), so the export is version 2.
 
-    Returns ``{"root", "run", "path", "output"}``: ``path`` is ``<root>/savedmodels/l2i/2``, ``output`` what the
-    command printed. Read-only, like ``tiny_run``.
+    Returns ``{"root", "run", "path", "output", "traced"}``: ``path`` is ``<root>/savedmodels/l2i/2``, ``output``
+    what the command printed, ``traced`` the graphs of :mod:`l2i_tf.recording` the command built, in order (each
+    call of ``explain_recording`` or ``classify`` is one trace: they run only while a ``tf.function`` is traced).
+    Read-only, like ``tiny_run``.
     """
     from run_fixture import invoke
+
+    from l2i_tf import recording
 
     def build(root: Path) -> dict:
         older = root / "savedmodels" / "l2i" / "1"
         older.mkdir(parents=True)
         (older / "keep.txt").write_text("an older version")
         args = ("--top", 3, "--max-seconds", 1, "--threshold", 0)
-        result = invoke("export", tiny_run, "--out", root / "savedmodels", *args)
+        traced = []
+        with pytest.MonkeyPatch.context() as mp:
+            for name in ("explain_recording", "classify"):
+                original = getattr(recording, name)
+                mp.setattr(recording, name, lambda *a, _f=original, _n=name, **k: traced.append(_n) or _f(*a, **k))
+            result = invoke("export", tiny_run, "--out", root / "savedmodels", *args)
         assert result.exit_code == 0, result.output
-        return {"root": root, "run": tiny_run, "path": root / "savedmodels" / "l2i" / "2", "output": result.output}
+        path = root / "savedmodels" / "l2i" / "2"
+        return {"root": root, "run": tiny_run, "path": path, "output": result.output, "traced": traced}
 
     return shared(tmp_path_factory, worker_id, "tiny_export", build)
+
+
+@pytest.fixture(scope="module")
+def tiny_export_loaded_once(tiny_export) -> dict:
+    """``tiny_export``, loaded once while the module that asks for it runs (``run_fixture.saved_model_loaded_once``):
+    for the modules that run `l2i-tf explain` (or a server, or a signature) on the session's export test after test.
+    """
+    from run_fixture import saved_model_loaded_once
+
+    with saved_model_loaded_once(tiny_export["path"]):
+        yield tiny_export
 
 
 @pytest.fixture(scope="session")
@@ -134,6 +157,33 @@ def tiny_trained(tmp_path_factory, worker_id) -> dict:
         return {"root": root, "config": config, "run": root / "run", "metrics": metrics}
 
     return shared(tmp_path_factory, worker_id, "tiny_trained", build)
+
+
+@pytest.fixture(scope="session")
+def tiny_source_trained(tmp_path_factory, worker_id) -> dict:
+    """``run_fixture.make_tone_job``'s tiny job with the source term (6 source mixtures, weight 1; 1 epoch), trained
+    once a session by ``training.train`` with its feature shards kept (``<run>/cache/features``: the run removes
+    them otherwise), the free space it checked for recorded, and its progress lines told to a list.
+
+    Returns ``{"root", "config", "run", "metrics", "planned", "told"}`` (``metrics``: what ``train`` returned;
+    ``planned``: the bytes of each ``feature_cache.check_free_space`` call, in order; ``told``: the lines ``train``
+    gave its ``progress`` callable). Read-only: copy it to change it.
+    """
+    from run_fixture import make_tone_job
+
+    from l2i_tf import feature_cache, training
+
+    def build(root: Path) -> dict:
+        config = make_tone_job(root, epochs=1, source_mixtures=6, source_weight=1.0)
+        planned, told, check = [], [], feature_cache.check_free_space
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(feature_cache, "check_free_space", lambda f, needed: planned.append(needed) or check(f, needed))
+            mp.setattr(training, "remove_feature_cache", lambda out: None)  # keep the shards, to weigh them
+            metrics = training.train(root / "run", config, progress=told.append)
+        run = root / "run"
+        return {"root": root, "config": config, "run": run, "metrics": metrics, "planned": planned, "told": told}
+
+    return shared(tmp_path_factory, worker_id, "tiny_source_trained", build)
 
 
 def tone(freq: float, seconds: float, rate: int = SAMPLE_RATE, seed: int = 0, noise: float = 0.05) -> np.ndarray:
@@ -186,6 +236,8 @@ def layer_round_trip(tmp_path):
     """
 
     def check(layer, args, kwargs=None, tensor_kwargs=None, shapes=None, saved_elsewhere=()):
+        import keras
+
         kwargs, tensor_kwargs = dict(kwargs or {}), dict(tensor_kwargs or {})
         config = layer.get_config()
         assert {"name", "trainable", "dtype"} <= set(config), f"get_config does not chain to super(): {config}"

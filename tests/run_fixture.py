@@ -68,6 +68,34 @@ def make_run(
     return folder
 
 
+@contextlib.contextmanager
+def saved_model_loaded_once(path: str | Path):
+    """While the block runs, ``tf.saved_model.load`` of the SavedModel at ``path`` loads it the first time and gives
+    that object again after (other paths, or other arguments, load as usual).
+
+    For the tests of one export that run command after command on it (`l2i-tf explain`, `explain-bulk`, a server):
+    each command loads its model, and loading one and readying its signatures costs ~1-2 s a time. The loaded object
+    holds no state between calls (its signatures are concrete functions of the export's graph), so every command
+    still reads the export's metadata and runs its graph; only the repeated deserialisation is skipped.
+    """
+    import tensorflow as tf
+
+    load, target, loaded = tf.saved_model.load, os.path.realpath(path), []
+
+    def load_once(export_dir, *args, **kwargs):
+        if args or kwargs or os.path.realpath(export_dir) != target:
+            return load(export_dir, *args, **kwargs)
+        if not loaded:
+            loaded.append(load(export_dir))
+        return loaded[0]
+
+    previous, tf.saved_model.load = tf.saved_model.load, load_once
+    try:
+        yield
+    finally:
+        tf.saved_model.load = previous
+
+
 def write_wav(path: str | Path, samples: np.ndarray, rate: int = SAMPLE_RATE, subtype: str = "PCM_16") -> Path:
     """Write ``samples`` ([n] or [n, channels]) with soundfile; returns the path."""
     import soundfile

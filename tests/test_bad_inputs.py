@@ -30,8 +30,10 @@ SR = 16000
 
 
 @pytest.fixture(scope="module")
-def sources(tmp_path_factory, tiny_export):
-    """A tiny run folder and its export (at most 1 s): conftest's ``tiny_export``; ``root`` is this module's own."""
+def sources(tmp_path_factory, tiny_export_loaded_once):
+    """A tiny run folder and its export (at most 1 s): conftest's ``tiny_export``, loaded once for the module's
+    commands (``tiny_export_loaded_once``); ``root`` is this module's own."""
+    tiny_export = tiny_export_loaded_once
     root = tmp_path_factory.mktemp("bad_inputs")
     return {"root": root, "run": tiny_export["run"], "savedmodel": tiny_export["path"]}
 

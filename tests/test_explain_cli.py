@@ -21,8 +21,10 @@ def invoke(*args):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, tiny_export):
-    """A run, its export through the CLI (top 3, at most 1 s; conftest's ``tiny_export``) and a few input files."""
+def setup(tmp_path_factory, tiny_export_loaded_once):
+    """A run, its export through the CLI (top 3, at most 1 s; conftest's ``tiny_export``, loaded once for the module's
+    commands: ``tiny_export_loaded_once``) and a few input files."""
+    tiny_export = tiny_export_loaded_once
     root = tmp_path_factory.mktemp("cli")
     inputs = root / "inputs"
     files = {

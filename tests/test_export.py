@@ -30,9 +30,10 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_export):
-    """The session's tiny run and its export with CONFIG (conftest's ``tiny_export``). Version 1 exists beforehand
-    (with a file in it), so the export is version 2."""
+def exported(tiny_export_loaded_once):
+    """The session's tiny run and its export with CONFIG (conftest's ``tiny_export``, loaded once for the module:
+    ``tiny_export_loaded_once``). Version 1 exists beforehand (with a file in it), so the export is version 2."""
+    tiny_export = tiny_export_loaded_once
     path = tiny_export["path"]
     return {**tiny_export, "model": tf.saved_model.load(str(path))}
 
@@ -484,26 +485,19 @@ def test_the_exported_explanation_makes_one_stft_per_window(exported):
     assert serve.get("IRFFT", 0) == 1
 
 
-def test_writing_the_savedmodel_traces_each_signature_once(tiny_run, tmp_path, monkeypatch):
+def test_writing_the_savedmodel_traces_each_signature_once(exported):
     """Keras' ExportArchive lists the variables of each endpoint by tracing it, then tf.saved_model.save traced it
     again (another context): the export lists them in the save's context, so each graph is built once, and the
-    graph two signatures share once."""
-    from l2i_tf import recording
-
-    traced = []
-    for name in ("explain_recording", "classify"):
-        original = getattr(recording, name)
-        monkeypatch.setattr(recording, name, lambda *a, _f=original, _n=name, **k: traced.append(_n) or _f(*a, **k))
-    run = runs.load_run(tiny_run)
-    export.write_saved_model(Explainer(run.interpreter, run.class_names, CONFIG), tmp_path / "model")
+    graph two signatures share once. (The session's export, of CONFIG, recorded the graphs it built: conftest's
+    ``tiny_export``.)"""
+    traced = exported["traced"]
     # explain has its graph, serving_default and explain_wav share one (explain_wav calls it per file); classify
     assert sorted(traced) == ["classify", "explain_recording", "explain_recording"]
     # and no Keras model's own default signature (a `serving_default` function per model) is traced or saved
-    saved = saved_model_pb2.SavedModel.FromString((tmp_path / "model" / "saved_model.pb").read_bytes())
+    saved = saved_model_pb2.SavedModel.FromString((exported["path"] / "saved_model.pb").read_bytes())
     functions = [f.signature.name for f in saved.meta_graphs[0].graph_def.library.function]
     assert functions and not [name for name in functions if "serving_default" in name], functions
-    model = tf.saved_model.load(str(tmp_path / "model"))
-    out = model.signatures["serving_default"](waveform=tf.constant(clips(1)))
+    out = exported["model"].signatures["serving_default"](waveform=tf.constant(clips(1)))
     assert np.all(np.isfinite(out["interpretation"].numpy()))
 
 

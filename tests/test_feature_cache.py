@@ -203,24 +203,23 @@ def _array_bytes(folder) -> int:
     return sum(np.load(path, mmap_mode="r").nbytes for path in Path(folder).rglob("*.npy"))
 
 
-def test_the_disk_plan_is_the_shards_bytes_and_a_disk_too_small_stops_the_run_before_them(tmp_path, monkeypatch):
+def test_the_disk_plan_is_the_shards_bytes_and_a_disk_too_small_stops_the_run_before_them(
+    tiny_source_trained, tmp_path, monkeypatch
+):
     """The free space a run's feature shards need is known from the first training batch: exactly the bytes the
     shards then take (clips of one length), and a disk with less free space stops the run before any shard is
-    written, keeping its dictionary; the CLI names --out and the ways out, and the run resumes once there is room."""
+    written, keeping its dictionary; the CLI names --out and the ways out, and the run resumes once there is room.
+
+    The first run is conftest's ``tiny_source_trained`` (6 source mixtures, its shards kept, the free space it
+    checked for recorded); this test's runs read its data and classifier and write into ``tmp_path``."""
     import shutil
 
     import click
-    from run_fixture import make_tone_job
 
     from cli import train as train_cmd
 
-    config = make_tone_job(tmp_path, source_mixtures=6, source_weight=1.0, epochs=1)
-    planned = []
-    check = feature_cache.check_free_space
-    monkeypatch.setattr(feature_cache, "check_free_space", lambda f, needed: planned.append(needed) or check(f, needed))
-    monkeypatch.setattr(training, "remove_feature_cache", lambda out: None)  # keep the shards, to weigh them
-    result = training.train(tmp_path / "run", config)
-    cache = tmp_path / "run" / "cache" / "features"
+    config, result, planned = (tiny_source_trained[key] for key in ("config", "metrics", "planned"))
+    cache = tiny_source_trained["run"] / "cache" / "features"
     assert result["examples"] == {"train": 9 + 6, "validation": 3, "test": 3}  # 9 training clips, 6 mixtures
     assert planned == [_array_bytes(cache)]
 

@@ -149,11 +149,21 @@ def test_interpreter_handles_any_clip_length():
         assert out["logits"].shape == (2, 3)
 
 
-def test_interpreter_keras_round_trip_gives_identical_outputs(tmp_path):
+@pytest.fixture(scope="module")
+def fitted():
+    """A tiny interpreter trained one epoch on ``_clips()`` (Adam, 1e-2), with its frozen weights (the classifier's,
+    the dictionary) and Ψ/Θ's weights from before training and the history. Read-only: the tests that use it look."""
     model = _tiny_interpreter()
-    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    frozen = [w.numpy().copy() for w in model.classifier.weights] + [model.decoder.weights[0].numpy().copy()]
+    heads = [w.numpy().copy() for w in model.head_variables]
+    logs = model.fit(tf.data.Dataset.from_tensor_slices(_clips()).batch(2), epochs=1, verbose=0).history
+    return {"model": model, "frozen": frozen, "heads": heads, "logs": logs}
+
+
+def test_interpreter_keras_round_trip_gives_identical_outputs(fitted, tmp_path):
+    model = fitted["model"]  # trained, so its optimizer and weights are not the initial ones
     x = _clips()
-    model.fit(tf.data.Dataset.from_tensor_slices(x).batch(2), epochs=1, verbose=0)
     before = model(x)
     model.save(tmp_path / "i.keras")
     loaded = keras.saving.load_model(tmp_path / "i.keras")
@@ -163,12 +173,8 @@ def test_interpreter_keras_round_trip_gives_identical_outputs(tmp_path):
     np.testing.assert_array_equal(loaded.decoder.weights[0].numpy(), model.decoder.weights[0].numpy())
 
 
-def test_training_updates_only_psi_and_theta():
-    model = _tiny_interpreter()
-    model.compile(optimizer=keras.optimizers.Adam(1e-2))
-    frozen = [w.numpy().copy() for w in model.classifier.weights] + [model.decoder.weights[0].numpy().copy()]
-    heads = [w.numpy().copy() for w in model.head_variables]
-    logs = model.fit(tf.data.Dataset.from_tensor_slices(_clips()).batch(2), epochs=1, verbose=0).history
+def test_training_updates_only_psi_and_theta(fitted):
+    model, frozen, heads, logs = fitted["model"], fitted["frozen"], fitted["heads"], fitted["logs"]
     after = [w.numpy() for w in model.classifier.weights] + [model.decoder.weights[0].numpy()]
     for a, b in zip(frozen, after):
         np.testing.assert_array_equal(a, b)

@@ -2,7 +2,8 @@
 
 The wheel is built offline (no build isolation, no index) from a copy of the repo, so the repo gets no
 ``build/`` folder. The fresh venv sees the dependencies through a ``.pth`` line naming this interpreter's
-site-packages: a plain path line, so an editable install's finder in that folder is never run.
+site-packages: a plain path line, so an editable install's finder in that folder is never run. The venv is made
+without pip of its own (ensurepip takes seconds): the pip it runs is this interpreter's, seen through that line.
 """
 
 from __future__ import annotations
@@ -75,9 +76,9 @@ def wheel(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def fresh_venv(tmp_path_factory, wheel) -> Path:
-    """A new venv holding only the wheel; the dependencies come from this interpreter's site-packages."""
+    """A new venv holding only the wheel; the dependencies (pip too) come from this interpreter's site-packages."""
     venv = tmp_path_factory.mktemp("venv") / "venv"
-    run([sys.executable, "-m", "venv", venv], env=clean_env())
+    run([sys.executable, "-m", "venv", "--without-pip", venv], env=clean_env())
     python = venv / "bin" / "python"
     probe = "import json, sysconfig; print(json.dumps(sysconfig.get_paths()['purelib']))"
     site_packages = Path(json.loads(run([python, "-c", probe], env=clean_env()).stdout))

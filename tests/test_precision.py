@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from click.testing import CliRunner
-from run_fixture import make_run
 
 from cli.main import main
 from l2i_tf import audio, classifier, runs
@@ -82,8 +81,8 @@ def test_a_mixed_precision_interpreter_trains_saves_and_loads(tmp_path):
     np.testing.assert_allclose(loaded(x)["logits"], interpreter(x)["logits"], atol=1e-6)
 
 
-def test_export_mixed_precision_flag_writes_a_savedmodel_that_matches_the_library(tmp_path):
-    run = make_run(tmp_path / "run")
+def test_export_mixed_precision_flag_writes_a_savedmodel_that_matches_the_library(tiny_run, tmp_path):
+    run = tiny_run  # conftest's: run_fixture.make_run's tiny run, read only (the export goes to tmp_path)
     out = tmp_path / "savedmodels"
     flags = ["--out", str(out), "--max-seconds", "0", "--threshold", "0", "--mixed-precision", "bfloat16"]
     result = CliRunner().invoke(main, ["export", str(run), *flags])

@@ -128,15 +128,15 @@ def test_the_decided_class_picks_its_source():
     np.testing.assert_allclose(out["source_weight"], [1.0, 0.0])
 
 
-def test_training_with_source_mixtures_learns_the_term_and_records_it(tmp_path):
-    config = make_tone_job(tmp_path, epochs=1, source_mixtures=6, source_weight=1.0)
-    metrics = training.train(tmp_path / "run", config)
+def test_training_with_source_mixtures_learns_the_term_and_records_it(tiny_source_trained):
+    # conftest's tiny_source_trained: make_tone_job with epochs=1, source_mixtures=6, source_weight=1.0, trained
+    metrics, run = tiny_source_trained["metrics"], tiny_source_trained["run"]
     assert "source" in metrics["history"] and "val_fidelity_then_source" in metrics["history"]
     assert np.isfinite(metrics["history"]["source"]).all()
     assert sum(metrics["examples"].values()) == 15 + 6  # every clip in one split, and the 6 training mixtures
-    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
+    recorded = json.loads((run / "config.json").read_text())["train"]
     assert (recorded["source_mixtures"], recorded["source_weight"]) == (6, 1.0)
-    assert runs.load_run(tmp_path / "run").interpreter.source_weight == 1.0
+    assert runs.load_run(run).interpreter.source_weight == 1.0
 
 
 @pytest.mark.parametrize(

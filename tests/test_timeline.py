@@ -220,12 +220,19 @@ def _explainer(planted, **config):
     return Explainer(run.interpreter, run.class_names, ExplainConfig(threshold=0.0, max_seconds=0, **config))
 
 
+@pytest.fixture(scope="module")
+def explainer(planted):
+    """``_explainer(planted)``, the default settings, made once for the tests that use them: an Explainer holds no
+    state between calls, and its graphs, traced by the first test, serve the others."""
+    return _explainer(planted)
+
+
 def _holds_event(start, end):
     return (start < EVENT[1] * RATE) & (end > EVENT[0] * RATE)
 
 
-def test_the_timeline_names_the_event_class_where_it_is(planted):
-    out = _explainer(planted).explain(planted["recording"][None], target_class=CLASSES.index("beep"))
+def test_the_timeline_names_the_event_class_where_it_is(planted, explainer):
+    out = explainer.explain(planted["recording"][None], target_class=CLASSES.index("beep"))
     start, end = out["window_start"].numpy()[0], out["window_end"].numpy()[0]
     assert len(start) == 59 and start[1] == RATE and end[-1] == len(planted["recording"])
     expected = np.where(_holds_event(start, end), CLASSES.index("beep"), CLASSES.index("background"))
@@ -233,9 +240,9 @@ def test_the_timeline_names_the_event_class_where_it_is(planted):
     assert out["predicted_class_name"].numpy()[0] == b"background"  # the mean of 59 windows: mostly background
 
 
-def test_the_interpretation_of_the_event_class_is_loudest_at_the_event(planted):
+def test_the_interpretation_of_the_event_class_is_loudest_at_the_event(planted, explainer):
     x = planted["recording"]
-    y = _explainer(planted).explain(x[None], target_class=CLASSES.index("beep"))["interpretation"].numpy()[0]
+    y = explainer.explain(x[None], target_class=CLASSES.index("beep"))["interpretation"].numpy()[0]
     assert y.shape == x.shape
     a, b = (int(t * RATE) for t in EVENT)
     t = np.arange(len(x))
@@ -261,12 +268,11 @@ def test_every_component_selected_gives_back_the_recording(planted):
     assert np.median(error) < 1e-5 and np.mean(error < 2e-3) > 0.95, (np.median(error), np.mean(error < 2e-3))
 
 
-def test_the_last_window_is_a_whole_window_ending_at_the_recording_s_end(planted):
+def test_the_last_window_is_a_whole_window_ending_at_the_recording_s_end(planted, explainer):
     """As training cuts clips (``windows.window_starts``): 16 samples past one window make a second window of the
     last L samples, not one at the next hop padded with silence that would weigh fully in the decision."""
     length = int(WINDOW_SECONDS * RATE)
     x = planted["recording"][: length + 16]
-    explainer = _explainer(planted)
     out = explainer.explain(x[None], components=True)
     np.testing.assert_array_equal(out["window_start"], [[0, 16]])
     np.testing.assert_array_equal(out["window_end"], [[length, length + 16]])
@@ -300,22 +306,22 @@ def test_the_selected_components_audio_adds_up_to_the_interpretation_of_a_long_r
     assert sorted(p.name for p in (tmp_path / "o").glob("component_*.wav")) == [report["selected"][0]["file"]]
 
 
-def test_a_recording_shorter_than_one_window_is_padded_and_keeps_its_length(planted):
+def test_a_recording_shorter_than_one_window_is_padded_and_keeps_its_length(planted, explainer):
     x = planted["recording"][: RATE // 4]
-    out = _explainer(planted).explain(x[None])
+    out = explainer.explain(x[None])
     assert out["interpretation"].shape == (1, len(x))
     np.testing.assert_array_equal(out["window_start"], [[0]])
     np.testing.assert_array_equal(out["window_end"], [[len(x)]])
 
 
-def test_the_savedmodel_gives_the_library_s_timeline(planted):
+def test_the_savedmodel_gives_the_library_s_timeline(planted, explainer):
     x = planted["recording"][None]
     loaded = tf.saved_model.load(str(planted["saved"]))
     beep = CLASSES.index("beep")
     served = loaded.signatures["explain"](
         waveform=tf.constant(x), target_class=tf.constant([beep]), threshold=tf.constant(0.0)
     )
-    library = _explainer(planted).explain(x, target_class=beep, components=True)
+    library = explainer.explain(x, target_class=beep, components=True)
     for key, value in library.items():
         if value.dtype.is_floating:
             np.testing.assert_allclose(served[key], value, atol=1e-4, err_msg=key)
