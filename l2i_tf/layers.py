@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import operator
-
 import keras
 import tensorflow as tf
 
@@ -24,17 +22,6 @@ def interpolation_matrix(size_in, size_out) -> tf.Tensor:
     upper = tf.minimum(tf.cast(tf.math.ceil(source), tf.int32), size_in - 1)
     lerp = (source - floor)[:, None]
     return tf.one_hot(lower, size_in) * (1.0 - lerp) + tf.one_hot(upper, size_in) * lerp
-
-
-def shape_cond(test, sizes, true_fn, false_fn):
-    """``tf.cond(test(*sizes), true_fn, false_fn)`` for ``sizes`` (ints or int32 scalars). When every size is known
-    while tracing (a training step's are), ``test`` decides then and the graph holds that branch alone: the same
-    values, with no cond of both branches and no gradient of one (the tiny test run's training step then traces in
-    0.7 s of CPU instead of 0.9 s)."""
-    known = [tf.get_static_value(size) for size in sizes]
-    if any(value is None for value in known):
-        return tf.cond(test(*sizes), true_fn, false_fn)
-    return true_fn() if test(*(int(value) for value in known)) else false_fn()
 
 
 @tf.custom_gradient
@@ -60,8 +47,7 @@ def resize_time(x, size):
             )
             return tf.squeeze(back, 2)
 
-        sizes = (keras.ops.shape(x)[1], size)
-        return shape_cond(lambda t, s: t * s <= RESIZE_MATRIX_LIMIT, sizes, by_matrix, by_resize_grad), None
+        return tf.cond(length * size <= RESIZE_MATRIX_LIMIT, by_matrix, by_resize_grad), None
 
     return y, grad
 
@@ -186,7 +172,7 @@ class Psi(keras.layers.Layer):
         """``num_frames`` (scalar int): T itself, when ``inputs`` are the sequences alone (no X to read it from)."""
         if num_frames is None:
             *sequences, spectrogram = inputs
-            num_frames = keras.ops.shape(spectrogram)[1]  # an int when static (see shape_cond)
+            num_frames = tf.shape(spectrogram)[1]
         else:
             sequences = list(inputs)
         x = self._merge([branch(x) for x, branch in zip(sequences, self.branches)], num_frames)
@@ -211,9 +197,7 @@ class Psi(keras.layers.Layer):
             def resize_then_product(b=b, k_i=k_i):
                 return tf.matmul(resize_time(b, num_frames), k_i)
 
-            total += shape_cond(
-                operator.le, (keras.ops.shape(b)[1], num_frames), product_then_resize, resize_then_product
-            )
+            total += tf.cond(tf.shape(b)[1] <= num_frames, product_then_resize, resize_then_product)
         # out[t] = Σ_j y_j[t + j − left] with Conv1D's "same" padding (left = (taps − 1) // 2); split, pad and
         # slice rather than strided slices, whose gradients are several times slower on CPU
         left = (taps - 1) // 2
